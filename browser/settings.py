@@ -1,0 +1,152 @@
+"""Settings, read from the environment through the typed helpers of ``browser.core.env``.
+
+Every variable is documented in docs/settings.md. With ``DATABASE_URL`` and ``REDIS_URL`` unset
+the product starts its own embedded PostgreSQL and Redis under ``BROWSER_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from browser.core import embedded
+from browser.core.env import env_bool, env_database_url, env_int, env_list, env_path, env_redis_url, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = env_path("BROWSER_DATA_DIR", BASE_DIR / ".data")
+# Converted model weights and other per-machine caches (never shared between workers).
+CACHE_DIR = env_path("BROWSER_CACHE_DIR", DATA_DIR / "cache")
+
+PRODUCTION = env_bool("BROWSER_PRODUCTION", False)
+DEBUG = env_bool("BROWSER_DEBUG", not PRODUCTION)
+_DEV_KEY = "dev-only-insecure-key-never-used-in-production-0123456789abcdef"
+SECRET_KEY = env_str("BROWSER_SECRET_KEY", "" if PRODUCTION else _DEV_KEY)
+if PRODUCTION and len(SECRET_KEY) < 50:
+    raise ImproperlyConfigured("BROWSER_SECRET_KEY must be set to at least 50 random characters in production")
+ALLOWED_HOSTS = env_list("BROWSER_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("BROWSER_CSRF_TRUSTED_ORIGINS", [])
+
+_database = env_database_url("DATABASE_URL")
+_redis = env_redis_url("REDIS_URL")
+EMBEDDED = _database is None or _redis is None
+if EMBEDDED and env_bool("BROWSER_EMBEDDED_AUTOSTART", True):
+    _endpoints = embedded.ensure(DATA_DIR)
+    if _database is None:
+        from browser.core.env import parse_database_url
+
+        _database = parse_database_url("embedded database", _endpoints.database_url)
+    _redis = _redis or _endpoints.redis_url
+if _database is None or _redis is None:
+    raise ImproperlyConfigured("set DATABASE_URL and REDIS_URL, or allow BROWSER_EMBEDDED_AUTOSTART")
+
+DATABASES = {"default": _database.django()}
+REDIS_URL = _redis
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "drf_spectacular",
+    "browser.core",
+    "browser.catalog",
+    "browser.corpora",
+    "browser.runs",
+    "browser.examples",
+    "browser.labels",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "browser.urls"
+WSGI_APPLICATION = "browser.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "browser" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_TZ = True
+USE_I18N = False
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "browser" / "static"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Uploads larger than this are refused (a corpus file goes through the CLI, not the web).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("BROWSER_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
+
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env_bool("BROWSER_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("BROWSER_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Neuron browser API",
+    "VERSION": "1",
+    "DESCRIPTION": "Units, examples, labels and exports. Stable unit ids are model/source/index.",
+}
+
+# Celery: tasks take ids only; a task killed with its worker is redelivered, never lost.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("BROWSER_TASK_SOFT_TIME_LIMIT_S", 6 * 3600, minimum=10)
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 300
+# Longer than the longest task, or an unacknowledged task is delivered twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+CELERY_RESULT_EXPIRES = 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("BROWSER_LOG_LEVEL", "WARNING")},
+}

@@ -1,0 +1,79 @@
+"""What the management commands share: queue a job's task and follow it with a progress bar."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from django.core.management.base import CommandError
+from tqdm import tqdm
+
+from browser.runs.models import Job
+from workers.celery import app
+from workers.jobs import Progress, run_job
+
+FINISHED = {Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.CANCELLED}
+
+
+def workers_alive(timeout: float = 2.0) -> bool:
+    try:
+        return bool(app.control.ping(timeout=timeout))
+    except Exception:  # a broker that cannot be reached has no workers either
+        return False
+
+
+def submit(task: Any, work: Callable[[Job, Progress], None], job: Job, *, wait: bool, inline: bool,
+           stdout: TextIO) -> Job:
+    """Queue ``task(job.pk)`` and follow it, or run ``work`` in this process (when asked, or when
+    no worker answers) with a progress bar fed directly by its reports."""
+    if not inline and wait and not workers_alive():
+        stdout.write("No worker answered; running the job in this process.\n")
+        inline = True
+    if inline:
+        return _run_here(work, job, stdout)
+    task.apply_async(args=[job.pk])
+    if not wait:
+        stdout.write(f"Queued job {job.pk}; follow it on the home page.\n")
+        return job
+    return follow(job.pk, stdout)
+
+
+def _run_here(work: Callable[[Job, Progress], None], job: Job, stdout: TextIO) -> Job:
+    with tqdm(total=1, desc=job.title[:40], file=stdout, unit="", dynamic_ncols=True) as bar:
+
+        def listener(done: int, total: int | None, message: str | None) -> None:
+            if total:
+                bar.total = total
+            bar.n = done
+            if message:
+                bar.set_postfix_str(message[:60], refresh=False)
+            bar.refresh()
+
+        run_job(None, job.pk, work, listener)
+    return _outcome(Job.objects.get(pk=job.pk))
+
+
+def follow(job_id: int, stdout: TextIO, poll_s: float = 0.5) -> Job:
+    """Show a progress bar until the job finishes; raise CommandError if it failed."""
+    job = Job.objects.get(pk=job_id)
+    with tqdm(total=max(job.total, 1), desc=job.title[:40], file=stdout, unit="", dynamic_ncols=True) as bar:
+        while True:
+            job.refresh_from_db()
+            if job.total and bar.total != job.total:
+                bar.total = job.total
+            bar.n = min(job.done, bar.total)
+            bar.set_postfix_str(job.message[:60], refresh=False)
+            bar.refresh()
+            if job.status in FINISHED:
+                break
+            time.sleep(poll_s)
+    return _outcome(job)
+
+
+def _outcome(job: Job) -> Job:
+    if job.status == Job.Status.FAILED:
+        raise CommandError(f"job {job.pk} failed: {job.error.strip().splitlines()[-1] if job.error else 'unknown error'}")
+    if job.status == Job.Status.CANCELLED:
+        raise CommandError(f"job {job.pk} was cancelled")
+    return job

