@@ -2,7 +2,9 @@
 
 Everything is mergeable exactly, so shards computed apart combine into the result of one pass:
 
-* top-k contexts by each context's max activation, ties broken by the lower context index;
+* top-k contexts by each context's max activation, ties broken by the lower context index
+  (one int64 key per entry: the value's float bits, then the inverted context index, so a
+  plain top-k over keys is exact and deterministic);
 * density (tokens with activation > 0), mean, max;
 * a histogram on a fixed bin grid read off the float32 bits (four bins per octave, no log);
 * interval and random samples from a bottom-s sketch: each (unit, context) gets a hash priority,
@@ -26,6 +28,11 @@ N_HIST_BINS = 2 + 40 * 4
 OCTAVE_LO = 127 - 20
 N_OCTAVES = 40
 MASK31 = (1 << 31) - 1
+MASK32 = (1 << 32) - 1
+# Sums are kept in fixed point (int64, 2^-16 steps) so that they add up the same in any order:
+# shards merged in finalize give bit-identical means to a single pass.
+FIXED_SCALE = 1 << 16
+EMPTY_KEY = -1
 EMPTY_PRIORITY = 1 << 31  # above every 31-bit priority
 
 
@@ -91,11 +98,11 @@ class UnitAccumulator:
         self.units = torch.arange(n_units, device=dev, dtype=torch.int64) + unit_offset
         self.n_tokens = torch.zeros((), dtype=torch.int64, device=dev)
         self.fire = torch.zeros(n_units, dtype=torch.int64, device=dev)
-        self.total = torch.zeros(n_units, dtype=torch.float64, device=dev)
+        self.total = torch.zeros(n_units, dtype=torch.int64, device=dev)
         self.max = torch.full((n_units,), float("-inf"), device=dev)
         self.hist = torch.zeros(n_units * N_HIST_BINS, dtype=torch.int64, device=dev)
-        self.top_val = torch.full((n_units, k), float("-inf"), device=dev)
-        self.top_ctx = torch.full((n_units, k), -1, dtype=torch.int64, device=dev)
+        self.top_key = torch.full((n_units, k), EMPTY_KEY, dtype=torch.int64, device=dev)
+        self._hist_offsets = torch.arange(n_units, device=dev) * N_HIST_BINS
         slots = n_units * N_OCTAVES
         self.sk_pri = torch.full((slots, samples), EMPTY_PRIORITY, dtype=torch.int64, device=dev)
         self.sk_ctx = torch.full((slots, samples), -1, dtype=torch.int64, device=dev)
@@ -106,41 +113,41 @@ class UnitAccumulator:
         B, T, U = batch.acts.shape
         x = batch.acts.float().reshape(B * T, U)  # [B, T, U] -> [B*T, U]
         invalid_rows = batch.invalid.reshape(-1).nonzero().squeeze(1)
-        self._token_stats(x, invalid_rows, batch.first_token)
-        bias = torch.zeros((B, T, 1), device=x.device).masked_fill_(batch.invalid.unsqueeze(-1), float("-inf"))
-        ctx_max = (x.view(B, T, U) + bias).amax(1)  # [B, U]
+        # Invalid rows are blanked in place (0 for sums, -inf for maxima) and restored after:
+        # one pass per statistic instead of masked copies. When `x` is the model's own tensor,
+        # the restore makes the rest of the forward pass see exactly what it would have.
+        saved = x.index_select(0, invalid_rows)
+        x.index_fill_(0, invalid_rows, 0.0)
+        try:
+            self._token_stats(x, invalid_rows, batch.first_token)
+            x.index_fill_(0, invalid_rows, float("-inf"))
+            ctx_max = x.view(B, T, U).amax(1)  # [B, U]
+        finally:
+            x.index_copy_(0, invalid_rows, saved)
         self.max = torch.maximum(self.max, ctx_max.amax(0))
         ctx_max = ctx_max.masked_fill(~(ctx_max > 0), float("-inf"))  # only firing contexts
         self._merge_top(ctx_max.T.contiguous(), batch.contexts)
         self._sketch(ctx_max, batch.contexts)
 
     def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int) -> None:
-        fires = x.view(torch.int32).clamp(0, 1)  # 1 exactly where the float is > 0
-        self.fire += fires.sum(0, dtype=torch.int32)
-        self.total += x.sum(0, dtype=torch.float64)
+        """Token statistics of ``x`` whose invalid rows hold zeros."""
+        self.fire += x.view(torch.int32).clamp(0, 1).sum(0, dtype=torch.int32)  # 1 exactly where x > 0
+        self.total += _fixed(x.sum(0))
         self.n_tokens += x.shape[0] - invalid_rows.numel()
-        if invalid_rows.numel():
-            bad = x.index_select(0, invalid_rows)
-            self.fire -= bad.view(torch.int32).clamp(0, 1).sum(0, dtype=torch.int32)
-            self.total -= bad.sum(0, dtype=torch.float64)
         offset = (-first_token) % self.hist_stride
         rows = torch.arange(offset, x.shape[0], self.hist_stride, device=x.device)
-        if invalid_rows.numel():
-            rows = rows[~torch.isin(rows, invalid_rows)]
         self._histogram(x.index_select(0, rows))
+        # The blanked rows in the subsample each put one zero per unit into bin 0.
+        self.hist[self._hist_offsets] -= int(torch.isin(rows, invalid_rows).sum())
 
     def _histogram(self, x: torch.Tensor) -> None:
-        flat = hist_bins(x) + (self.units - self.units[0]).mul(N_HIST_BINS)  # [N, U] bin ids per unit
+        flat = hist_bins(x) + self._hist_offsets  # [N, U] bin ids per unit
         self.hist += torch.bincount(flat.reshape(-1), minlength=self.hist.numel())
 
     def _merge_top(self, values: torch.Tensor, contexts: torch.Tensor) -> None:
-        """values [U, B]; contexts ascending and after every context already held."""
-        cand_val = torch.cat([self.top_val, values], 1)
-        cand_ctx = torch.cat([self.top_ctx, contexts.unsqueeze(0).expand(self.n_units, -1)], 1)
-        # A stable sort keeps held entries (lower contexts) ahead of new ones on ties.
-        order = torch.sort(cand_val, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self.top_val = cand_val.gather(1, order)
-        self.top_ctx = cand_ctx.gather(1, order)
+        """values [U, B] (-inf where not firing), contexts [B]."""
+        keys = top_keys(values, contexts.unsqueeze(0).expand_as(values))
+        self.top_key = torch.topk(torch.cat([self.top_key, keys], 1), self.k, dim=1).values
 
     def _sketch(self, ctx_max: torch.Tensor, contexts: torch.Tensor) -> None:
         b_idx, u_idx = (ctx_max > 0).nonzero(as_tuple=True)
@@ -155,24 +162,31 @@ class UnitAccumulator:
             self._sketch_insert(slot[keep], pri[keep], ctx[keep], values[keep])
 
     def _sketch_insert(self, slot: torch.Tensor, pri: torch.Tensor, ctx: torch.Tensor, val: torch.Tensor) -> None:
-        rows = torch.unique(slot)
+        """Insert candidates (in ascending context order, after every held context)."""
         s = self.samples
+        # Keep each slot's best s candidates of this batch; a stable sort of (slot, priority)
+        # keeps lower contexts first on (rare) priority ties.
+        order = torch.sort(slot * (1 << 32) + pri, stable=True).indices
+        slot, pri, ctx, val = slot[order], pri[order], ctx[order], val[order]
+        rank = _rank_in_group(slot)
+        keep = rank < s
+        slot, pri, ctx, val = slot[keep], pri[keep], ctx[keep], val[keep]
+        rows = torch.unique_consecutive(slot)
         all_slot = torch.cat([rows.repeat_interleave(s), slot])
         all_pri = torch.cat([self.sk_pri[rows].reshape(-1), pri])
-        all_ctx = torch.cat([self.sk_ctx[rows].reshape(-1), ctx])
-        all_val = torch.cat([self.sk_val[rows].reshape(-1), val])
-        order = _lexsort(all_slot, all_pri, all_ctx)
-        all_slot, all_pri, all_ctx, all_val = all_slot[order], all_pri[order], all_ctx[order], all_val[order]
-        first = torch.searchsorted(all_slot, all_slot, right=False)
-        rank = torch.arange(all_slot.numel(), device=slot.device) - first
+        order = torch.sort(all_slot * (1 << 32) + all_pri, stable=True).indices  # held entries first on ties
+        all_slot = all_slot[order]
+        rank = _rank_in_group(all_slot)
         keep = rank < s
-        self.sk_pri[all_slot[keep], rank[keep]] = all_pri[keep]
-        self.sk_ctx[all_slot[keep], rank[keep]] = all_ctx[keep]
-        self.sk_val[all_slot[keep], rank[keep]] = all_val[keep]
+        target_slot, target_rank = all_slot[keep], rank[keep]
+        picked = order[keep]
+        self.sk_pri[target_slot, target_rank] = torch.cat([self.sk_pri[rows].reshape(-1), pri])[picked]
+        self.sk_ctx[target_slot, target_rank] = torch.cat([self.sk_ctx[rows].reshape(-1), ctx])[picked]
+        self.sk_val[target_slot, target_rank] = torch.cat([self.sk_val[rows].reshape(-1), val])[picked]
 
     # ---- merging and results ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
-        names = ["n_tokens", "fire", "total", "max", "hist", "top_val", "top_ctx", "sk_pri", "sk_ctx", "sk_val"]
+        names = ["n_tokens", "fire", "total", "max", "hist", "top_key", "sk_pri", "sk_ctx", "sk_val"]
         return {name: getattr(self, name).detach().cpu().contiguous() for name in names}
 
     def merge_state(self, other: dict[str, torch.Tensor]) -> None:
@@ -184,13 +198,7 @@ class UnitAccumulator:
         self.total += o["total"]
         self.max = torch.maximum(self.max, o["max"])
         self.hist += o["hist"]
-        val = torch.cat([self.top_val, o["top_val"]], 1)
-        ctx = torch.cat([self.top_ctx, o["top_ctx"]], 1)
-        ctx_key = torch.where(ctx < 0, torch.iinfo(torch.int64).max, ctx)
-        order = torch.sort(ctx_key, dim=1, stable=True).indices
-        val, ctx = val.gather(1, order), ctx.gather(1, order)
-        order = torch.sort(val, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self.top_val, self.top_ctx = val.gather(1, order), ctx.gather(1, order)
+        self.top_key = torch.topk(torch.cat([self.top_key, o["top_key"]], 1), self.k, dim=1).values
         pri = torch.cat([self.sk_pri, o["sk_pri"]], 1)
         sctx = torch.cat([self.sk_ctx, o["sk_ctx"]], 1)
         sval = torch.cat([self.sk_val, o["sk_val"]], 1)
@@ -202,19 +210,39 @@ class UnitAccumulator:
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], *, seed: int, hist_stride: int,
                    unit_offset: int = 0) -> UnitAccumulator:
-        n_units, k = state["top_val"].shape
+        n_units, k = state["top_key"].shape
         acc = cls(n_units, k=k, samples=state["sk_pri"].shape[1], hist_stride=hist_stride, seed=seed,
                   unit_offset=unit_offset)
         acc.merge_state(state)
         return acc
 
 
-def _lexsort(*keys: torch.Tensor) -> torch.Tensor:
-    """Indices that sort by the first key, then the second, ... (all int64)."""
-    order = torch.arange(keys[0].numel(), device=keys[0].device)
-    for key in reversed(keys):
-        order = order[torch.sort(key[order], stable=True).indices]
-    return order
+def _fixed(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x.double() * FIXED_SCALE).long()
+
+
+def top_keys(values: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+    """Order-preserving int64 keys: larger value first, then lower context (EMPTY_KEY if <= 0)."""
+    bits = values.contiguous().view(torch.int32).long()  # positive float32 bits sort like the floats
+    keys = (bits << 32) | (MASK32 - contexts)
+    return torch.where(values > 0, keys, EMPTY_KEY)
+
+
+def decode_top_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values float32, contexts int64) of keys; empty entries come back as (0, -1)."""
+    empty = keys < 0
+    values = (keys >> 32).to(torch.int32).view(torch.float32)
+    contexts = MASK32 - (keys & MASK32)
+    return values.masked_fill(empty, 0.0), contexts.masked_fill(empty, -1)
+
+
+def _rank_in_group(sorted_groups: torch.Tensor) -> torch.Tensor:
+    """Position of each element within its run of equal values (the input is sorted)."""
+    index = torch.arange(sorted_groups.numel(), device=sorted_groups.device)
+    starts = torch.ones_like(sorted_groups, dtype=torch.bool)
+    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    first = torch.cummax(torch.where(starts, index, 0), 0).values
+    return index - first
 
 
 @dataclass(frozen=True)
@@ -234,10 +262,11 @@ class UnitSummary:
 def summarize(state: dict[str, torch.Tensor], *, n_intervals: int) -> list[UnitSummary]:
     """Per-unit results of a (merged) state, on the CPU."""
     n_tokens = int(state["n_tokens"])
-    n_units, k = state["top_val"].shape
+    n_units = state["top_key"].shape[0]
     s = state["sk_pri"].shape[1]
     hist = state["hist"].view(n_units, N_HIST_BINS).tolist()
-    top_val, top_ctx = state["top_val"].tolist(), state["top_ctx"].tolist()
+    top_val_t, top_ctx_t = decode_top_keys(state["top_key"])
+    top_val, top_ctx = top_val_t.tolist(), top_ctx_t.tolist()
     pri = state["sk_pri"].view(n_units, N_OCTAVES, s)
     ctx = state["sk_ctx"].view(n_units, N_OCTAVES, s).tolist()
     val = state["sk_val"].view(n_units, N_OCTAVES, s).tolist()
@@ -246,7 +275,7 @@ def summarize(state: dict[str, torch.Tensor], *, n_intervals: int) -> list[UnitS
     fire, total, mx = state["fire"].tolist(), state["total"].tolist(), state["max"].tolist()
     out = []
     for u in range(n_units):
-        top = [(c, v) for c, v in zip(top_ctx[u], top_val[u], strict=True) if c >= 0 and v > 0]
+        top = [(c, v) for c, v in zip(top_ctx[u], top_val[u], strict=True) if c >= 0]
         groups: list[tuple[int, list[tuple[int, float]]]] = []
         pool: list[tuple[int, int, float]] = []
         for bucket in range(N_OCTAVES - 1, -1, -1):
@@ -257,7 +286,7 @@ def summarize(state: dict[str, torch.Tensor], *, n_intervals: int) -> list[UnitS
                 groups.append((bucket, members))
         random = [(c, v) for _, c, v in sorted(pool)[:s]]
         out.append(UnitSummary(
-            n_tokens=n_tokens, fire_count=fire[u], mean=total[u] / n_tokens if n_tokens else 0.0,
+            n_tokens=n_tokens, fire_count=fire[u], mean=total[u] / FIXED_SCALE / n_tokens if n_tokens else 0.0,
             max=mx[u], hist=hist[u], top=top, intervals=groups, random=random,
         ))
     return out

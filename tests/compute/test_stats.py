@@ -1,0 +1,85 @@
+"""The streaming accumulator against a brute force that keeps every activation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.compute.reference import brute_force
+from workers.compute.stats import Batch, UnitAccumulator, hist_bin_lower_edges, hist_bins, summarize
+
+K, S, NI, STRIDE, SEED = 5, 3, 4, 7, 11
+
+
+def _data(seed: int, C: int = 40, T: int = 12, U: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    scale = torch.exp(torch.randn(1, 1, U, generator=gen) * 2)
+    acts = torch.randn(C, T, U, generator=gen) * scale
+    acts[acts.abs() < 0.3] = 0.0  # exact zeros, as ReLU makes
+    acts[3, :, 2] = acts[5, :, 2] = 1.5  # exact ties between contexts
+    invalid = torch.zeros(C, T, dtype=torch.bool)
+    invalid[:, 0] = True  # a BOS-like position
+    invalid[7, 6:] = True  # padding
+    return acts, invalid
+
+
+def _accumulate(acts: torch.Tensor, invalid: torch.Tensor, contexts: list[int], batch: int) -> UnitAccumulator:
+    T, U = acts.shape[1], acts.shape[2]
+    acc = UnitAccumulator(U, k=K, samples=S, hist_stride=STRIDE, seed=SEED, unit_offset=100)
+    for start in range(0, len(contexts), batch):
+        ids = contexts[start : start + batch]
+        idx = torch.tensor(ids)
+        acc.update(Batch(acts[idx], idx, invalid[idx], ids[0] * T))
+    return acc
+
+
+def _compare(acc: UnitAccumulator, acts: torch.Tensor, invalid: torch.Tensor) -> None:
+    got = summarize(acc.state(), n_intervals=NI)
+    want = brute_force(acts.numpy(), invalid.numpy(), k=K, samples=S, n_intervals=NI, hist_stride=STRIDE,
+                       seed=SEED, unit_offset=100)
+    for g, w in zip(got, want, strict=True):
+        assert g.n_tokens == w["n_tokens"]
+        assert g.fire_count == w["fire"]
+        assert g.mean * g.n_tokens == pytest.approx(w["total"], rel=1e-5, abs=1e-3)
+        assert g.max == w["max"]
+        assert g.hist == w["hist"]
+        assert g.top == w["top"]
+        assert g.intervals == w["intervals"]
+        assert g.random == w["random"]
+
+
+@pytest.mark.parametrize("batch", [1, 4, 40])
+def test_single_pass_equals_brute_force(batch: int) -> None:
+    acts, invalid = _data(0)
+    _compare(_accumulate(acts, invalid, list(range(40)), batch), acts, invalid)
+
+
+def test_shards_merge_exactly_in_any_order() -> None:
+    acts, invalid = _data(1)
+    # Shard boundaries fall on batch boundaries (the pipeline rounds shards to whole batches),
+    # so every batch's float32 sums are the same as in one pass.
+    parts = [list(range(0, 12)), list(range(12, 28)), list(range(28, 40))]
+    states = [_accumulate(acts, invalid, part, 4).state() for part in parts]
+    merged = UnitAccumulator.from_state(states[2], seed=SEED, hist_stride=STRIDE, unit_offset=100)
+    merged.merge_state(states[0])
+    merged.merge_state(states[1])
+    _compare(merged, acts, invalid)
+    single = _accumulate(acts, invalid, list(range(40)), 4).state()
+    for name, tensor in merged.state().items():
+        assert torch.equal(tensor, single[name]), name
+
+
+def test_histogram_bins_follow_the_float_grid() -> None:
+    edges = hist_bin_lower_edges()
+    values = torch.tensor([-3.0, 0.0, 1e-9, 2.0**-20, 1.0, 1.24, 1.25, 3.0, 1e9])
+    bins = hist_bins(values).tolist()
+    assert bins[:3] == [0, 0, 0]
+    for value, b in zip(values.tolist()[3:-1], bins[3:-1], strict=True):
+        assert edges[b] <= value < edges[b + 1]
+    assert bins[-1] == len(edges) - 1
+
+
+def test_random_data_many_seeds() -> None:
+    for seed in range(2, 6):
+        acts, invalid = _data(seed, C=25, T=9, U=5)
+        _compare(_accumulate(acts, invalid, list(range(25)), 6), acts, invalid)

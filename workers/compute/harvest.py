@@ -1,0 +1,124 @@
+"""The harvest passes: one forward pass feeding every source's accumulator, and a second pass
+over only the chosen contexts for per-token display values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from workers.compute.hooks import Architecture, capture, forward
+from workers.compute.stats import Batch, UnitAccumulator
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SourceRuntime:
+    """A source as the passes see it: where its activations come from and how to get units."""
+
+    name: str
+    hook: str
+    n_units: int
+    unit_offset: int
+    encode: Encoder | None = None
+    """Maps hook activations [..., d_in] to unit activations [..., n_units] (an SAE); None for neurons."""
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    ids: torch.Tensor
+    """[B, L] token ids, padded to the corpus's context length."""
+    attention_mask: torch.Tensor
+    """[B, L] 1 on real tokens."""
+    invalid: torch.Tensor
+    """[B, L] True on padding and (when excluded) special tokens."""
+    contexts: torch.Tensor
+    """[B] global context indices, consecutive in the first pass."""
+
+
+def make_batch(contexts: Sequence[int], token_lists: Sequence[Sequence[int]], length: int,
+               special_ids: set[int], exclude_special: bool, pad_id: int) -> TokenBatch:
+    ids = torch.full((len(contexts), length), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(contexts), length), dtype=torch.int64)
+    for row, tokens in enumerate(token_lists):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+        mask[row, : len(tokens)] = 1
+    invalid = mask == 0
+    if exclude_special and special_ids:
+        invalid |= torch.isin(ids, torch.tensor(sorted(special_ids), dtype=torch.int64))
+    return TokenBatch(ids, mask, invalid, torch.tensor(list(contexts), dtype=torch.int64))
+
+
+def _to(batch: TokenBatch, device: torch.device) -> TokenBatch:
+    return TokenBatch(*(t.to(device, non_blocking=True) for t in (batch.ids, batch.attention_mask,
+                                                                 batch.invalid, batch.contexts)))
+
+
+def harvest_pass(model: nn.Module, arch: Architecture, n_layers: int, sources: Sequence[SourceRuntime],
+                 accumulators: dict[str, UnitAccumulator], batches: Iterable[TokenBatch], context_length: int,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+    """Feed every batch's activations to the accumulators, inside the hooks (while still hot
+    in cache); the forward pass stops after the deepest hook."""
+    device = next(model.parameters()).device
+    current: list[TokenBatch] = []
+
+    def sink(hook: str, acts: torch.Tensor) -> None:
+        batch = current[0]
+        for source in sources:
+            if source.hook == hook:
+                values = source.encode(acts) if source.encode is not None else acts
+                accumulators[source.name].update(Batch(values, batch.contexts, batch.invalid,
+                                                       int(batch.contexts[0]) * context_length))
+
+    hooks = sorted({s.hook for s in sources})
+    with capture(model, arch, hooks, n_layers, sink):
+        for batch in batches:
+            batch = _to(batch, device)
+            current[:] = [batch]
+            forward(model, batch.ids, batch.attention_mask)
+            if on_batch is not None:
+                on_batch(batch.ids.shape[0])
+
+
+def token_values(model: nn.Module, arch: Architecture, n_layers: int, sources: Sequence[SourceRuntime],
+                 wanted: dict[str, dict[int, list[int]]], batches: Iterable[TokenBatch],
+                 on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[str, int, int, torch.Tensor]]:
+    """Second pass: yield (source, unit, context, per-token values [L] float32 on CPU) for every
+    (unit, context) pair in ``wanted[source][context]``."""
+    device = next(model.parameters()).device
+    captured: dict[str, torch.Tensor] = {}
+    hooks = sorted({s.hook for s in sources})
+    with capture(model, arch, hooks, n_layers, lambda hook, acts: captured.__setitem__(hook, acts)):
+        for batch in batches:
+            batch_dev = _to(batch, device)
+            forward(model, batch_dev.ids, batch_dev.attention_mask)
+            for source in sources:
+                yield from _gather(source, captured[source.hook], batch.contexts.tolist(), wanted[source.name])
+            if on_batch is not None:
+                on_batch(batch.ids.shape[0])
+
+
+def _gather(source: SourceRuntime, acts: torch.Tensor, contexts: list[int],
+            wanted: dict[int, list[int]]) -> Iterator[tuple[str, int, int, torch.Tensor]]:
+    rows, units, ctxs = [], [], []
+    for row, ctx in enumerate(contexts):
+        for unit in wanted.get(ctx, ()):
+            rows.append(row)
+            units.append(unit)
+            ctxs.append(ctx)
+    if not rows:
+        return
+    row_t = torch.tensor(rows, device=acts.device)
+    if source.encode is None:
+        values = acts[row_t, :, torch.tensor(units, device=acts.device)]  # [P, L]
+    else:
+        encoded = source.encode(acts[torch.unique(row_t)])  # only the rows needed: [R, L, U]
+        remap = {r: i for i, r in enumerate(torch.unique(row_t).tolist())}
+        values = encoded[torch.tensor([remap[r] for r in rows], device=acts.device), :,
+                         torch.tensor(units, device=acts.device)]
+    values = values.float().cpu()
+    for i, (unit, ctx) in enumerate(zip(units, ctxs, strict=True)):
+        yield source.name, unit, ctx, values[i]
