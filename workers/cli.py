@@ -31,7 +31,7 @@ def submit(task: Any, work: Callable[[Job, Progress], None], job: Job, *, wait: 
         stdout.write("No worker answered; running the job in this process.\n")
         inline = True
     if inline:
-        return _run_here(work, job, stdout)
+        return run_here(work, job, stdout)
     task.apply_async(args=[job.pk])
     if not wait:
         stdout.write(f"Queued job {job.pk}; follow it on the home page.\n")
@@ -39,7 +39,7 @@ def submit(task: Any, work: Callable[[Job, Progress], None], job: Job, *, wait: 
     return follow(job.pk, stdout)
 
 
-def _run_here(work: Callable[[Job, Progress], None], job: Job, stdout: TextIO) -> Job:
+def run_here(work: Callable[[Job, Progress], None], job: Job, stdout: TextIO) -> Job:
     with tqdm(total=1, desc=job.title[:40], file=stdout, unit="", dynamic_ncols=True) as bar:
 
         def listener(done: int, total: int | None, message: str | None) -> None:

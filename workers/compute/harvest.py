@@ -83,11 +83,24 @@ def harvest_pass(model: nn.Module, arch: Architecture, n_layers: int, sources: S
                 on_batch(batch.ids.shape[0])
 
 
+@dataclass(frozen=True)
+class PairValues:
+    """Per-token values of (unit, context) pairs of one source, for one batch."""
+
+    source: str
+    units: list[int]
+    contexts: list[int]
+    values: torch.Tensor
+    """[P, L] float32 on the CPU."""
+    invalid: torch.Tensor
+    """[P, L] the batch's invalid mask for each pair's context."""
+
+
 def token_values(model: nn.Module, arch: Architecture, n_layers: int, sources: Sequence[SourceRuntime],
                  wanted: dict[str, dict[int, list[int]]], batches: Iterable[TokenBatch],
-                 on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[str, int, int, torch.Tensor]]:
-    """Second pass: yield (source, unit, context, per-token values [L] float32 on CPU) for every
-    (unit, context) pair in ``wanted[source][context]``."""
+                 on_batch: Callable[[int], None] | None = None) -> Iterator[PairValues]:
+    """Second pass: per batch and source, the values of every (unit, context) pair in
+    ``wanted[source][context]``."""
     device = next(model.parameters()).device
     captured: dict[str, torch.Tensor] = {}
     hooks = sorted({s.hook for s in sources})
@@ -96,29 +109,28 @@ def token_values(model: nn.Module, arch: Architecture, n_layers: int, sources: S
             batch_dev = _to(batch, device)
             forward(model, batch_dev.ids, batch_dev.attention_mask)
             for source in sources:
-                yield from _gather(source, captured[source.hook], batch.contexts.tolist(), wanted[source.name])
+                pairs = _gather(source, captured[source.hook], batch, wanted[source.name])
+                if pairs is not None:
+                    yield pairs
             if on_batch is not None:
                 on_batch(batch.ids.shape[0])
 
 
-def _gather(source: SourceRuntime, acts: torch.Tensor, contexts: list[int],
-            wanted: dict[int, list[int]]) -> Iterator[tuple[str, int, int, torch.Tensor]]:
+def _gather(source: SourceRuntime, acts: torch.Tensor, batch: TokenBatch,
+            wanted: dict[int, list[int]]) -> PairValues | None:
     rows, units, ctxs = [], [], []
-    for row, ctx in enumerate(contexts):
+    for row, ctx in enumerate(batch.contexts.tolist()):
         for unit in wanted.get(ctx, ()):
             rows.append(row)
             units.append(unit)
             ctxs.append(ctx)
     if not rows:
-        return
+        return None
     row_t = torch.tensor(rows, device=acts.device)
+    unit_t = torch.tensor(units, device=acts.device)
     if source.encode is None:
-        values = acts[row_t, :, torch.tensor(units, device=acts.device)]  # [P, L]
+        values = acts[row_t, :, unit_t]  # [P, L]
     else:
-        encoded = source.encode(acts[torch.unique(row_t)])  # only the rows needed: [R, L, U]
-        remap = {r: i for i, r in enumerate(torch.unique(row_t).tolist())}
-        values = encoded[torch.tensor([remap[r] for r in rows], device=acts.device), :,
-                         torch.tensor(units, device=acts.device)]
-    values = values.float().cpu()
-    for i, (unit, ctx) in enumerate(zip(units, ctxs, strict=True)):
-        yield source.name, unit, ctx, values[i]
+        needed, inverse = torch.unique(row_t, return_inverse=True)
+        values = source.encode(acts[needed])[inverse, :, unit_t]  # encode only the rows needed
+    return PairValues(source.name, units, ctxs, values.float().cpu(), batch.invalid[torch.tensor(rows)])

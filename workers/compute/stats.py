@@ -186,13 +186,34 @@ class UnitAccumulator:
 
     # ---- merging and results ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
-        names = ["n_tokens", "fire", "total", "max", "hist", "top_key", "sk_pri", "sk_ctx", "sk_val"]
-        return {name: getattr(self, name).detach().cpu().contiguous() for name in names}
+        """The state on the CPU; sketch slots are stored sparsely (most octaves stay empty)."""
+        names = ["n_tokens", "fire", "total", "max", "hist", "top_key"]
+        out = {name: getattr(self, name).detach().cpu().contiguous() for name in names}
+        used = (self.sk_pri[:, 0] < EMPTY_PRIORITY).nonzero().squeeze(1)
+        out["sk_rows"] = used.cpu()
+        out["sk_shape"] = torch.tensor(list(self.sk_pri.shape))
+        for name in ("sk_pri", "sk_ctx", "sk_val"):
+            out[name] = getattr(self, name)[used].cpu().contiguous()
+        return out
+
+    @staticmethod
+    def dense_sketch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The sketch arrays of a state at full size."""
+        slots, samples = state["sk_shape"].tolist()
+        rows = state["sk_rows"]
+        dense = {
+            "sk_pri": torch.full((slots, samples), EMPTY_PRIORITY, dtype=torch.int64),
+            "sk_ctx": torch.full((slots, samples), -1, dtype=torch.int64),
+            "sk_val": torch.zeros((slots, samples)),
+        }
+        for name, tensor in dense.items():
+            tensor[rows] = state[name]
+        return dense
 
     def merge_state(self, other: dict[str, torch.Tensor]) -> None:
         """Add another accumulator's state (any context order): the result is exact."""
         dev = self.fire.device
-        o = {name: t.to(dev) for name, t in other.items()}
+        o = {name: t.to(dev) for name, t in {**other, **self.dense_sketch(other)}.items()}
         self.n_tokens += o["n_tokens"]
         self.fire += o["fire"]
         self.total += o["total"]
@@ -211,7 +232,7 @@ class UnitAccumulator:
     def from_state(cls, state: dict[str, torch.Tensor], *, seed: int, hist_stride: int,
                    unit_offset: int = 0) -> UnitAccumulator:
         n_units, k = state["top_key"].shape
-        acc = cls(n_units, k=k, samples=state["sk_pri"].shape[1], hist_stride=hist_stride, seed=seed,
+        acc = cls(n_units, k=k, samples=int(state["sk_shape"][1]), hist_stride=hist_stride, seed=seed,
                   unit_offset=unit_offset)
         acc.merge_state(state)
         return acc
@@ -263,30 +284,37 @@ def summarize(state: dict[str, torch.Tensor], *, n_intervals: int) -> list[UnitS
     """Per-unit results of a (merged) state, on the CPU."""
     n_tokens = int(state["n_tokens"])
     n_units = state["top_key"].shape[0]
-    s = state["sk_pri"].shape[1]
-    hist = state["hist"].view(n_units, N_HIST_BINS).tolist()
-    top_val_t, top_ctx_t = decode_top_keys(state["top_key"])
-    top_val, top_ctx = top_val_t.tolist(), top_ctx_t.tolist()
-    pri = state["sk_pri"].view(n_units, N_OCTAVES, s)
-    ctx = state["sk_ctx"].view(n_units, N_OCTAVES, s).tolist()
-    val = state["sk_val"].view(n_units, N_OCTAVES, s).tolist()
+    sketch = UnitAccumulator.dense_sketch(state)
+    s = sketch["sk_pri"].shape[1]
+    pri = sketch["sk_pri"].view(n_units, N_OCTAVES, s)
+    ctx = sketch["sk_ctx"].view(n_units, N_OCTAVES, s)
+    val = sketch["sk_val"].view(n_units, N_OCTAVES, s)
+    nonempty = pri[:, :, 0] < EMPTY_PRIORITY  # [U, NB]
+    # The highest n_intervals non-empty octaves of each unit.
+    from_top = nonempty.flip(1).cumsum(1).flip(1)
+    chosen = (nonempty & (from_top <= n_intervals)).tolist()
+    # Random firing examples: the s lowest (priority, context) over every octave.
+    flat_pri, flat_ctx, flat_val = pri.reshape(n_units, -1), ctx.reshape(n_units, -1), val.reshape(n_units, -1)
+    order = torch.sort(flat_ctx, dim=1, stable=True).indices
+    order = order.gather(1, torch.sort(flat_pri.gather(1, order), dim=1, stable=True).indices)[:, :s]
+    rand_ok = (flat_pri.gather(1, order) < EMPTY_PRIORITY).tolist()
+    rand_ctx, rand_val = flat_ctx.gather(1, order).tolist(), flat_val.gather(1, order).tolist()
     filled = (pri < EMPTY_PRIORITY).tolist()
-    flat_pri = pri.tolist()
+    ctx_l, val_l = ctx.tolist(), val.tolist()
+    top_val, top_ctx = (t.tolist() for t in decode_top_keys(state["top_key"]))
+    hist = state["hist"].view(n_units, N_HIST_BINS).tolist()
     fire, total, mx = state["fire"].tolist(), state["total"].tolist(), state["max"].tolist()
     out = []
     for u in range(n_units):
-        top = [(c, v) for c, v in zip(top_ctx[u], top_val[u], strict=True) if c >= 0]
-        groups: list[tuple[int, list[tuple[int, float]]]] = []
-        pool: list[tuple[int, int, float]] = []
-        for bucket in range(N_OCTAVES - 1, -1, -1):
-            members = [(ctx[u][bucket][j], val[u][bucket][j]) for j in range(s) if filled[u][bucket][j]]
-            pool.extend((flat_pri[u][bucket][j], ctx[u][bucket][j], val[u][bucket][j])
-                        for j in range(s) if filled[u][bucket][j])
-            if members and len(groups) < n_intervals:
-                groups.append((bucket, members))
-        random = [(c, v) for _, c, v in sorted(pool)[:s]]
+        intervals = [
+            (b, [(ctx_l[u][b][j], val_l[u][b][j]) for j in range(s) if filled[u][b][j]])
+            for b in range(N_OCTAVES - 1, -1, -1) if chosen[u][b]
+        ]
         out.append(UnitSummary(
             n_tokens=n_tokens, fire_count=fire[u], mean=total[u] / FIXED_SCALE / n_tokens if n_tokens else 0.0,
-            max=mx[u], hist=hist[u], top=top, intervals=groups, random=random,
+            max=mx[u], hist=hist[u],
+            top=[(c, v) for c, v in zip(top_ctx[u], top_val[u], strict=True) if c >= 0],
+            intervals=intervals,
+            random=[(c, v) for c, v, ok in zip(rand_ctx[u], rand_val[u], rand_ok[u], strict=True) if ok],
         ))
     return out

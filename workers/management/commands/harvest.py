@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from browser.corpora.models import Corpus
+from browser.runs.models import Run
+from workers.cli import follow, run_here, workers_alive
+from workers.compute.config import HarvestConfig
+from workers.compute.hooks import HookError, expand_hooks
+from workers.compute.loading import ModelLoadError
+from workers.pipeline.harvest import HarvestInputError, harvest_create, neuron_sources
+from workers.pipeline.models import model_get_or_register
+from workers.tasks import harvest_shards, harvest_work
+
+
+class Command(BaseCommand):
+    help = (
+        "Harvest every unit at the given hook points: top-k contexts, interval and random examples, "
+        "density, histogram and logit effects. Queues the run's shards on the gpu queue."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--model", required=True, help="a registered model or packaged alias")
+        parser.add_argument("--corpus", required=True, help="the name of an imported corpus")
+        parser.add_argument("--hooks", default="blocks.*.mlp.hook_post",
+                            help="comma-separated hook points or globs (default: every MLP's neurons)")
+        parser.add_argument("--k", type=int, default=32, help="top contexts per unit")
+        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--shard-contexts", type=int, default=2048, help="contexts per shard")
+        parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (GPU)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--include-special", action="store_true",
+                            help="keep BOS/EOS/PAD/CLS/SEP positions in statistics and examples")
+        parser.add_argument("--wait", action="store_true", help="show a progress bar until the run is done")
+        parser.add_argument("--inline", action="store_true", help="run every shard in this process")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        try:
+            run, created = self._create(opts)
+        except (ModelLoadError, HookError, HarvestInputError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+        if not created:
+            self.stdout.write(f"Run #{run.pk} with this configuration exists ({run.status}); not computed again.\n")
+            if not (opts["wait"] and run.status not in {Run.Status.DONE}):
+                return
+        elif opts["inline"] or (opts["wait"] and not workers_alive()):
+            self.stdout.write(f"Run #{run.pk}: {run.n_shards} shard(s), running in this process.\n")
+            run_here(harvest_work, run.job, self.stdout)  # type: ignore[arg-type]
+        else:
+            for _ in range(run.n_shards):
+                harvest_shards.apply_async(args=[run.pk])
+            self.stdout.write(f"Run #{run.pk}: queued {run.n_shards} shard(s) on the gpu queue.\n")
+        if opts["wait"] and not opts["inline"] and run.job_id:
+            follow(run.job_id, self.stdout)
+        run.refresh_from_db()
+        self.stdout.write(f"Run #{run.pk}: {run.status}.\n")
+
+    def _create(self, opts: dict[str, Any]) -> tuple[Run, bool]:
+        model = model_get_or_register(opts["model"])
+        corpus = Corpus.objects.filter(name=opts["corpus"]).first()
+        if corpus is None:
+            names = ", ".join(Corpus.objects.values_list("name", flat=True)) or "none"
+            raise HarvestInputError(f"no corpus named {opts['corpus']!r} (imported: {names})")
+        config = HarvestConfig(
+            sources=neuron_sources(expand_hooks(opts["hooks"], model.n_layers)), k=opts["k"],
+            batch_size=opts["batch_size"], shard_contexts=opts["shard_contexts"], device=opts["device"],
+            dtype=opts["dtype"], seed=opts["seed"], exclude_special=not opts["include_special"],
+        )
+        return harvest_create(model=model, corpus=corpus, config=config)
