@@ -49,6 +49,7 @@ def units_set_browse_fields(*, run: Run, rows: Iterable[tuple[int, str, dict[str
     rows: (unit id, top token, logit effects). Runs as set-based SQL through a temporary table.
     """
     with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS unit_browse")
         cursor.execute(
             "CREATE TEMPORARY TABLE unit_browse (unit_id bigint, top_token text, logit_effects jsonb) ON COMMIT DROP"
         )

@@ -351,8 +351,7 @@ def _spool_examples(run: Run, config: HarvestConfig, loaded: Loaded, summaries: 
 
     for pairs in token_values(loaded.torch_model, loaded.arch, run.model.n_layers, loaded.runtimes, wanted,
                               batches(), on_batch):
-        masked = pairs.values.masked_fill(pairs.invalid if config.exclude_special else pairs.invalid & False,
-                                          float("-inf"))
+        masked = pairs.values.masked_fill(pairs.invalid, float("-inf"))  # padding, and specials if excluded
         max_pos = masked.argmax(1).tolist()
         packed = pairs.values.clamp(-65504, 65504).numpy().astype("<f2")
         by_unit = chosen[pairs.source]

@@ -1,0 +1,200 @@
+"""The harvest end to end on the real database: exact against brute force, shards, bad input."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from browser.catalog.models import Model, Source, Unit
+from browser.corpora.models import Context, Corpus
+from browser.corpora.selectors import decode_tokens
+from browser.examples.models import Example, UnitStats
+from browser.runs.models import Run
+from fixtures.tiny import build_tiny_bert
+from tests.compute.reference import brute_force
+from workers.compute import hooks
+from workers.compute.config import HarvestConfig
+from workers.compute.harvest import make_batch
+from workers.compute.loading import load_torch_model
+from workers.pipeline.harvest import UNIT_OFFSET_STRIDE, finalize, harvest_create, neuron_sources
+from workers.cli import run_here
+from workers.pipeline.models import model_register
+from workers.tasks import harvest_work
+
+pytestmark = pytest.mark.slow
+TEXTS = [
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.",
+    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
+    "Now is the winter of our discontent made glorious summer by this sun of York.",
+    "All the world's a stage, and all the men and women merely players.",
+    "Double, double toil and trouble; fire burn and cauldron bubble.",
+    "If music be the food of love, play on.",
+]
+
+
+@pytest.fixture
+def corpus(minilm: Model, tmp_path: Path) -> Corpus:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, text in enumerate(TEXTS):
+        (folder / f"{i}.txt").write_text(" ".join([text] * 3))
+    call_command("import_corpus", str(folder), name="lines", context_length=16, inline=True)
+    return Corpus.objects.get(name="lines")
+
+
+@pytest.fixture
+def tiny(db: None, tmp_path: Path) -> Model:
+    return model_register(location=str(build_tiny_bert(tmp_path / "tiny")), name="tiny")
+
+
+def _harvest(model: Model, corpus: Corpus, hook_names: list[str], **kw: object) -> Run:
+    kw = {"batch_size": 8, **kw}
+    config = HarvestConfig(sources=neuron_sources(hook_names), k=4, samples_per_interval=3,
+                           n_intervals=4, hist_stride=3, **kw)  # type: ignore[arg-type]
+    run, created = harvest_create(model=model, corpus=corpus, config=config)
+    assert created
+    run_here(harvest_work, run.job, io.StringIO())
+    run.refresh_from_db()
+    assert run.status == Run.Status.DONE, run.error
+    return run
+
+
+def _all_activations(model: Model, corpus: Corpus, hook: str, batch_size: int, exclude_special: bool):
+    arch = hooks.architecture_for(model.config["model_type"])
+    torch_model = load_torch_model(model.location, Path("/nonexistent"), arch.causal, "cpu", "float32")
+    special = set(corpus.tokenizer.special_ids)
+    rows = list(Context.objects.filter(corpus=corpus).order_by("index").values_list("index", "tokens"))
+    acts, invalid = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = make_batch([i for i, _ in chunk], [decode_tokens(bytes(t)) for _, t in chunk],
+                           corpus.context_length, special, exclude_special, 0)
+        captured: dict[str, torch.Tensor] = {}
+        with hooks.capture(torch_model, arch, [hook], model.n_layers, lambda h, a: captured.__setitem__(h, a.clone())):
+            hooks.forward(torch_model, batch.ids, batch.attention_mask)
+        acts.append(captured[hook])
+        invalid.append(batch.invalid)
+    return torch.cat(acts).numpy(), torch.cat(invalid).numpy()
+
+
+def _check_against_brute_force(run: Run, hook: str, position: int, exclude_special: bool = True) -> None:
+    config = HarvestConfig.from_dict(run.config)
+    acts, invalid = _all_activations(run.model, run.corpus, hook, config.batch_size, exclude_special)
+    want = brute_force(acts, invalid, k=config.k, samples=config.samples_per_interval,
+                       n_intervals=config.n_intervals, hist_stride=config.hist_stride, seed=config.seed,
+                       unit_offset=position * UNIT_OFFSET_STRIDE)
+    source = Source.objects.get(model=run.model, name=hook)
+    ctx_index = dict(Context.objects.filter(corpus=run.corpus).values_list("id", "index"))
+    for unit in Unit.objects.filter(source=source).order_by("index"):
+        w = want[unit.index]
+        stats = UnitStats.objects.get(unit=unit, run=run)
+        assert (stats.n_tokens, stats.fire_count) == (w["n_tokens"], w["fire"])
+        assert stats.mean * stats.n_tokens == pytest.approx(w["total"], rel=1e-4, abs=1e-3)
+        assert stats.max == pytest.approx(w["max"], rel=1e-6)
+        assert np.frombuffer(bytes(stats.hist), dtype="<i8").tolist() == w["hist"]
+        examples = Example.objects.filter(unit=unit, run=run)
+        top = [(ctx_index[e.context_id], e.max_value) for e in examples.filter(kind=0).order_by("rank")]
+        assert [c for c, _ in top] == [c for c, _ in w["top"]]
+        assert [v for _, v in top] == pytest.approx([v for _, v in w["top"]], rel=1e-6)
+        intervals: dict[int, list[int]] = {}
+        for e in examples.filter(kind=1).order_by("-bucket", "rank"):
+            intervals.setdefault(e.bucket, []).append(ctx_index[e.context_id])
+        assert list(intervals.items()) == [(b, [c for c, _ in m]) for b, m in w["intervals"]]
+        random = [ctx_index[e.context_id] for e in examples.filter(kind=2).order_by("rank")]
+        assert random == [c for c, _ in w["random"]]
+        assert unit.density == pytest.approx(w["fire"] / w["n_tokens"])
+
+
+def test_tiny_model_equals_brute_force(tiny: Model, corpus: Corpus) -> None:
+    run = _harvest(tiny, corpus, ["blocks.0.mlp.hook_post", "blocks.1.hook_resid_post"])
+    _check_against_brute_force(run, "blocks.0.mlp.hook_post", 0)
+    _check_against_brute_force(run, "blocks.1.hook_resid_post", 1)
+
+
+def test_minilm_equals_brute_force(minilm: Model, corpus: Corpus) -> None:
+    run = _harvest(minilm, corpus, ["blocks.2.mlp.hook_post"])
+    _check_against_brute_force(run, "blocks.2.mlp.hook_post", 0)
+
+
+def _rows(run: Run) -> list[tuple[object, ...]]:
+    stats = list(UnitStats.objects.filter(run=run).order_by("unit_id").values_list(
+        "unit_id", "n_tokens", "fire_count", "density", "mean", "max", "hist"))
+    examples = list(Example.objects.filter(run=run).order_by("unit_id", "kind", "bucket", "rank").values_list(
+        "unit_id", "kind", "bucket", "rank", "context_id", "max_value", "max_pos", "values"))
+    return [(*s[:-1], bytes(s[-1])) for s in stats] + [(*e[:-1], bytes(e[-1])) for e in examples]
+
+
+def test_three_shards_equal_one_and_finalize_twice_changes_nothing(tiny: Model, corpus: Corpus) -> None:
+    hook = ["blocks.1.mlp.hook_post"]
+    one = _harvest(tiny, corpus, hook, shard_contexts=2048, batch_size=4)
+    rows_one = _rows(one)
+    one.delete()
+    three = _harvest(tiny, corpus, hook, shard_contexts=12, batch_size=4)
+    assert three.n_shards == 3 and one.n_shards == 1
+    assert _rows(three) == rows_one
+    Run.objects.filter(pk=three.pk).update(status=Run.Status.FINALIZING)
+    finalize(run_id=three.pk, progress=lambda *a, **k: None)
+    assert _rows(three) == rows_one
+
+
+def test_special_tokens_are_excluded_unless_asked(minilm: Model, corpus: Corpus) -> None:
+    special = set(corpus.tokenizer.special_ids)
+    run = _harvest(minilm, corpus, ["blocks.5.mlp.hook_post"])
+    tokens = dict(Context.objects.filter(corpus=corpus).values_list("id", "tokens"))
+    maxima = [decode_tokens(bytes(tokens[c]))[p] for c, p in
+              Example.objects.filter(run=run).values_list("context_id", "max_pos")]
+    assert maxima and not special & set(maxima)
+    run.delete()
+    with_special = _harvest(minilm, corpus, ["blocks.5.mlp.hook_post"], exclude_special=False)
+    maxima = [decode_tokens(bytes(tokens[c]))[p] for c, p in
+              Example.objects.filter(run=with_special, kind=0, rank=0).values_list("context_id", "max_pos")]
+    assert special & set(maxima)  # [CLS] and [SEP] carry some neurons' largest activations
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model": "nope"}, "unknown model 'nope'"),
+        ({"corpus": "nope"}, "no corpus named 'nope'"),
+        ({"hooks": "blocks.9.mlp.hook_post"}, r"unknown hook point 'blocks.9.mlp.hook_post'; valid: .* 0..5"),
+        ({"hooks": "blocks.1.attn"}, "unknown hook point"),
+        ({"k": 0}, "k must be between 1 and 1024"),
+        ({"k": 10**6}, "k must be between 1 and 1024"),
+        ({"batch_size": 0}, "batch size must be between"),
+        ({"device": "tpu"}, "device must be auto, cpu or cuda"),
+    ],
+)
+def test_bad_harvest_input_is_refused(options: dict[str, object], message: str, minilm: Model,
+                                      corpus: Corpus) -> None:
+    args = {"model": "minilm-l6", "corpus": "lines", "hooks": "blocks.0.mlp.hook_post", "inline": True, **options}
+    before = (Run.objects.count(), Source.objects.count(), Unit.objects.count(), Example.objects.count())
+    with pytest.raises(CommandError, match=message):
+        call_command("harvest", **args)
+    assert (Run.objects.count(), Source.objects.count(), Unit.objects.count(), Example.objects.count()) == before
+
+
+def test_tokenizer_mismatch_is_refused(corpus: Corpus, db: None) -> None:
+    Model.objects.create(name="other", kind="encoder", architecture="bert", location="minilm-l6", n_layers=6,
+                         d_model=384, d_mlp=1536, tokenizer=None)
+    with pytest.raises(CommandError, match="was tokenized for minilm-l6"):
+        call_command("harvest", model="other", corpus="lines", inline=True)
+    assert Run.objects.count() == 0
+
+
+def test_harvest_command_runs_and_does_not_recompute(minilm: Model, corpus: Corpus) -> None:
+    out = io.StringIO()
+    call_command("harvest", model="minilm-l6", corpus="lines", hooks="blocks.0.mlp.hook_post", k=8, inline=True,
+                 stdout=out)
+    assert "done" in out.getvalue()
+    assert Unit.objects.filter(source__name="blocks.0.mlp.hook_post", stats_run__isnull=False).count() == 1536
+    again = io.StringIO()
+    call_command("harvest", model="minilm-l6", corpus="lines", hooks="blocks.0.mlp.hook_post", k=8, inline=True,
+                 stdout=again)
+    assert "exists (done); not computed again" in again.getvalue()
+    assert Run.objects.count() == 1
