@@ -39,3 +39,27 @@ def test_worker_tokenizes_a_corpus(worker: subprocess.Popen[bytes], minilm: Mode
     assert corpus.status == Corpus.Status.READY
     assert Context.objects.filter(corpus=corpus).count() == corpus.n_contexts > 100
     assert job.attempts == 1
+
+
+def test_worker_harvests_a_run_in_shards(worker: subprocess.Popen[bytes], minilm: Model) -> None:
+    import io
+
+    from django.core.management import call_command
+
+    from browser.catalog.models import Unit
+    from browser.runs.models import Run, Shard
+
+    corpus_import(name="h", path=FIXTURE_CORPUS, tokenizer_model=minilm, context_length=64)
+    job = job_create(kind=Job.Kind.TOKENIZE, title="tokenize h", params={"corpus_id": Corpus.objects.get(name="h").pk})
+    tokenize_corpus.apply_async(args=[job.pk])
+    assert _wait(job).status == Job.Status.SUCCEEDED
+    out = io.StringIO()
+    call_command("harvest", model="minilm-l6", corpus="h", hooks="blocks.1.mlp.hook_post", k=8,
+                 shard_contexts=160, wait=True, stdout=out)
+    run = Run.objects.get()
+    assert run.status == Run.Status.DONE, run.error
+    assert run.n_shards == 3
+    assert set(Shard.objects.filter(run=run).values_list("status", flat=True)) == {Shard.Status.DONE}
+    assert run.job is not None and run.job.status == Job.Status.SUCCEEDED
+    assert run.contexts_done == run.contexts_total
+    assert Unit.objects.filter(source__name="blocks.1.mlp.hook_post", stats_run=run).count() == 1536

@@ -1,0 +1,130 @@
+"""`bench harvest`: harvest speed against a bare forward pass, memory, and COPY throughput."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from django.conf import settings
+from django.db import connection, transaction
+
+from workers.compute import hooks, loading, tokenize
+from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass, make_batch
+from workers.compute.stats import UnitAccumulator
+
+MODEL = "minilm-l6"
+CONTEXT_LENGTH = 64
+BATCH = 32
+
+
+def corpus_path() -> Path:
+    shared = Path(settings.BASE_DIR).parent / "shared" / "corpora" / "shakespeare.jsonl"
+    return shared if shared.exists() else Path(settings.BASE_DIR) / "fixtures" / "shakespeare-small.jsonl"
+
+
+def make_batches(n_tokens: int) -> list[TokenBatch]:
+    """Batches of full MiniLM contexts cut from the Shakespeare corpus (repeated if it is short)."""
+    tok = loading.load_tokenizer(MODEL, Path(settings.CACHE_DIR))
+    layout = tokenize.layout_for(tok, CONTEXT_LENGTH, causal=False)
+    texts = [json.loads(line)["text"] for line in corpus_path().read_text().splitlines() if line.strip()]
+    contexts: list[list[int]] = []
+    while len(contexts) * CONTEXT_LENGTH < n_tokens:
+        for ids in tokenize.tokenize_batch(tok, texts[:50]):
+            contexts.extend(c for c in tokenize.chunk(ids, layout) if len(c) == CONTEXT_LENGTH)
+            if len(contexts) * CONTEXT_LENGTH >= n_tokens:
+                break
+    special = set(tok.all_special_ids)
+    n = n_tokens // CONTEXT_LENGTH
+    return [make_batch(list(range(i, min(i + BATCH, n))), contexts[i : min(i + BATCH, n)], CONTEXT_LENGTH,
+                       special, True, tok.pad_token_id) for i in range(0, n, BATCH)]
+
+
+def _setup() -> tuple[Any, hooks.Architecture, list[SourceRuntime], list[str]]:
+    model = loading.load_torch_model(MODEL, Path(settings.CACHE_DIR), False, "cpu", "float32")
+    arch = hooks.architecture_for("bert")
+    names = [f"blocks.{i}.mlp.hook_post" for i in range(6)]
+    runtimes = [SourceRuntime(n, n, 1536, i << 21) for i, n in enumerate(names)]
+    return model, arch, runtimes, names
+
+
+def bare_pass(model: Any, arch: hooks.Architecture, names: list[str], batches: list[TokenBatch]) -> float:
+    """The same model, batches and stop layer, with hooks that do nothing."""
+    start = time.perf_counter()
+    with hooks.capture(model, arch, names, 6, lambda hook, acts: None):
+        for batch in batches:
+            hooks.forward(model, batch.ids, batch.attention_mask)
+    return time.perf_counter() - start
+
+
+def stats_pass(model: Any, arch: hooks.Architecture, runtimes: list[SourceRuntime],
+               batches: list[TokenBatch], k: int = 32) -> float:
+    accumulators = {rt.name: UnitAccumulator(rt.n_units, k=k, samples=6, hist_stride=7, seed=0,
+                                             unit_offset=rt.unit_offset) for rt in runtimes}
+    start = time.perf_counter()
+    harvest_pass(model, arch, 6, runtimes, accumulators, batches, CONTEXT_LENGTH)
+    return time.perf_counter() - start
+
+
+def peak_rss_mb(n_tokens: int) -> float:
+    """Peak RSS of a fresh process that harvests ``n_tokens`` (all 6 layers)."""
+    code = (
+        "import django, resource; django.setup(); "
+        "from workers.bench.harvest import _setup, make_batches, stats_pass; "
+        f"b = make_batches({n_tokens}); m, a, r, n = _setup(); stats_pass(m, a, r, b); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=settings.BASE_DIR, env={**__import__("os").environ,
+                                                    "DJANGO_SETTINGS_MODULE": "browser.settings"})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def copy_rate(n_rows: int = 200_000) -> float:
+    """Example rows per second through binary COPY (rolled back afterwards)."""
+    from browser.core.copy import copy_rows
+
+    values = torch.randn(CONTEXT_LENGTH).to(torch.float16).numpy().astype("<f2").tobytes()
+    rows = ((-1, i, 0, 0, 0, 1, 1.5, 3, values) for i in range(n_rows))  # run -1: no real run
+    with transaction.atomic():
+        start = time.perf_counter()
+        copy_rows("examples_example",
+                  ["run_id", "unit_id", "kind", "bucket", "rank", "context_id", "max_value", "max_pos", "values"],
+                  ["int8", "int8", "int2", "int2", "int2", "int8", "float8", "int2", "bytea"], rows)
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        elapsed = time.perf_counter() - start
+        transaction.set_rollback(True)
+    return n_rows / elapsed
+
+
+def run(*, tokens: int = 40_960, rounds: int = 3, log: Any = sys.stderr) -> dict[str, Any]:
+    torch.set_num_threads(torch.get_num_threads())
+    batches = make_batches(tokens)
+    n = sum(int(b.attention_mask.sum()) for b in batches)
+    model, arch, runtimes, names = _setup()
+    bare_pass(model, arch, names, batches[:2])  # warm up
+    bare, harvest = [], []
+    for r in range(rounds):  # interleaved, so both see the same machine
+        bare.append(bare_pass(model, arch, names, batches))
+        harvest.append(stats_pass(model, arch, runtimes, batches))
+        log.write(f"round {r + 1}: bare {n / bare[-1]:.0f} tok/s, harvest {n / harvest[-1]:.0f} tok/s\n")
+    bare_tps, harvest_tps = n / min(bare), n / min(harvest)
+    log.write("measuring peak memory in fresh processes...\n")
+    rss_10k, rss_40k = peak_rss_mb(10_240), peak_rss_mb(40_960)
+    log.write("measuring COPY throughput...\n")
+    return {
+        "model": MODEL, "units": 9216, "k": 32, "tokens": n, "context_length": CONTEXT_LENGTH, "batch_size": BATCH,
+        "threads": torch.get_num_threads(),
+        "bare_tokens_per_s": round(bare_tps, 1), "harvest_tokens_per_s": round(harvest_tps, 1),
+        "harvest_vs_bare": round(harvest_tps / bare_tps, 3),
+        "harvest_vs_bare_per_round": [round(b / h, 3) for b, h in zip(bare, harvest, strict=True)],
+        "peak_rss_mb_10k": round(rss_10k, 1), "peak_rss_mb_40k": round(rss_40k, 1),
+        "copy_rows_per_s": round(copy_rate(), 1),
+        "max_rss_mb_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
