@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import IntegrityError, transaction
+from psycopg.types.json import Jsonb
 
 from browser.catalog.models import Model, Source, Tokenizer, Unit
 from browser.core.copy import copy_rows
@@ -64,7 +65,7 @@ def units_ensure(*, source: Source) -> int:
     with transaction.atomic():
         have = set(Unit.objects.filter(source=source).values_list("index", flat=True))
         rows = (
-            (source.pk, index, source.layer, source.kind, "", False, 0, "", "{}")
+            (source.pk, index, source.layer, source.kind, "", False, 0, "", Jsonb({}))
             for index in range(source.n_units)
             if index not in have
         )

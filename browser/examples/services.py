@@ -51,9 +51,9 @@ def units_set_browse_fields(*, run: Run, rows: Iterable[tuple[int, str, dict[str
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS unit_browse")
         cursor.execute(
-            "CREATE TEMPORARY TABLE unit_browse (unit_id bigint, top_token text, logit_effects jsonb) ON COMMIT DROP"
+            "CREATE TEMPORARY TABLE unit_browse (unit_id bigint, top_token text, logit_effects text) ON COMMIT DROP"
         )
-    copy_rows("unit_browse", ["unit_id", "top_token", "logit_effects"], ["int8", "text", "jsonb"],
+    copy_rows("unit_browse", ["unit_id", "top_token", "logit_effects"], ["int8", "text", "text"],
               ((unit_id, token[:100], json.dumps(effects)) for unit_id, token, effects in rows))
     with connection.cursor() as cursor:
         cursor.execute(
@@ -61,7 +61,7 @@ def units_set_browse_fields(*, run: Run, rows: Iterable[tuple[int, str, dict[str
             UPDATE catalog_unit u
                SET density = s.density, max_activation = s.max, mean_activation = s.mean,
                    dead = (s.fire_count = 0), stats_run_id = s.run_id,
-                   top_token = b.top_token, logit_effects = b.logit_effects,
+                   top_token = b.top_token, logit_effects = b.logit_effects::jsonb,
                    search_text = trim(b.top_token || ' ' || coalesce(
                        (SELECT string_agg(l.text, ' ') FROM labels_label l WHERE l.unit_id = u.id), '')),
                    search = to_tsvector('simple', trim(b.top_token || ' ' || coalesce(

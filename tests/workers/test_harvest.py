@@ -198,3 +198,18 @@ def test_harvest_command_runs_and_does_not_recompute(minilm: Model, corpus: Corp
                  stdout=again)
     assert "exists (done); not computed again" in again.getvalue()
     assert Run.objects.count() == 1
+
+
+def test_unit_and_source_pages_show_the_harvest(tiny: Model, corpus: Corpus, client: object) -> None:
+    _harvest(tiny, corpus, ["blocks.0.mlp.hook_post"])
+    unit = Unit.objects.filter(source__name="blocks.0.mlp.hook_post", dead=False).order_by("index").first()
+    assert unit is not None
+    page = client.get(f"/u/tiny/blocks.0.mlp.hook_post/{unit.index}/")  # type: ignore[attr-defined]
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Top examples" in html and 'class="tok' in html and "<svg" in html
+    assert html.count('class="example"') == Example.objects.filter(unit=unit).count()
+    listing = client.get("/s/tiny/blocks.0.mlp.hook_post/")  # type: ignore[attr-defined]
+    assert listing.status_code == 200 and f"/u/tiny/blocks.0.mlp.hook_post/{unit.index}/" in listing.content.decode()
+    assert client.get("/u/tiny/blocks.0.mlp.hook_post/9999/").status_code == 404  # type: ignore[attr-defined]
+    assert client.get("/s/tiny/nope/").status_code == 404  # type: ignore[attr-defined]
