@@ -76,6 +76,15 @@ def _decoder_kind(tokenizer: Any) -> str:
     return "plain"
 
 
+def _printable(text: str) -> str:
+    """Control characters as their visible Unicode pictures (U+2400...): PostgreSQL cannot store
+    NUL in text or JSON, and a browser shows nothing for the others. Tab and newline stay."""
+    return "".join(
+        chr(0x2400 + ord(ch)) if ord(ch) < 0x20 and ch not in "\t\n\r" else ("\u2421" if ch == "\x7f" else ch)
+        for ch in text
+    )
+
+
 def display_strings(tokenizer: Any) -> list[str]:
     """What each token id looks like in running text, whitespace included."""
     raw = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -95,7 +104,7 @@ def display_strings(tokenizer: Any) -> list[str]:
             out.append(token.replace("▁", " "))
         else:
             out.append(token)
-    return out
+    return [_printable(text) for text in out]
 
 
 def vocab_hash(tokens: Iterable[str], special_ids: Iterable[int]) -> str:
