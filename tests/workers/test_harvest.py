@@ -18,12 +18,12 @@ from browser.examples.models import Example, UnitStats
 from browser.runs.models import Run
 from fixtures.tiny import build_tiny_bert
 from tests.compute.reference import brute_force
+from workers.cli import run_here
 from workers.compute import hooks
 from workers.compute.config import HarvestConfig
 from workers.compute.harvest import make_batch
 from workers.compute.loading import load_torch_model
 from workers.pipeline.harvest import UNIT_OFFSET_STRIDE, finalize, harvest_create, neuron_sources
-from workers.cli import run_here
 from workers.pipeline.models import model_register
 from workers.tasks import harvest_work
 
@@ -76,7 +76,8 @@ def _all_activations(model: Model, corpus: Corpus, hook: str, batch_size: int, e
         batch = make_batch([i for i, _ in chunk], [decode_tokens(bytes(t)) for _, t in chunk],
                            corpus.context_length, special, exclude_special, 0)
         captured: dict[str, torch.Tensor] = {}
-        with hooks.capture(torch_model, arch, [hook], model.n_layers, lambda h, a: captured.__setitem__(h, a.clone())):
+        sink = captured.__setitem__
+        with hooks.capture(torch_model, arch, [hook], model.n_layers, lambda h, a, sink=sink: sink(h, a.clone())):
             hooks.forward(torch_model, batch.ids, batch.attention_mask)
         acts.append(captured[hook])
         invalid.append(batch.invalid)
