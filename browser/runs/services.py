@@ -54,7 +54,10 @@ def job_log(*, job_id: int, line: str) -> None:
 
 
 def job_finish(*, job_id: int, status: str, error: str = "") -> None:
-    Job.objects.filter(pk=job_id).update(status=status, error=error[-10_000:], finished=timezone.now())
+    fields: dict[str, object] = {"status": status, "error": error[-10_000:], "finished": timezone.now()}
+    if status == Job.Status.SUCCEEDED:
+        fields["done"] = F("total")  # the last progress report may have been throttled away
+    Job.objects.filter(pk=job_id).update(**fields)
 
 
 def job_requeue(*, job_id: int, error: str) -> None:
