@@ -163,7 +163,10 @@ def run_mark(*, run: Run, status: str, error: str = "") -> None:
     Run.objects.filter(pk=run.pk).update(**fields)
 
 
-def run_release_partials(*, run: Run) -> None:
+def run_delete(*, run: Run) -> None:
+    """Delete a run with its shards, results and the shards' partial blobs (which a plain
+    cascade would leave behind: shards point at blobs, not the other way round)."""
     ids = [i for i in Shard.objects.filter(run=run).values_list("partial_id", flat=True) if i]
-    Shard.objects.filter(run=run).update(partial=None)
-    blob_delete(blob_ids=ids)
+    with transaction.atomic():
+        run.delete()
+        blob_delete(blob_ids=ids)

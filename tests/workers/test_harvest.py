@@ -214,3 +214,15 @@ def test_unit_and_source_pages_show_the_harvest(tiny: Model, corpus: Corpus, cli
     assert listing.status_code == 200 and f"/u/tiny/blocks.0.mlp.hook_post/{unit.index}/" in listing.content.decode()
     assert client.get("/u/tiny/blocks.0.mlp.hook_post/9999/").status_code == 404  # type: ignore[attr-defined]
     assert client.get("/s/tiny/nope/").status_code == 404  # type: ignore[attr-defined]
+
+
+def test_a_failed_run_is_redone_from_scratch_without_leftovers(tiny: Model, corpus: Corpus) -> None:
+    from browser.core.models import Blob
+
+    run = _harvest(tiny, corpus, ["blocks.0.mlp.hook_post"])
+    assert Blob.objects.count() == run.n_shards  # the partials, kept for a repeated finalize
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED)
+    config = HarvestConfig.from_dict(run.config)
+    again, created = harvest_create(model=tiny, corpus=corpus, config=config)
+    assert created and again.pk != run.pk
+    assert Blob.objects.count() == 0 and not Example.objects.filter(run_id=run.pk).exists()

@@ -131,7 +131,8 @@ class UnitAccumulator:
 
     def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int) -> None:
         """Token statistics of ``x`` whose invalid rows hold zeros."""
-        self.fire += x.view(torch.int32).clamp(0, 1).sum(0, dtype=torch.int32)  # 1 exactly where x > 0
+        # The float's bits as int32, clamped to [0, 1]: 1 exactly where x > 0.
+        self.fire += torch.clamp_max(x.view(torch.int32), 1).clamp_min_(0).sum(0, dtype=torch.int32)
         self.total += _fixed(x.sum(0))
         self.n_tokens += x.shape[0] - invalid_rows.numel()
         offset = (-first_token) % self.hist_stride
@@ -167,22 +168,22 @@ class UnitAccumulator:
         # Keep each slot's best s candidates of this batch; a stable sort of (slot, priority)
         # keeps lower contexts first on (rare) priority ties.
         order = torch.sort(slot * (1 << 32) + pri, stable=True).indices
-        slot, pri, ctx, val = slot[order], pri[order], ctx[order], val[order]
-        rank = _rank_in_group(slot)
-        keep = rank < s
-        slot, pri, ctx, val = slot[keep], pri[keep], ctx[keep], val[keep]
+        order = order[_rank_in_group(slot[order]) < s]
+        slot, pri = slot[order], pri[order]
         rows = torch.unique_consecutive(slot)
+        held_pri = self.sk_pri[rows]  # [R, s]
         all_slot = torch.cat([rows.repeat_interleave(s), slot])
-        all_pri = torch.cat([self.sk_pri[rows].reshape(-1), pri])
-        order = torch.sort(all_slot * (1 << 32) + all_pri, stable=True).indices  # held entries first on ties
-        all_slot = all_slot[order]
-        rank = _rank_in_group(all_slot)
+        merged = torch.sort(all_slot * (1 << 32) + torch.cat([held_pri.reshape(-1), pri]), stable=True).indices
+        rank = _rank_in_group(all_slot[merged])
         keep = rank < s
-        target_slot, target_rank = all_slot[keep], rank[keep]
-        picked = order[keep]
-        self.sk_pri[target_slot, target_rank] = torch.cat([self.sk_pri[rows].reshape(-1), pri])[picked]
-        self.sk_ctx[target_slot, target_rank] = torch.cat([self.sk_ctx[rows].reshape(-1), ctx])[picked]
-        self.sk_val[target_slot, target_rank] = torch.cat([self.sk_val[rows].reshape(-1), val])[picked]
+        picked, target_slot, target_rank = merged[keep], all_slot[merged][keep], rank[keep]
+        # Gather every source value before writing: held rows are read and written here.
+        new_pri = torch.cat([held_pri.reshape(-1), pri])[picked]
+        new_ctx = torch.cat([self.sk_ctx[rows].reshape(-1), ctx[order]])[picked]
+        new_val = torch.cat([self.sk_val[rows].reshape(-1), val[order]])[picked]
+        self.sk_pri[target_slot, target_rank] = new_pri
+        self.sk_ctx[target_slot, target_rank] = new_ctx
+        self.sk_val[target_slot, target_rank] = new_val
 
     # ---- merging and results ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:

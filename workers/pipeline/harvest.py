@@ -36,6 +36,7 @@ from browser.runs.services import (
     JobCancelled,
     job_create,
     run_claim_finalize,
+    run_delete,
     run_mark,
     run_progress,
     shard_claim,
@@ -69,7 +70,7 @@ def harvest_create(*, model: Model, corpus: Corpus, config: HarvestConfig, user:
         return existing, False
     with transaction.atomic():
         if existing is not None:
-            existing.delete()  # a failed or cancelled run is redone from scratch
+            run_delete(run=existing)  # a failed or cancelled run is redone from scratch
         sources = [_source_for(model, s) for s in config.sources]
         job = job_create(kind=Job.Kind.HARVEST, title=f"harvest {model.name} x {corpus.name}",
                          params={}, created_by=user)
