@@ -83,3 +83,11 @@ def test_random_data_many_seeds() -> None:
     for seed in range(2, 6):
         acts, invalid = _data(seed, C=25, T=9, U=5)
         _compare(_accumulate(acts, invalid, list(range(25)), 6), acts, invalid)
+
+
+def test_bulk_sketch_inserts_with_stale_thresholds_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.compute.stats as stats
+
+    monkeypatch.setattr(stats, "PENDING_LIMIT", 7)  # flush after almost every batch, mid-warm-up
+    acts, invalid = _data(7)
+    _compare(_accumulate(acts, invalid, list(range(40)), 3), acts, invalid)

@@ -33,6 +33,8 @@ MASK32 = (1 << 32) - 1
 # shards merged in finalize give bit-identical means to a single pass.
 FIXED_SCALE = 1 << 16
 EMPTY_KEY = -1
+# Sketch candidates buffered before a bulk insert (a few MB).
+PENDING_LIMIT = 200_000
 EMPTY_PRIORITY = 1 << 31  # above every 31-bit priority
 
 
@@ -107,6 +109,11 @@ class UnitAccumulator:
         self.sk_pri = torch.full((slots, samples), EMPTY_PRIORITY, dtype=torch.int64, device=dev)
         self.sk_ctx = torch.full((slots, samples), -1, dtype=torch.int64, device=dev)
         self.sk_val = torch.zeros((slots, samples), device=dev)
+        # Sketch candidates wait here and are inserted in bulk: one large sort costs far less
+        # than many small ones. Thresholds read while they wait are stale (too permissive),
+        # which only admits extra candidates; the insert still keeps exactly the lowest s.
+        self._pending: list[tuple[torch.Tensor, ...]] = []
+        self._pending_n = 0
 
     # ---- per batch -------------------------------------------------------------------------
     def update(self, batch: Batch) -> None:
@@ -160,7 +167,16 @@ class UnitAccumulator:
         slot = u_idx * N_OCTAVES + octave(values)
         keep = pri <= self.sk_pri[slot, -1]  # no worse than the slot's current last: a candidate
         if keep.any():
-            self._sketch_insert(slot[keep], pri[keep], ctx[keep], values[keep])
+            self._pending.append((slot[keep], pri[keep], ctx[keep], values[keep]))
+            self._pending_n += self._pending[-1][0].numel()
+            if self._pending_n >= PENDING_LIMIT:
+                self._flush_sketch()
+
+    def _flush_sketch(self) -> None:
+        if self._pending:
+            slot, pri, ctx, val = (torch.cat(parts) for parts in zip(*self._pending, strict=True))
+            self._pending, self._pending_n = [], 0
+            self._sketch_insert(slot, pri, ctx, val)
 
     def _sketch_insert(self, slot: torch.Tensor, pri: torch.Tensor, ctx: torch.Tensor, val: torch.Tensor) -> None:
         """Insert candidates (in ascending context order, after every held context)."""
@@ -188,6 +204,7 @@ class UnitAccumulator:
     # ---- merging and results ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
         """The state on the CPU; sketch slots are stored sparsely (most octaves stay empty)."""
+        self._flush_sketch()
         names = ["n_tokens", "fire", "total", "max", "hist", "top_key"]
         out = {name: getattr(self, name).detach().cpu().contiguous() for name in names}
         used = (self.sk_pri[:, 0] < EMPTY_PRIORITY).nonzero().squeeze(1)
@@ -213,6 +230,7 @@ class UnitAccumulator:
 
     def merge_state(self, other: dict[str, torch.Tensor]) -> None:
         """Add another accumulator's state (any context order): the result is exact."""
+        self._flush_sketch()
         dev = self.fire.device
         o = {name: t.to(dev) for name, t in {**other, **self.dense_sketch(other)}.items()}
         self.n_tokens += o["n_tokens"]
