@@ -39,8 +39,8 @@ EMPTY_PRIORITY = 1 << 31  # above every 31-bit priority
 
 
 def hist_bins(x: torch.Tensor) -> torch.Tensor:
-    """Histogram bin of each float32 value (int64)."""
-    return ((x.view(torch.int32) >> 21) - (HIST_KEY_LO - 1)).clamp_(0, N_HIST_BINS - 1).long()
+    """Histogram bin of each float32 value (int32)."""
+    return ((x.view(torch.int32) >> 21) - (HIST_KEY_LO - 1)).clamp_(0, N_HIST_BINS - 1)
 
 
 def hist_bin_lower_edges() -> list[float]:
@@ -104,7 +104,7 @@ class UnitAccumulator:
         self.max = torch.full((n_units,), float("-inf"), device=dev)
         self.hist = torch.zeros(n_units * N_HIST_BINS, dtype=torch.int64, device=dev)
         self.top_key = torch.full((n_units, k), EMPTY_KEY, dtype=torch.int64, device=dev)
-        self._hist_offsets = torch.arange(n_units, device=dev) * N_HIST_BINS
+        self._hist_offsets = torch.arange(n_units, device=dev, dtype=torch.int32) * N_HIST_BINS
         slots = n_units * N_OCTAVES
         self.sk_pri = torch.full((slots, samples), EMPTY_PRIORITY, dtype=torch.int64, device=dev)
         self.sk_ctx = torch.full((slots, samples), -1, dtype=torch.int64, device=dev)
