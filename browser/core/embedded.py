@@ -140,10 +140,15 @@ def start_postgres(data_dir: Path) -> str:
     user = _run_as()
     port_file = data_dir / "postgres.port"
     if not pg_running(data_dir):
+        if user:
+            # The postgres user must reach its binaries (inside the venv) and its data; a parent
+            # such as a mktemp folder or /root is often mode 700.
+            _make_traversable(pg_bin("postgres").parent.parent)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            _make_traversable(data_dir)
         if not (pgdata / "PG_VERSION").exists():
             pgdata.mkdir(parents=True, exist_ok=True)
             if user:
-                _make_traversable(data_dir)
                 _chown_tree(pgdata, user)
             _pg("initdb", ["-D", str(pgdata), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-locale"], user)
         port = _remembered_port(port_file)
