@@ -112,6 +112,20 @@ def copy_rate(n_rows: int = 200_000) -> float:
     return n_rows / elapsed
 
 
+HELP = "harvest speed against a bare forward pass of the same tokens, peak memory, COPY rows/s"
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--tokens", type=int, default=40_960, help="tokens per timed pass")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+
+
+def main(opts: dict[str, Any], log: Any) -> dict[str, Any]:
+    if opts["tokens"] < 1024:
+        raise ValueError("--tokens must be at least 1024")
+    return run(tokens=opts["tokens"], rounds=opts["rounds"], log=log)
+
+
 def run(*, tokens: int = 40_960, rounds: int = 3, log: Any = sys.stderr) -> dict[str, Any]:
     torch.set_num_threads(torch.get_num_threads())
     batches = make_batches(tokens)

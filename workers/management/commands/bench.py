@@ -1,30 +1,44 @@
+"""`manage.py bench NAME`: every module in `workers/bench/` with a `main` is a benchmark."""
+
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
+from types import ModuleType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-BENCHMARKS = ["harvest"]
+import workers.bench
+
+
+def benchmarks() -> dict[str, ModuleType]:
+    found = {}
+    for info in pkgutil.iter_modules(workers.bench.__path__):
+        module = importlib.import_module(f"workers.bench.{info.name}")
+        if hasattr(module, "main"):
+            found[info.name] = module
+    return dict(sorted(found.items()))
 
 
 class Command(BaseCommand):
-    help = "Run a benchmark; with --json the last line of stdout is one JSON object. Benchmarks: " + ", ".join(
-        BENCHMARKS)
+    help = "Run a benchmark; with --json the last line of stdout is one JSON object."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("name", choices=BENCHMARKS)
         parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
-        parser.add_argument("--tokens", type=int, default=40_960, help="tokens per timed pass (harvest)")
-        parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (harvest)")
+        sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
+        for name, module in benchmarks().items():
+            bench_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            bench_parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+            module.add_arguments(bench_parser)
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        if opts["name"] == "harvest":
-            from workers.bench.harvest import run
-
-            if opts["tokens"] < 1024:
-                raise CommandError("--tokens must be at least 1024")
-            result = run(tokens=opts["tokens"], rounds=opts["rounds"], log=self.stderr)
+        module = benchmarks()[opts["name"]]
+        try:
+            result = module.main(opts, self.stderr)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         if opts["json"]:
             self.stdout.write(json.dumps(result))
         else:
