@@ -53,12 +53,15 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "browser.core",
     "browser.catalog",
     "browser.corpora",
     "browser.runs",
     "browser.examples",
     "browser.labels",
+    "browser.accounts",
+    "browser.exports",
     "workers",
 ]
 
@@ -69,6 +72,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "browser.accounts.middleware.ReadAccessMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -117,14 +121,53 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# Anonymous visitors may read pages and the API (never write). Off: everything needs a sign-in.
+BROWSER_ANONYMOUS_READ = env_bool("BROWSER_ANONYMOUS_READ", True)
+# The machine-label explainer: "offline" (a summary of top tokens and contexts) or an
+# OpenAI-compatible endpoint (BROWSER_EXPLAINER_URL, e.g. http://127.0.0.1:8080/v1).
+BROWSER_EXPLAINER_URL = env_str("BROWSER_EXPLAINER_URL", "")
+BROWSER_EXPLAINER_MODEL = env_str("BROWSER_EXPLAINER_MODEL", "gpt-4o-mini")
+BROWSER_EXPLAINER_KEY = env_str("BROWSER_EXPLAINER_KEY", "")
+
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                "KEY_PREFIX": "browser"}
+}
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "browser.api.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["browser.api.permissions.CanRead"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_str("BROWSER_API_ANON_RATE", "600/min"),
+        "user": env_str("BROWSER_API_USER_RATE", "6000/min"),
+    },
+    "EXCEPTION_HANDLER": "browser.api.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "browser.api.pagination.StableCursorPagination",
+    "PAGE_SIZE": 100,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Neuron browser API",
     "VERSION": "1",
-    "DESCRIPTION": "Units, examples, labels and exports. Stable unit ids are model/source/index.",
+    "DESCRIPTION": (
+        "Units, examples, labels and exports. Stable unit ids are model/source/index. Version 1 is "
+        "stable: fields are only added, never renamed or removed; errors always have the shape "
+        '{"error": {"status", "code", "message", "fields"?}}.'
+    ),
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI served from the vendored sidecar package: the docs work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # Celery: tasks take ids only; a task killed with its worker is redelivered, never lost.
@@ -142,6 +185,19 @@ CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 300
 # Longer than the longest task, or an unacknowledged task is delivered twice.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
 CELERY_RESULT_EXPIRES = 3600
+
+# Jobs that survive faults (docs/settings.md, README "Jobs").
+# A claimed shard whose worker has not beaten its heart for this long is redone by another.
+SHARD_LEASE_S = env_int("BROWSER_SHARD_LEASE_S", 90, minimum=2, maximum=86_400)
+# A shard that keeps failing (its workers crash on it) stops being retried after this many claims.
+SHARD_MAX_ATTEMPTS = env_int("BROWSER_SHARD_MAX_ATTEMPTS", 3, minimum=1, maximum=100)
+# Transient errors (a lost database or broker connection) are retried this many times in all.
+JOB_MAX_ATTEMPTS = env_int("BROWSER_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100)
+# How often an idle worker looks for stalled runs (expired shards, a finalize whose worker died).
+RESUME_EVERY_S = env_int("BROWSER_RESUME_EVERY_S", 30, minimum=1, maximum=3600)
+# Prefix of the Celery queue names (gpu, default): lets several deployments or test sessions
+# share one Redis without taking each other's tasks.
+QUEUE_PREFIX = env_str("BROWSER_QUEUE_PREFIX", "")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 LOGGING = {

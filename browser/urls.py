@@ -5,5 +5,8 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("browser.accounts.urls")),
+    path("api/v1/", include("browser.api.urls")),
+    path("", include("browser.labels.urls")),
     path("", include("browser.catalog.urls")),
 ]

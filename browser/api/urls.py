@@ -1,0 +1,20 @@
+"""Everything under /api/v1/: each app's JSON views, the OpenAPI schema and the interactive docs."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from browser.labels import apis as label_apis
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("labels/", label_apis.LabelListCreate.as_view(), name="api-labels"),
+    path("labels/import/", label_apis.LabelImport.as_view(), name="api-labels-import"),
+    path("labels/queue/", label_apis.QueueNext.as_view(), name="api-labels-queue"),
+    path("labels/<int:pk>/", label_apis.LabelDetail.as_view(), name="api-label"),
+    path("labels/<int:pk>/revisions/", label_apis.LabelRevisions.as_view(), name="api-label-revisions"),
+    path("exports/", include("browser.exports.urls")),
+    path("", include("browser.catalog.api_urls")),
+]

@@ -1,0 +1,85 @@
+"""Reads of labels: a unit's labels and history, the consensus across authors, the labeling
+queue, and filtered label lists for the API and the exports."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime
+from itertools import combinations
+from typing import Any
+
+from django.db.models import QuerySet
+
+from browser.catalog.models import Unit
+from browser.labels.models import Label, LabelRevision
+
+WORD = re.compile(r"\w+")
+
+
+def unit_labels(unit: Unit) -> QuerySet[Label]:
+    return Label.objects.filter(unit=unit).select_related("author").order_by("machine", "-updated")
+
+
+def unit_label_history(unit: Unit, *, limit: int = 50) -> QuerySet[LabelRevision]:
+    return LabelRevision.objects.filter(unit=unit).select_related("author", "editor").order_by("-at", "-id")[:limit]
+
+
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in WORD.findall(text)}
+
+
+def label_consensus(labels: list[Label]) -> dict[str, Any]:
+    """Agreement across authors: mean pairwise word overlap (Jaccard) of their texts, and the
+    words and tags most authors used."""
+    words = [_words(label.text) for label in labels]
+    pairs = [len(a & b) / len(a | b) for a, b in combinations(words, 2) if a | b]
+    word_counts = Counter(w for ws in words for w in ws)
+    tag_counts = Counter(t for label in labels for t in label.tags)
+    return {
+        "authors": len(labels),
+        "agreement": round(sum(pairs) / len(pairs), 3) if pairs else None,
+        "shared_words": [w for w, n in word_counts.most_common(8) if n > 1 and n * 2 >= len(labels)],
+        "tags": [t for t, _ in tag_counts.most_common(8)],
+    }
+
+
+def label_list(*, model: str | None = None, source: str | None = None, author: str | None = None,
+               updated_since: datetime | None = None, unit: Unit | None = None,
+               machine: bool | None = None) -> QuerySet[Label]:
+    labels = Label.objects.select_related("unit", "unit__source", "unit__source__model", "author")
+    if model:
+        labels = labels.filter(unit__source__model__name=model)
+    if source:
+        labels = labels.filter(unit__source__name=source)
+    if author:
+        labels = labels.filter(author__username=author)
+    if updated_since is not None:
+        labels = labels.filter(updated__gte=updated_since)
+    if unit is not None:
+        labels = labels.filter(unit=unit)
+    if machine is not None:
+        labels = labels.filter(machine=machine)
+    return labels.order_by("id")
+
+
+def queue_next(*, model: str | None = None, source: str | None = None, layer: int | None = None,
+               kind: str | None = None, after: Unit | None = None) -> Unit | None:
+    """The next live unit with no label in this filter, in (source, index) order after ``after``."""
+    units = Unit.objects.filter(label_count=0, dead=False, density__isnull=False).select_related("source",
+                                                                                                "source__model")
+    if model:
+        units = units.filter(source__model__name=model)
+    if source:
+        units = units.filter(source__name=source)
+    if layer is not None:
+        units = units.filter(layer=layer)
+    if kind:
+        units = units.filter(kind=kind)
+    if after is not None:
+        later = units.filter(source_id=after.source_id, index__gt=after.index) | units.filter(
+            source_id__gt=after.source_id)
+        found = later.order_by("source_id", "index").first()
+        if found is not None:
+            return found
+    return units.order_by("source_id", "index").first()
