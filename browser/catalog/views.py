@@ -1,52 +1,102 @@
+"""HTML pages: each parses its input, calls one selector (the same one its JSON twin calls), renders."""
+
 from __future__ import annotations
 
-from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from typing import Any
 
-from browser.catalog.selectors import model_list, source_get, source_list, unit_get, unit_list
-from browser.corpora.selectors import corpus_list
-from browser.examples.selectors import histogram_svg, interval_range, unit_examples, unit_stats
-from browser.runs.selectors import job_list, job_percent, run_list
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_POST
+
+from browser.catalog.models import Model, Source
+from browser.catalog.page_selectors import compare as compare_units
+from browser.catalog.page_selectors import overview, toy_view, unit_detail
+from browser.catalog.probe import ProbeError, probe_unit
+from browser.catalog.selectors import (
+    FilterError,
+    model_get,
+    parse_unit_filters,
+    score_names,
+    source_get,
+    unit_by_id,
+    unit_get,
+    unit_page,
+)
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    jobs = list(job_list())
-    for job in jobs:
-        job.percent = job_percent(job)  # type: ignore[attr-defined]
-    context = {
-        "models": model_list(),
-        "corpora": corpus_list(),
-        "sources": source_list(),
-        "runs": run_list(),
-        "jobs": jobs,
-    }
-    return render(request, "catalog/home.html", context)
+    return render(request, "catalog/home.html", {"o": overview()})
+
+
+def _unit_list(request: HttpRequest, context: dict[str, Any], **fixed: str) -> HttpResponse:
+    try:
+        filters = parse_unit_filters(request.GET, **fixed)
+        page = unit_page(filters, cursor=request.GET.get("cursor") or None)
+    except FilterError as exc:
+        context["error"] = str(exc)
+        filters, page = parse_unit_filters({}, **fixed), None
+    query = request.GET.copy()
+    query.pop("cursor", None)
+    names = score_names()
+    context.update({"page": page, "f": filters, "score_names": names, "query": query.urlencode(),
+                    "kinds": Source.Kind.choices, "sort_choices": _sort_choices(names)})
+    return render(request, "catalog/units.html", context, status=400 if "error" in context else 200)
+
+
+def _sort_choices(names: list[str]) -> list[tuple[str, str]]:
+    out = [("index", "index")]
+    for key, name in [("density", "density"), ("max_activation", "max activation"),
+                      ("mean_activation", "mean activation"), *((f"score:{n}", n) for n in names)]:
+        out += [(f"-{key}", f"{name}, highest first"), (key, f"{name}, lowest first")]
+    return out
+
+
+def unit_list(request: HttpRequest) -> HttpResponse:
+    return _unit_list(request, {"sources": Source.objects.select_related("model").order_by("model__name", "layer")})
 
 
 def source_detail(request: HttpRequest, model: str, source: str) -> HttpResponse:
     src = source_get(model_name=model, source_name=source)
-    page = Paginator(unit_list(source=src), 100).get_page(request.GET.get("page"))
-    return render(request, "catalog/source.html", {"source": src, "page": page})
+    return _unit_list(request, {"source": src}, model=model, source=source)
 
 
-def unit_detail(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
+def _label_panel(request: HttpRequest, unit: Any) -> dict[str, Any] | None:
+    try:
+        from browser.labels.views import label_panel  # the labels app's panel, when installed
+    except ImportError:
+        return None
+    return label_panel(request, unit)
+
+
+def unit_detail_view(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
     unit = unit_get(model_name=model, source_name=source, index=index)
-    stats = unit_stats(unit)
-    examples = unit_examples(unit)
-    intervals: dict[int, list[object]] = {}
-    for e in examples:
-        if e.kind == "interval":
-            intervals.setdefault(e.bucket, []).append(e)
-    vocab = unit.source.model.tokenizer.tokens if unit.source.model.tokenizer else []
-    effects = {side: [(vocab[t] if t < len(vocab) else "?", v) for t, v in unit.logit_effects.get(side, [])]
-               for side in ("up", "down")}
-    context = {
-        "unit": unit, "stats": stats, "hist": histogram_svg(stats) if stats else None,
-        "top": [e for e in examples if e.kind == "top"],
-        "intervals": [(interval_range(b), members) for b, members in intervals.items()],
-        "random": [e for e in examples if e.kind == "random"], "effects": effects,
-        "prev": unit.index - 1 if unit.index > 0 else None,
-        "next": unit.index + 1 if unit.index + 1 < unit.source.n_units else None,
-    }
+    context = {"d": unit_detail(unit), "unit": unit, "label_panel": _label_panel(request, unit)}
     return render(request, "catalog/unit.html", context)
+
+
+@require_POST
+def unit_probe(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
+    unit = unit_get(model_name=model, source_name=source, index=index)
+    text = request.POST.get("text", "")
+    context: dict[str, Any] = {"unit": unit, "text": text, "d": unit_detail(unit)}
+    try:
+        context["probe"] = probe_unit(unit=unit, text=text)
+    except ProbeError as exc:
+        context["probe_error"] = str(exc)
+    context["label_panel"] = _label_panel(request, unit)
+    return render(request, "catalog/unit.html", context, status=200 if "probe" in context else 422)
+
+
+def compare(request: HttpRequest) -> HttpResponse:
+    a, b = request.GET.get("a", ""), request.GET.get("b", "")
+    if not a:
+        return render(request, "catalog/compare.html", {"c": None, "a": "", "b": b})
+    comparison = compare_units(unit_by_id(a), unit_by_id(b) if b else None)
+    return render(request, "catalog/compare.html", {"c": comparison, "a": a, "b": b})
+
+
+def toy(request: HttpRequest, model: str) -> HttpResponse:
+    m = model_get(name=model)
+    if m.kind != Model.Kind.TOY:
+        raise Http404(f"{m.name} is not a toy model")
+    return render(request, "catalog/toy.html", {"t": toy_view(m)})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import numpy as np
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from browser.catalog.models import Unit
+from browser.catalog.models import Model, Tokenizer, Unit
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
 
@@ -16,12 +17,58 @@ OCTAVE_LO_EXP = -20  # sketch buckets are octaves [2^(b-20), 2^(b-19))
 
 
 @dataclass(frozen=True)
+class Vocab:
+    """A tokenizer's display strings, escaped once per process (a vocabulary is 30-50k strings:
+    parsing its JSON on every request would cost more than the whole page)."""
+
+    tokens: list[str]
+    html: list[str]
+    special: frozenset[int]
+
+    def token(self, token_id: int) -> str:
+        return self.tokens[token_id] if 0 <= token_id < len(self.tokens) else "?"
+
+
+def _visible(token: str) -> str:
+    """Newlines, tabs and tokens made only of spaces stay visible in the heatmap."""
+    token = token.replace("\n", "⏎").replace("\t", "⇥")
+    return token.replace(" ", "·") if token and not token.strip(" ") else token
+
+
+@lru_cache(maxsize=8)
+def _vocab(tokenizer_id: int, vocab_hash: str) -> Vocab:
+    tokens, special = Tokenizer.objects.values_list("tokens", "special_ids").get(pk=tokenizer_id)
+    return Vocab(tokens, [escape(_visible(t)) for t in tokens], frozenset(special))
+
+
+def vocab_for(model: Model) -> Vocab:
+    if model.tokenizer_id is None:
+        return Vocab([], [], frozenset())
+    vocab_hash = Tokenizer.objects.values_list("vocab_hash", flat=True).get(pk=model.tokenizer_id)
+    return _vocab(model.tokenizer_id, vocab_hash)
+
+
+@dataclass
 class ExampleView:
     kind: str
     bucket: int
     rank: int
     max_value: float
-    html: SafeString
+    max_pos: int
+    token_ids: list[int]
+    values: np.ndarray
+    vocab: Vocab
+    scale: float
+
+    @cached_property
+    def html(self) -> SafeString:
+        return render_tokens(self.token_ids, self.values, self.max_pos, self.vocab, self.scale)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "bucket": self.bucket, "rank": self.rank, "max_value": self.max_value,
+                "max_pos": self.max_pos, "token_ids": self.token_ids,
+                "tokens": [self.vocab.token(t) for t in self.token_ids],
+                "values": [round(v, 4) for v in self.values.tolist()]}
 
 
 def unit_stats(unit: Unit) -> UnitStats | None:
@@ -30,39 +77,36 @@ def unit_stats(unit: Unit) -> UnitStats | None:
     return UnitStats.objects.filter(unit=unit, run_id=unit.stats_run_id).first()
 
 
-def _visible(token: str) -> str:
-    return token.replace("\n", "⏎").replace("\t", "⇥")
+def render_tokens(ids: list[int], values: np.ndarray, max_pos: int, vocab: Vocab, scale: float) -> SafeString:
+    """One span per token: background by value, value on hover, max token and specials marked.
 
-
-def render_tokens(ids: list[int], values: np.ndarray, max_pos: int, vocab: list[str], special: set[int],
-                  scale: float) -> SafeString:
-    """One span per token: background by value, value on hover, max token and specials marked."""
+    Plain string building, no template per token: thousands of spans stay within a few ms."""
     parts = []
+    html, special, n = vocab.html, vocab.special, len(vocab.html)
+    inv = 1.0 / scale if scale > 0 else 0.0
     for pos, (token_id, value) in enumerate(zip(ids, values.tolist(), strict=False)):
-        text = escape(_visible(vocab[token_id] if token_id < len(vocab) else "?"))
-        alpha = max(0.0, min(1.0, value / scale)) if scale > 0 else 0.0
-        classes = "tok" + (" special" if token_id in special else "") + (" max" if pos == max_pos else "")
-        parts.append(f'<span class="{classes}" style="background:rgba(230,85,13,{alpha:.2f})" '
-                     f'title="{value:.3f}">{text}</span>')
-    return mark_safe("".join(parts))  # noqa: S308  (every token string is escaped above)
+        text = html[token_id] if 0 <= token_id < n else "?"
+        alpha = min(1.0, max(0.0, value * inv))
+        cls = "tok sp" if token_id in special else "tok"
+        if pos == max_pos:
+            cls += " mx"
+        parts.append(f'<span class="{cls}" style="--a:{alpha:.2f}" title="{value:.3f}">{text}</span>')
+    return mark_safe("".join(parts))  # noqa: S308  (every token string is escaped in _vocab)
 
 
-def unit_examples(unit: Unit) -> list[ExampleView]:
+def unit_examples(unit: Unit, *, kinds: tuple[int, ...] = (0, 1, 2), top_limit: int | None = None) -> list[ExampleView]:
     if unit.stats_run_id is None:
         return []
-    tokenizer = unit.source.model.tokenizer
-    vocab = tokenizer.tokens if tokenizer else []
-    special = set(tokenizer.special_ids) if tokenizer else set()
-    rows = (Example.objects.filter(unit=unit, run_id=unit.stats_run_id)
-            .select_related("context").order_by("kind", "-bucket", "rank"))
+    vocab = vocab_for(unit.source.model)
+    rows = (Example.objects.filter(unit=unit, run_id=unit.stats_run_id, kind__in=kinds)
+            .order_by("kind", "-bucket", "rank").values_list("kind", "bucket", "rank", "max_value", "max_pos",
+                                                             "values", "context__tokens"))
+    if top_limit is not None:
+        rows = rows.filter(rank__lt=top_limit)
     scale = unit.max_activation or 1.0
-    out = []
-    for e in rows:
-        values = np.frombuffer(bytes(e.values), dtype="<f2").astype(np.float32)
-        ids = decode_tokens(bytes(e.context.tokens))
-        out.append(ExampleView(Example.Kind(e.kind).label, e.bucket, e.rank, e.max_value,
-                               render_tokens(ids, values, e.max_pos, vocab, special, scale)))
-    return out
+    return [ExampleView(Example.Kind(kind).label, bucket, rank, max_value, max_pos, decode_tokens(bytes(tokens)),
+                        np.frombuffer(bytes(values), dtype="<f2").astype(np.float32), vocab, scale)
+            for kind, bucket, rank, max_value, max_pos, values, tokens in rows]
 
 
 def interval_range(bucket: int) -> tuple[float, float]:

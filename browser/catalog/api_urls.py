@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from browser.catalog import apis
+
+urlpatterns = [
+    path("overview/", apis.OverviewApi.as_view(), name="api-overview"),
+    path("overview/jobs/", apis.JobsApi.as_view(), name="api-overview-jobs"),
+    path("models/", apis.ModelListApi.as_view(), name="api-models"),
+    path("models/<str:model>/toy/", apis.ToyApi.as_view(), name="api-toy"),
+    path("sources/", apis.SourceListApi.as_view(), name="api-sources"),
+    path("sources/<str:model>/<str:source>/", apis.SourceUnitsApi.as_view(), name="api-source"),
+    path("units/", apis.UnitListApi.as_view(), name="api-units"),
+    path("units/<str:model>/<str:source>/<int:index>/", apis.UnitDetailApi.as_view(), name="api-unit"),
+    path("units/<str:model>/<str:source>/<int:index>/probe/", apis.UnitProbeApi.as_view(), name="api-unit-probe"),
+    path("compare/", apis.CompareApi.as_view(), name="api-compare"),
+]
