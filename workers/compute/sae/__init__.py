@@ -1,0 +1,1 @@
+"""Sparse autoencoders: the model, its files, training, quality and feature relations (pure torch)."""
