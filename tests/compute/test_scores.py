@@ -1,0 +1,247 @@
+"""Scores against brute force, hand-computed values and synthetic ground truth."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from workers.compute.scores import (
+    CorrelationAccumulator,
+    context_cluster_polysemanticity,
+    decoder_alignment,
+    distinct_live_features,
+    effective_number,
+    features_per_neuron,
+    layer_superposition,
+    neuron_contributions,
+    neurons_per_feature,
+    top_context_overlap,
+    top_contributors,
+    top_token_concentration,
+    two_means,
+)
+
+# ---------------------------------------------------------------- top-token concentration
+
+
+def test_top_token_concentration_counts_the_most_common_string() -> None:
+    assert top_token_concentration(["the", " cat", "the", "dog", "the"]) == (0.6, "the")
+    assert top_token_concentration([]) == (0.0, None)
+    # Ties go to the token on the higher-ranked (earlier) example.
+    assert top_token_concentration(["b", "a", "a", "b"]) == (0.5, "b")
+
+
+def test_top_token_concentration_normalizes_markers_and_case() -> None:
+    tokens = ["\u2581The", " the", "\u0120the", "THE", "cat"]
+    assert top_token_concentration(tokens) == (0.2, "\u2581The")
+    assert top_token_concentration(tokens, normalize=True) == (0.8, "the")
+
+
+# ---------------------------------------------------------------- context clusters
+
+
+def _cluster(direction: torch.Tensor, n: int, noise: float, gen: torch.Generator) -> torch.Tensor:
+    return direction + noise * torch.randn(n, len(direction), generator=gen, dtype=torch.float64)
+
+
+def _directions(angle_deg: float, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    a = torch.zeros(d, dtype=torch.float64)
+    b = torch.zeros(d, dtype=torch.float64)
+    a[0] = 1.0
+    b[0], b[1] = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    return a, b
+
+
+def test_two_means_finds_planted_clusters_brute_force() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a, b = _directions(90)
+    X = torch.cat([_cluster(a, 7, 0.1, gen), _cluster(b, 5, 0.1, gen)])
+    labels, centres = two_means(X)
+    # Brute force over every split of 12 points: the planted one has the least inertia.
+    best = min(
+        range(1, 2 ** (len(X) - 1)),
+        key=lambda mask: _inertia(X, torch.tensor([(mask >> i) & 1 for i in range(len(X))])),
+    )
+    want = torch.tensor([(best >> i) & 1 for i in range(len(X))])
+    assert torch.equal(labels, want) or torch.equal(labels, 1 - want)
+    assert torch.allclose(centres[labels[0]], X[:7].mean(dim=0))
+
+
+def _inertia(X: torch.Tensor, labels: torch.Tensor) -> float:
+    return sum(float(((X[labels == c] - X[labels == c].mean(dim=0)) ** 2).sum()) for c in (0, 1) if (labels == c).any())
+
+
+def test_cluster_score_high_for_two_meanings_low_for_one() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a, b = _directions(90, d=64)
+    two = context_cluster_polysemanticity(torch.cat([_cluster(a, 20, 0.05, gen), _cluster(b, 20, 0.05, gen)]))
+    one = context_cluster_polysemanticity(_cluster(a, 40, 0.05, gen))
+    assert two.sizes == (20, 20)
+    assert two.score == pytest.approx(1.0, abs=0.05)  # orthogonal meanings: clarity ~ 0
+    assert 0.0 <= one.score < 0.05
+    assert one.clarity == pytest.approx(1.0 - one.score)
+
+
+def test_cluster_score_grows_with_the_angle_between_meanings() -> None:
+    scores = []
+    for angle in (10, 30, 60, 90, 150):
+        gen = torch.Generator().manual_seed(2)
+        a, b = _directions(angle)
+        X = torch.cat([_cluster(a, 15, 0.02, gen), _cluster(b, 15, 0.02, gen)])
+        scores.append(context_cluster_polysemanticity(X).score)
+    assert scores == sorted(scores)
+    # Two tight clusters: the centres are the two directions, so 1 - cos(angle).
+    for angle, score in zip((10, 30, 60, 90, 150), scores, strict=True):
+        assert score == pytest.approx(1 - math.cos(math.radians(angle)), abs=0.01)
+
+
+def test_cluster_score_is_deterministic_and_scale_free() -> None:
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(30, 8, generator=gen)
+    first = context_cluster_polysemanticity(X, seed=5)
+    again = context_cluster_polysemanticity(X * torch.rand(30, 1, generator=gen).add(0.5), seed=5)
+    assert first.score == pytest.approx(again.score)
+    assert torch.equal(first.labels, again.labels)
+
+
+def test_cluster_score_degenerate_inputs() -> None:
+    assert context_cluster_polysemanticity(torch.ones(1, 4)).score == 0.0
+    same = context_cluster_polysemanticity(torch.ones(6, 4))
+    assert same.score == pytest.approx(0.0) and same.clarity == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- effective numbers
+
+
+def test_effective_number_by_hand() -> None:
+    w = torch.tensor([[1.0, 1.0, 1.0, 0.0], [5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]])
+    want = [3.0, 1.0, 0.0, math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))]
+    assert effective_number(w).tolist() == pytest.approx(want)
+
+
+def test_features_per_neuron_from_contributions() -> None:
+    gen = torch.Generator().manual_seed(4)
+    acts = torch.rand(50, 6, generator=gen)
+    acts[:, 3:] = 0.0  # features 3..5 never active on these tokens
+    W_dec = torch.randn(6, 4, generator=gen)
+    contrib = neuron_contributions(acts, W_dec, neuron=2)
+    assert torch.equal(contrib, acts * W_dec[:, 2])
+    totals = (acts * W_dec[:, 2]).abs().sum(dim=0).double()
+    q = totals / totals.sum()
+    brute = math.exp(-sum(float(v) * math.log(float(v)) for v in q if v > 0))
+    assert features_per_neuron(contrib) == pytest.approx(brute)
+    shares = top_contributors(contrib, 5)
+    assert [f for f, _ in shares] == sorted(range(3), key=lambda f: -float(q[f]))
+    assert sum(s for _, s in shares) == pytest.approx(1.0)
+
+
+def test_neurons_per_feature_and_decoder_alignment() -> None:
+    W_dec = torch.tensor([[0.0, 2.0, 0.0], [1.0, -1.0, 0.0], [0.5, 0.5, -0.5]])
+    assert neurons_per_feature(W_dec).tolist() == pytest.approx([1.0, 2.0, 3.0])
+    want = torch.tensor([[0, 1, 0], [0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3]], dtype=torch.float64)
+    assert torch.allclose(decoder_alignment(W_dec), want)
+
+
+def test_top_context_overlap() -> None:
+    assert top_context_overlap([1, 2, 3], [2, 3, 4]) == 0.5
+    assert top_context_overlap([], []) == 0.0
+
+
+# ---------------------------------------------------------------- layer superposition
+
+
+def _distinct_brute(W_dec: torch.Tensor, live: torch.Tensor, threshold: float) -> list[bool]:
+    W = torch.nn.functional.normalize(W_dec, dim=1)
+    out = []
+    for f in range(len(W)):
+        dup = any(live[g] and float(W[f] @ W[g]) > threshold for g in range(f))
+        out.append(bool(live[f]) and not dup)
+    return out
+
+
+def test_distinct_live_features_brute_force_in_chunks() -> None:
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(30, 16, generator=gen)
+    W_dec = torch.cat([base, base[:10] + 0.05 * torch.randn(10, 16, generator=gen), base[10:15].neg()])  # [45, 16]
+    W_dec = W_dec[torch.randperm(45, generator=gen)]
+    live = torch.rand(45, generator=gen) > 0.2
+    want = _distinct_brute(W_dec, live, 0.9)
+    for chunk in (1, 7, 4096):
+        assert distinct_live_features(W_dec, live, chunk=chunk).tolist() == want
+
+
+def test_layer_superposition_counts_live_distinct_features_per_dimension() -> None:
+    gen = torch.Generator().manual_seed(6)
+    base = torch.nn.functional.normalize(torch.randn(24, 8, generator=gen), dim=1)
+    # 24 directions, 6 near-copies of them, 4 dead: 20 live distinct in 8 dimensions.
+    W_dec = torch.cat([base, base[:6] * 2.0 + 0.01])
+    live = torch.ones(30, dtype=torch.bool)
+    live[[3, 7, 11, 19]] = False  # dead originals whose copies are then the first live ones
+    want = sum(_distinct_brute(W_dec, live, 0.9)) / 8
+    assert layer_superposition(W_dec, live) == want
+    assert layer_superposition(W_dec, torch.zeros(30, dtype=torch.bool)) == 0.0
+
+
+# ---------------------------------------------------------------- streaming correlation
+
+
+def _pearson_brute_force(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    full = torch.corrcoef(torch.cat([x, y], dim=1).T.to(torch.float64))  # [(n_x + n_y), (n_x + n_y)]
+    return torch.nan_to_num(full[: x.shape[1], x.shape[1] :], nan=0.0)
+
+
+def _activations(seed: int, T: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.relu(torch.randn(T, 9, generator=gen) * 2 - 1)  # sparse, ReLU-like features
+    x = y @ torch.randn(9, 5, generator=gen) + 0.3 * torch.randn(T, 5, generator=gen) + 4.0  # offset means
+    y[:, 7] = 0.0  # a dead feature
+    return x.float(), y.float()
+
+
+def test_streaming_correlation_equals_corrcoef() -> None:
+    x, y = _activations(7)
+    acc = CorrelationAccumulator(5, 9)
+    for start in range(0, len(x), 64):
+        acc.update(x[start : start + 64], y[start : start + 64])
+    r = acc.correlation()
+    assert torch.allclose(r, _pearson_brute_force(x, y), atol=1e-10)
+    assert (r[:, 7] == 0).all()
+
+
+def test_correlation_shards_merge_to_the_whole() -> None:
+    x, y = _activations(8)
+    whole = CorrelationAccumulator(5, 9)
+    whole.update(x, y)
+    first, second = CorrelationAccumulator(5, 9), CorrelationAccumulator(5, 9)
+    first.update(x[:250], y[:250])
+    second.update(x[250:], y[250:])
+    second = CorrelationAccumulator.from_state({k: v.clone() for k, v in second.state().items()})
+    first.merge(second)
+    assert first.n == whole.n
+    for k, v in whole.state().items():
+        assert torch.allclose(first.state()[k], v, rtol=1e-12, atol=0), k
+    assert torch.allclose(first.correlation(), whole.correlation(), atol=1e-12)
+
+
+def test_correlation_top_k_per_row() -> None:
+    x, y = _activations(9)
+    acc = CorrelationAccumulator(5, 9)
+    acc.update(x, y)
+    r = _pearson_brute_force(x, y)
+    for by_abs in (False, True):
+        values, indices = acc.top_k(3, by_abs=by_abs)
+        key = r.abs() if by_abs else r
+        for row in range(5):
+            want = sorted(range(9), key=lambda j: (-float(key[row, j]), j))[:3]
+            assert indices[row].tolist() == want
+            assert torch.allclose(values[row], r[row, want], atol=1e-10)
+
+
+def test_correlation_rejects_mismatched_shapes() -> None:
+    acc = CorrelationAccumulator(2, 3)
+    with pytest.raises(ValueError):
+        acc.update(torch.zeros(4, 2), torch.zeros(5, 3))
+    with pytest.raises(ValueError):
+        acc.merge(CorrelationAccumulator(3, 3))
