@@ -60,6 +60,7 @@ def harvest_tiny(tmp: Path) -> tuple[Model, Run]:
     config = HarvestConfig(sources=neuron_sources(HOOKS), k=4, samples_per_interval=3, n_intervals=4,
                            hist_stride=3, batch_size=8)
     run, _ = harvest_create(model=model, corpus=Corpus.objects.get(name="lines"), config=config)
+    assert run.job is not None
     run_here(harvest_work, run.job, io.StringIO())
     run.refresh_from_db()
     assert run.status == Run.Status.DONE, run.error
