@@ -90,7 +90,7 @@ def test_neuronpedia_and_neuron_record_shapes(cast: Cast, units: list[Unit]) -> 
 
 
 @pytest.mark.slow
-def test_exports_of_harvested_units_carry_their_contexts(cast: Cast, tiny: Model, corpus: Corpus) -> None:
+def test_exports_of_harvested_units_carry_their_contexts(cast: Cast, tiny: Model, corpus: Corpus) -> None:  # noqa: F811
     run = _harvest(tiny, corpus, ["blocks.0.mlp.hook_post"])
     unit = Unit.objects.filter(stats_run=run, dead=False).order_by("index").first()
     assert unit is not None
