@@ -82,3 +82,15 @@ def finalize_run(self: Any, run_id: int) -> None:
         raise
     if run.job_id:
         job_finish(job_id=run.job_id, status=Job.Status.SUCCEEDED)
+
+
+def train_sae_work(job: Job, progress: Progress) -> None:
+    from workers.pipeline.sae_train import sae_train_work
+
+    sae_train_work(job, progress)
+
+
+@shared_task(bind=True, name="workers.tasks.train_sae")
+def train_sae(self: Any, job_id: int) -> None:
+    """Train an SAE and register it (see ``workers.pipeline.sae_train``)."""
+    run_job(self, job_id, train_sae_work)

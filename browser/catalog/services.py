@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db import IntegrityError, transaction
 from psycopg.types.json import Jsonb
 
-from browser.catalog.models import Model, Source, Tokenizer, Unit
+from browser.catalog.models import Model, Source, Tokenizer, Unit, UnitRelation
 from browser.core.copy import copy_rows
 
 
@@ -75,3 +77,14 @@ def units_ensure(*, source: Source) -> int:
             ["int8", "int4", "int4", "text", "text", "bool", "int4", "text", "jsonb"],
             rows,
         )
+
+
+def unit_relations_replace(*, unit_ids: list[int], kind: str, rows: Iterable[tuple[int, int, int, float]]) -> int:
+    """Replace the ``kind`` relations of the given units by ``rows`` (unit id, rank, other unit
+    id, value), written with COPY in the caller's transaction."""
+    UnitRelation.objects.filter(unit_id__in=unit_ids, kind=kind).delete()
+    return copy_rows(
+        "catalog_unitrelation", ["unit_id", "kind", "rank", "other_id", "value"],
+        ["int8", "text", "int2", "int8", "float8"],
+        ((unit, kind, rank, other, value) for unit, rank, other, value in rows),
+    )

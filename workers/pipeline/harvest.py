@@ -49,6 +49,7 @@ from workers.compute.config import HarvestConfig, SourceConfig
 from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass, make_batch, token_values
 from workers.compute.logits import logit_effects
 from workers.compute.stats import UnitAccumulator, UnitSummary, summarize
+from workers.pipeline.saes import sae_directions, sae_runtime, sae_source_check
 
 logger = logging.getLogger(__name__)
 FETCH_CONTEXTS = 512
@@ -103,10 +104,12 @@ def _validate(model: Model, corpus: Corpus, config: HarvestConfig) -> None:
     for source in config.sources:
         hooks.parse_hook(source.hook, model.n_layers)
         if source.sae_id is not None:
-            raise HarvestInputError("SAE sources are not supported by this version of the harvest")
+            sae_source_check(model, source)
 
 
 def _source_for(model: Model, config: SourceConfig) -> Source:
+    if config.sae_id is not None:
+        return sae_source_check(model, config)
     layer, kind = hooks.parse_hook(config.hook, model.n_layers)
     n_units = model.d_mlp if kind == "mlp.hook_post" else model.d_model
     return source_get_or_create(model=model, name=config.name, hook_point=config.hook, layer=layer,
@@ -141,6 +144,9 @@ def load_for_run(run: Run, config: HarvestConfig) -> Loaded:
                                            _device(config), dtype)
     runtimes = []
     for i, source in enumerate(config.sources):
+        if source.sae_id is not None:
+            runtimes.append(sae_runtime(source, i * UNIT_OFFSET_STRIDE, next(torch_model.parameters()).device))
+            continue
         layer, kind = hooks.parse_hook(source.hook, model.n_layers)
         n_units = model.d_mlp if kind == "mlp.hook_post" else model.d_model
         runtimes.append(SourceRuntime(source.name, source.hook, n_units, i * UNIT_OFFSET_STRIDE))
@@ -386,9 +392,12 @@ def _logit_effects(run: Run, loaded: Loaded, sources: dict[str, Source]) -> dict
     out: dict[tuple[str, int], dict[str, Any]] = {}
     layers = loaded.arch.layers(loaded.torch_model)
     for name, source in sources.items():
-        if not source.hook_point.endswith("mlp.hook_post"):
+        if source.kind == Source.Kind.SAE:
+            directions = sae_directions(source, loaded.arch, loaded.torch_model)
+        elif source.hook_point.endswith("mlp.hook_post"):
+            directions = loaded.arch.neuron_directions(layers[source.layer])
+        else:
             continue
-        directions = loaded.arch.neuron_directions(layers[source.layer])
         for u, effect in enumerate(logit_effects(loaded.torch_model, loaded.arch, directions)):
             out[(name, u)] = effect
     return out

@@ -12,6 +12,7 @@ from workers.compute.hooks import HookError, expand_hooks
 from workers.compute.loading import ModelLoadError
 from workers.pipeline.harvest import HarvestInputError, harvest_create, neuron_sources
 from workers.pipeline.models import model_get_or_register
+from workers.pipeline.saes import sae_sources
 from workers.tasks import harvest_shards, harvest_work
 
 
@@ -25,7 +26,9 @@ class Command(BaseCommand):
         parser.add_argument("--model", required=True, help="a registered model or packaged alias")
         parser.add_argument("--corpus", required=True, help="the name of an imported corpus")
         parser.add_argument("--hooks", default="blocks.*.mlp.hook_post",
-                            help="comma-separated hook points or globs (default: every MLP's neurons)")
+                            help="comma-separated hook points or globs (default: every MLP's neurons); none: no neurons")
+        parser.add_argument("--saes", default="", help="comma-separated names of registered SAEs whose features "
+                                                        "to harvest in the same forward pass")
         parser.add_argument("--k", type=int, default=32, help="top contexts per unit")
         parser.add_argument("--batch-size", type=int, default=32)
         parser.add_argument("--shard-contexts", type=int, default=2048, help="contexts per shard")
@@ -64,8 +67,10 @@ class Command(BaseCommand):
         if corpus is None:
             names = ", ".join(Corpus.objects.values_list("name", flat=True)) or "none"
             raise HarvestInputError(f"no corpus named {opts['corpus']!r} (imported: {names})")
+        neurons = () if opts["hooks"] == "none" else neuron_sources(expand_hooks(opts["hooks"], model.n_layers))
+        saes = sae_sources(model, [name.strip() for name in opts["saes"].split(",") if name.strip()])
         config = HarvestConfig(
-            sources=neuron_sources(expand_hooks(opts["hooks"], model.n_layers)), k=opts["k"],
+            sources=neurons + saes, k=opts["k"],
             batch_size=opts["batch_size"], shard_contexts=opts["shard_contexts"], device=opts["device"],
             dtype=opts["dtype"], seed=opts["seed"], exclude_special=not opts["include_special"],
         )
