@@ -69,9 +69,10 @@ def source_get(*, model_name: str, source_name: str) -> Source:
 
 
 def unit_get(*, model_name: str, source_name: str, index: int) -> Unit:
-    # The vocabulary is read through browser.examples.selectors.vocab_for, cached per process.
+    # The vocabulary itself is read once per process by browser.examples.selectors.vocab_for.
     return get_object_or_404(
-        Unit.objects.select_related("source", "source__model").defer("search"),
+        Unit.objects.select_related("source", "source__model", "source__model__tokenizer")
+        .defer("search", "source__model__tokenizer__tokens"),
         source__model__name=model_name, source__name=source_name, index=index,
     )
 
@@ -331,7 +332,8 @@ class RelationGroup:
 
 def unit_relations(unit: Unit, *, kinds: Sequence[str] = (), per_kind: int = 10) -> list[RelationGroup]:
     qs = (UnitRelation.objects.filter(unit=unit, rank__lt=per_kind)
-          .select_related("other", "other__source", "other__source__model").order_by("kind", "rank"))
+          .select_related("other", "other__source", "other__source__model", "other__source__model__tokenizer")
+          .defer("other__search", "other__source__model__tokenizer__tokens").order_by("kind", "rank"))
     if kinds:
         qs = qs.filter(kind__in=kinds)
     groups: dict[str, list[UnitRelation]] = {}
