@@ -10,3 +10,7 @@ class StableCursorPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 1000
     ordering = "id"
+
+
+class NewestFirstPagination(StableCursorPagination):
+    ordering = "-id"

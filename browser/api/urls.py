@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from browser.labels import apis as label_apis
+from browser.runs import apis as run_apis
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -16,5 +17,10 @@ urlpatterns = [
     path("labels/<int:pk>/", label_apis.LabelDetail.as_view(), name="api-label"),
     path("labels/<int:pk>/revisions/", label_apis.LabelRevisions.as_view(), name="api-label-revisions"),
     path("exports/", include("browser.exports.urls")),
+    path("jobs/", run_apis.JobList.as_view(), name="api-jobs"),
+    path("jobs/<int:pk>/", run_apis.JobDetail.as_view(), name="api-job"),
+    path("jobs/<int:pk>/cancel/", run_apis.JobCancel.as_view(), name="api-job-cancel"),
+    path("runs/", run_apis.RunList.as_view(), name="api-runs"),
+    path("runs/<int:pk>/", run_apis.RunDetail.as_view(), name="api-run"),
     path("", include("browser.catalog.api_urls")),
 ]

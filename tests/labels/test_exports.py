@@ -17,7 +17,7 @@ from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example
 from browser.labels.models import Label
 from browser.labels.services import label_delete, label_save
-from tests.labels.conftest import Cast
+from tests.conftest import Cast
 from tests.workers.test_harvest import _harvest, corpus, tiny  # noqa: F401 (fixtures)
 
 

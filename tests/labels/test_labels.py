@@ -8,7 +8,7 @@ from django.test import Client
 from browser.catalog.models import Unit
 from browser.labels.models import Label, LabelRevision
 from browser.labels.services import label_save
-from tests.labels.conftest import Cast
+from tests.conftest import Cast
 
 UID = "toyish/blocks.1.mlp.hook_post/{}"
 HOSTILE = [

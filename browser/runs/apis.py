@@ -1,0 +1,105 @@
+"""Runs and jobs over the API: everyone sees progress; creators and curators cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.generics import ListAPIView, RetrieveAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from browser.accounts import access
+from browser.api.pagination import NewestFirstPagination
+from browser.runs.models import Job, Run
+from browser.runs.selectors import job_eta, job_log_tail, job_percent
+from browser.runs.services import job_cancel
+
+
+class JobSerializer(serializers.ModelSerializer):
+    percent = serializers.SerializerMethodField()
+    eta_seconds = serializers.SerializerMethodField()
+    log_tail = serializers.SerializerMethodField()
+    created_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = ["id", "kind", "status", "title", "done", "total", "percent", "eta_seconds", "message", "error",
+                  "attempts", "cancel_requested", "created_by", "created", "started", "finished", "log_tail"]
+
+    def get_percent(self, job: Job) -> float:
+        return round(job_percent(job), 2)
+
+    def get_eta_seconds(self, job: Job) -> float | None:
+        eta = job_eta(job)
+        return round(eta.total_seconds(), 1) if eta is not None else None
+
+    def get_log_tail(self, job: Job) -> list[str]:
+        return job_log_tail(job, 20)
+
+    def get_created_by(self, job: Job) -> str | None:
+        return job.created_by.username if job.created_by else None
+
+
+class RunSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    corpus = serializers.CharField(source="corpus.name")
+    sources = serializers.SerializerMethodField()
+    percent = serializers.SerializerMethodField()
+    shards = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = ["id", "status", "model", "corpus", "sources", "config", "config_hash", "contexts_total",
+                  "contexts_done", "percent", "n_shards", "shards", "error", "job", "created", "finished"]
+
+    def get_sources(self, run: Run) -> list[str]:
+        return [s.name for s in run.sources.all()]
+
+    def get_percent(self, run: Run) -> float:
+        return round(100.0 * run.contexts_done / run.contexts_total, 2) if run.contexts_total else 0.0
+
+    def get_shards(self, run: Run) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status in run.shards.values_list("status", flat=True):
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+
+class JobList(ListAPIView):
+    serializer_class = JobSerializer
+    pagination_class = NewestFirstPagination
+    queryset = Job.objects.select_related("created_by").all()
+
+
+class JobDetail(RetrieveAPIView):
+    serializer_class = JobSerializer
+    queryset = Job.objects.select_related("created_by").all()
+
+
+class JobCancel(APIView):
+    """Ask a job to stop: a queued one ends at once, a running one at its next progress report."""
+
+    @extend_schema(request=None, responses=JobSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        job = get_object_or_404(Job, pk=pk)
+        if not access.can_cancel_job(request.user, job):
+            self.permission_denied(request, message="only the job's creator or a curator may cancel it")
+        return Response(JobSerializer(job_cancel(job_id=job.pk)).data)
+
+
+class RunList(ListAPIView):
+    serializer_class = RunSerializer
+    pagination_class = NewestFirstPagination
+    queryset = Run.objects.select_related("model", "corpus").prefetch_related("sources").all()
+
+
+class RunDetail(RetrieveAPIView):
+    serializer_class = RunSerializer
+    queryset = Run.objects.select_related("model", "corpus").prefetch_related("sources").all()
+
+    def get_object(self) -> Any:
+        return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
