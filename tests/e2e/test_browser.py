@@ -1,0 +1,102 @@
+"""End to end in headless Chromium against a live server: home -> source -> unit (keyboard n/p),
+sign in and label it (l focuses the field), compare it with its related units, find it again by
+searching for the label (/ focuses search). A screenshot of each page is saved under
+``.pytest_cache/e2e-screenshots/``."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.catalog.builders import PASSWORD, build
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SHOTS = ROOT / ".pytest_cache" / "e2e-screenshots"
+# Playwright's sync API runs an event loop in this thread; the test touches the database only
+# before the browser starts and after its pages are loaded.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture
+def page(live_server: Any) -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (set CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.on("requestfailed", lambda req: errors.append(f"failed: {req.url}"))
+        yield pg
+        browser.close()
+        assert errors == [], errors  # no script error and no request that failed (nothing from a CDN)
+
+
+def _shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_find_read_label_compare_search(transactional_db: None, tmp_path: Path, page: Any) -> None:
+    data = build(tmp_path)
+    source, unit = data.neurons.name, data.labeled.index
+
+    page.goto("/")
+    _shot(page, "home")
+    assert page.locator("svg.chart").count() >= 2  # density and score distributions, server-rendered
+    page.get_by_role("link", name=source).click()
+    page.wait_for_url(re.compile(rf"/s/tiny/{re.escape(source)}/$"))
+    _shot(page, "source")
+    page.get_by_role("link", name=str(unit), exact=True).click()
+    page.wait_for_url(re.compile(rf"/u/tiny/{re.escape(source)}/{unit}/$"))
+
+    page.keyboard.press("n")
+    page.wait_for_url(re.compile(rf"/{unit + 1}/$"))
+    page.keyboard.press("p")
+    page.wait_for_url(re.compile(rf"/{unit}/$"))
+    assert page.locator(".example .tok.mx").count() == page.locator(".example").count() > 0
+    title = page.locator(".example .tok.mx").first.get_attribute("title")
+    assert title is not None and float(title) > 0  # the value on hover
+
+    page.get_by_role("link", name="Sign in").first.click()
+    page.fill("#id_username", data.annotator.username)
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(rf"/u/tiny/{re.escape(source)}/{unit}/$"))
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("l")
+    assert page.evaluate("document.activeElement.id") == "label-text"
+    page.keyboard.press("Control+A")
+    page.keyboard.type("kings and crowns in dialogue")
+    page.get_by_role("button", name="Save label").click()
+    page.wait_for_url(re.compile(rf"/u/tiny/{re.escape(source)}/{unit}/$"))
+    assert page.get_by_text("kings and crowns in dialogue").count() >= 1
+    _shot(page, "unit")
+
+    page.get_by_role("link", name="compare with related units").click()
+    page.wait_for_url(re.compile(r"/compare/\?a="))
+    columns = page.locator("section.column")
+    assert columns.count() >= 2 and page.locator("section.column .example").count() >= 2
+    _shot(page, "compare")
+
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.name") == "q"
+    page.keyboard.type("crowns")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/units/\?q=crowns"))
+    links = page.locator("table.units td a")
+    assert links.count() == 1 and links.first.inner_text() == f"tiny/{source}/{unit}"
+    _shot(page, "search")
+
