@@ -30,7 +30,7 @@ def neuronpedia_explanations(*, filters: dict[str, Any]) -> Iterator[dict[str, A
         }
 
 
-def _record(example: Example, context_tokens: bytes, vocab: Vocab) -> dict[str, Any]:
+def _record(example: Example, context_tokens: bytes | memoryview, vocab: Vocab) -> dict[str, Any]:
     ids = decode_tokens(bytes(context_tokens))
     values = np.frombuffer(bytes(example.values), dtype="<f2").astype(np.float32)[: len(ids)]
     return {"tokens": [vocab.token(t) for t in ids], "activations": [round(float(v), 4) for v in values]}

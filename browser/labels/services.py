@@ -163,7 +163,7 @@ def labels_import(*, rows: Iterable[Mapping[str, Any]], user: Any, dry_run: bool
     if not access.can_label(user):
         raise PermissionDenied("labeling needs the annotator role")
     report = ImportReport(dry_run=dry_run)
-    clean: list[tuple[Unit, dict[str, Any]]] = []
+    clean: list[tuple[Unit, Any]] = []
     for line, row in enumerate(rows, start=1):
         report.rows += 1
         if report.rows > max_rows:
@@ -171,8 +171,8 @@ def labels_import(*, rows: Iterable[Mapping[str, Any]], user: Any, dry_run: bool
             break
         try:
             unit = unit_by_uid(str(row.get("unit", "")))
-            values = {"text": clean_text(row.get("text")), "tags": clean_tags(row.get("tags")),
-                      "confidence": clean_confidence(row.get("confidence"))}
+            values = (clean_text(row.get("text")), clean_tags(row.get("tags")),
+                      clean_confidence(row.get("confidence")))
         except ValidationError as exc:
             report.errors.append({"line": line, "error": "; ".join(exc.messages)})
             continue
@@ -180,9 +180,9 @@ def labels_import(*, rows: Iterable[Mapping[str, Any]], user: Any, dry_run: bool
     if report.errors or dry_run:
         return report
     with transaction.atomic():
-        for unit, values in clean:
+        for unit, (text, tags, confidence) in clean:
             existed = Label.objects.filter(unit=unit, author=user).exists()
-            label_save(unit=unit, user=user, **values)
+            label_save(unit=unit, user=user, text=text, tags=tags, confidence=confidence)
             report.updated += existed
             report.created += not existed
     return report

@@ -76,3 +76,30 @@ def test_check_deploy_is_clean_with_production_settings(db: None) -> None:
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_user_command(db: None, tmp_path: object) -> None:
+    import io
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from browser.accounts import access
+
+    call_command("user", "create", "carol", "--role", "annotator", "--password", "-", stdout=io.StringIO())
+    out = io.StringIO()
+    call_command("user", "token", "carol", stdout=out)
+    raw = out.getvalue().strip()
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert api.get("/api/v1/labels/").status_code == 200
+    call_command("user", "role", "carol", "curator", stdout=io.StringIO())
+    from django.contrib.auth import get_user_model
+
+    assert access.can_curate(get_user_model().objects.get(username="carol"))
+    call_command("user", "revoke", raw[:10], stdout=io.StringIO())
+    assert api.get("/api/v1/labels/").status_code == 401
+    with pytest.raises(CommandError, match="exists"):
+        call_command("user", "create", "carol", "--password", "-")
+    with pytest.raises(CommandError, match="no user"):
+        call_command("user", "token", "nobody")

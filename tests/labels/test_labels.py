@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 
 from browser.catalog.models import Unit
@@ -164,3 +169,22 @@ def test_label_form_on_the_unit_page(cast: Cast, units: list[Unit], client: Clie
     assert Label.objects.get().text == "commas in lists"
     queue = client.get("/queue/?layer=1")
     assert queue.status_code == 302 and "/u/toyish/blocks.1.mlp.hook_post/0/" in queue["Location"]
+
+
+def test_import_labels_command(cast: Cast, units: list[Unit], tmp_path: Path) -> None:
+    good = tmp_path / "labels.csv"
+    good.write_text(f"unit,text,confidence\n{UID.format(0)},one,0.5\n{UID.format(1)},two,\n")
+    out = io.StringIO()
+    call_command("import_labels", str(good), user="owner", stdout=out)
+    assert "imported 2 label(s): 2 new" in out.getvalue() and Label.objects.count() == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"unit": "toyish/blocks.1.mlp.hook_post/2", "text": "x"}\n{"unit": "nope", "text": "y"}\n')
+    with pytest.raises(CommandError, match="1 bad row"):
+        call_command("import_labels", str(bad), user="owner", stderr=io.StringIO())
+    with pytest.raises(CommandError, match="annotator"):
+        call_command("import_labels", str(good), user="outsider")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b"\xff\xfe")
+    with pytest.raises(CommandError, match="not UTF-8"):
+        call_command("import_labels", str(broken), user="owner")
+    assert Label.objects.count() == 2
