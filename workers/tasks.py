@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
+from django.db import close_old_connections
 
 from browser.corpora.services import corpus_mark_failed
 from browser.runs.models import Job, Run
 from browser.runs.services import JobCancelled, job_finish, run_mark
-from workers.jobs import Progress, run_job
+from workers.jobs import Progress, may_retry, retry, run_job
 
 
 def tokenize_work(job: Job, progress: Progress) -> None:
@@ -36,7 +37,7 @@ def _end_run(run_id: int, status: str, error: str = "") -> None:
     run = Run.objects.get(pk=run_id)
     run_mark(run=run, status=status, error=error)
     if run.job_id:
-        job_status = {Run.Status.CANCELLED: Job.Status.CANCELLED, Run.Status.FAILED: Job.Status.FAILED}[status]
+        job_status: str = {Run.Status.CANCELLED.value: Job.Status.CANCELLED, Run.Status.FAILED.value: Job.Status.FAILED}[status]
         job_finish(job_id=run.job_id, status=job_status, error=error)
 
 
@@ -61,27 +62,47 @@ def harvest_shards(self: Any, run_id: int) -> None:
     """Claim and process shards of the run until none is left; the last one queues finalize."""
     from workers.pipeline.harvest import shards_work
 
+    close_old_connections()  # a worker's connection may have gone stale between tasks
     try:
         shards_work(run_id=run_id, on_all_done=lambda rid: finalize_run.apply_async(args=[rid]))
     except JobCancelled:
         _end_run(run_id, Run.Status.CANCELLED)
     except ValueError as exc:
         _end_run(run_id, Run.Status.FAILED, str(exc))
+    except Exception as exc:
+        _retry_or_fail(self, run_id, exc, "harvest failed")
 
 
 @shared_task(bind=True, name="workers.tasks.finalize_run")
 def finalize_run(self: Any, run_id: int) -> None:
     from workers.pipeline.harvest import finalize
 
-    run = Run.objects.get(pk=run_id)
-    progress = Progress(run.job_id) if run.job_id else (lambda *a, **k: None)
+    close_old_connections()
     try:
-        finalize(run_id=run_id, progress=progress)
+        run = Run.objects.get(pk=run_id)
+        finalize(run_id=run_id, progress=Progress(run.job_id) if run.job_id else (lambda *a, **k: None))
+    except JobCancelled:
+        _end_run(run_id, Run.Status.CANCELLED)
     except Exception as exc:
-        _end_run(run_id, Run.Status.FAILED, f"finalize failed: {exc}")
-        raise
-    if run.job_id:
-        job_finish(job_id=run.job_id, status=Job.Status.SUCCEEDED)
+        _retry_or_fail(self, run_id, exc, "finalize failed")
+
+
+def _retry_or_fail(task: Any, run_id: int, exc: Exception, what: str) -> None:
+    """Retry a transient error with backoff (the shards' leases and the finalize lock make a
+    retry safe); otherwise fail the run with the error, and re-raise it for the worker's log."""
+    if may_retry(task, exc):
+        retry(task, exc, _job_id(run_id))
+    try:
+        _end_run(run_id, Run.Status.FAILED, f"{what}: {type(exc).__name__}: {exc}")
+    finally:
+        raise exc
+
+
+def _job_id(run_id: int) -> int | None:
+    try:
+        return Run.objects.filter(pk=run_id).values_list("job_id", flat=True).first()
+    except Exception:  # the database may be what failed
+        return None
 
 
 def train_sae_work(job: Job, progress: Progress) -> None:
@@ -94,3 +115,11 @@ def train_sae_work(job: Job, progress: Progress) -> None:
 def train_sae(self: Any, job_id: int) -> None:
     """Train an SAE and register it (see ``workers.pipeline.sae_train``)."""
     run_job(self, job_id, train_sae_work)
+
+
+@shared_task(name="workers.tasks.probe_unit", soft_time_limit=60, time_limit=90)
+def probe_unit(unit_id: int, text: str) -> dict[str, list[Any]]:
+    """A unit's activations on a user's text ("Try your own text"); the web request awaits it."""
+    from workers.pipeline.probe import probe
+
+    return probe(unit_id=unit_id, text=text)

@@ -55,7 +55,7 @@ def probe_unit(*, unit: Unit, text: str, wait_s: float = WAIT_S) -> ProbeResult:
     if not workers_alive(timeout=1.0):
         raise ProbeError("No worker is running, so nothing can compute activations now. "
                          "Start one with `celery -A workers worker -Q gpu,default --pool solo`.")
-    result = app.send_task("workers.tasks.probe_unit", args=[unit.pk, text], queue="gpu")
+    result = app.send_task("workers.tasks.probe_unit", args=[unit.pk, text])  # routed to the gpu queue
     try:
         data = result.get(timeout=wait_s)
     except CeleryTimeout:
