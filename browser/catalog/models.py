@@ -120,6 +120,10 @@ class Unit(models.Model):
             models.Index(fields=["layer", "kind", "index"], name="unit_layer_kind"),
             models.Index(fields=["top_token"], name="unit_top_token"),
             GinIndex(fields=["search"], name="unit_search"),
+            # Keyset pages of one source sorted by a statistic (the unit list's sorts).
+            models.Index(fields=["source", "density", "id"], name="unit_source_density"),
+            models.Index(fields=["source", "max_activation", "id"], name="unit_source_max_act"),
+            models.Index(fields=["source", "mean_activation", "id"], name="unit_source_mean_act"),
         ]
 
     def __str__(self) -> str:
@@ -144,7 +148,10 @@ class Score(models.Model):
                 fields=["unit", "name", "version", "label"], name="score_unique", nulls_distinct=False
             )
         ]
-        indexes = [models.Index(fields=["name", "value"], name="score_name_value")]
+        indexes = [
+            models.Index(fields=["name", "value"], name="score_name_value"),
+            models.Index(fields=["name", "version"], name="score_name_version"),  # the latest version
+        ]
 
 
 class UnitRelation(models.Model):
