@@ -5,13 +5,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_CORPUS = ROOT / "fixtures" / "shakespeare-small.jsonl"
+# Queues unique to this test session, so that sessions sharing one Redis (several checkouts,
+# CI jobs) never take each other's tasks. Worker subprocesses inherit it through project_env.
+QUEUE_PREFIX = f"test{os.getpid()}."
+os.environ["BROWSER_QUEUE_PREFIX"] = QUEUE_PREFIX
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_queues() -> None:
+    from workers.celery import configure_queues
+
+    configure_queues(QUEUE_PREFIX)
 
 
 def database_url() -> str:
@@ -37,33 +51,82 @@ def minilm(db: None) -> object:
     return model_get_or_register("minilm-l6")
 
 
-@pytest.fixture
-def worker(transactional_db: None) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker process against the real broker and the test database."""
-    from workers.celery import app
+def purge_queues() -> None:
+    from workers.celery import app, queue
 
     with app.connection_for_write() as conn:
-        for queue in ("gpu", "default"):
-            conn.default_channel.queue_purge(queue)
-    log = open(ROOT / ".pytest_cache" / "worker.log", "wb") if (ROOT / ".pytest_cache").exists() else subprocess.DEVNULL
+        for name in ("gpu", "default"):
+            conn.default_channel.queue_purge(queue(name))
+
+
+def start_worker(name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a real Celery worker (solo pool, this session's queues) and wait until it answers."""
+    from workers.celery import app, queue
+
+    log_dir = ROOT / ".pytest_cache"
+    log = open(log_dir / f"worker-{name}.log", "wb") if log_dir.exists() else subprocess.DEVNULL
+    node = f"{name}-{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "gpu,default", "--pool", "solo",
-         "-n", f"test-{os.getpid()}@%h", "--loglevel", "info", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=project_env(), stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", f"{queue('gpu')},{queue('default')}",
+         "--pool", "solo", "-n", f"{node}@%h", "--loglevel", "info", "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env=project_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while not app.control.ping(destination=[f"test-{os.getpid()}@{os.uname().nodename}"], timeout=0.5):
+    deadline = time.monotonic() + 90
+    while not app.control.ping(destination=[f"{node}@{os.uname().nodename}"], timeout=0.5):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the test worker did not start")
-    yield proc
+            proc.kill()
+            raise RuntimeError(f"the test worker {name} did not start")
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: object) -> None:
-    """Tests create many users; the production hasher is slow on purpose."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
+@pytest.fixture
+def worker(transactional_db: None) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process against the real broker and the test database."""
+    purge_queues()
+    proc = start_worker("test")
+    yield proc
+    stop_worker(proc)
+
+
+@dataclass
+class Cast:
+    """The fixed cast of permission tests: an owner, a collaborator (another annotator), an
+    outsider (a viewer) and a curator; anonymous is a client without credentials."""
+
+    owner: Any
+    collaborator: Any
+    outsider: Any
+    curator: Any
+
+    def client(self, who: str) -> APIClient:
+        client = APIClient()
+        if who != "anonymous":
+            from browser.accounts.services import token_create
+
+            user = getattr(self, who)
+            _, raw = token_create(user=user, owner=user, name="test")
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return client
+
+
+@pytest.fixture
+def cast(db: None) -> Cast:
+    from browser.accounts.services import user_create
+
+    return Cast(
+        owner=user_create(username="owner", password="owner-pass-123", role="annotator"),
+        collaborator=user_create(username="collaborator", password="collab-pass-123", role="annotator"),
+        outsider=user_create(username="outsider", password="outsider-pass-123", role="viewer"),
+        curator=user_create(username="curator", password="curator-pass-123", role="curator"),
+    )

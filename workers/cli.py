@@ -6,28 +6,31 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from django.conf import settings
 from django.core.management.base import CommandError
 from tqdm import tqdm
 
-from browser.runs.models import Job
-from workers.celery import app
-from workers.jobs import Progress, run_job
+from browser.runs.models import Job, Run
+from workers.celery import ROUTES, app, queue
+from workers.jobs import Progress, resume_stalled_runs, run_job
 
 FINISHED = {Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.CANCELLED}
 
 
-def workers_alive(timeout: float = 2.0) -> bool:
+def workers_alive(queue_name: str = "gpu", timeout: float = 2.0) -> bool:
+    """Whether some worker answers and consumes the queue (``gpu`` or ``default``)."""
     try:
-        return bool(app.control.ping(timeout=timeout))
+        answers = app.control.inspect(timeout=timeout).active_queues() or {}
     except Exception:  # a broker that cannot be reached has no workers either
         return False
+    return any(q.get("name") == queue(queue_name) for queues in answers.values() for q in queues)
 
 
 def submit(task: Any, work: Callable[[Job, Progress], None], job: Job, *, wait: bool, inline: bool,
            stdout: TextIO) -> Job:
     """Queue ``task(job.pk)`` and follow it, or run ``work`` in this process (when asked, or when
     no worker answers) with a progress bar fed directly by its reports."""
-    if not inline and wait and not workers_alive():
+    if not inline and wait and not workers_alive(ROUTES.get(task.name, "default")):
         stdout.write("No worker answered; running the job in this process.\n")
         inline = True
     if inline:
@@ -55,8 +58,14 @@ def run_here(work: Callable[[Job, Progress], None], job: Job, stdout: TextIO) ->
 
 
 def follow(job_id: int, stdout: TextIO, poll_s: float = 0.5) -> Job:
-    """Show a progress bar until the job finishes; raise CommandError if it failed."""
+    """Show a progress bar until the job finishes; raise CommandError if it failed.
+
+    Following a harvest also watches over it: a run that stalled (its workers died) gets its
+    work queued again, for whichever worker is alive.
+    """
     job = Job.objects.get(pk=job_id)
+    run_ids = list(Run.objects.filter(job_id=job_id).values_list("pk", flat=True))
+    last_resume = time.monotonic()
     with tqdm(total=max(job.total, 1), desc=job.title[:40], file=stdout, unit="", dynamic_ncols=True) as bar:
         while True:
             job.refresh_from_db()
@@ -67,6 +76,10 @@ def follow(job_id: int, stdout: TextIO, poll_s: float = 0.5) -> Job:
             bar.refresh()
             if job.status in FINISHED:
                 break
+            if run_ids and time.monotonic() - last_resume >= settings.RESUME_EVERY_S:
+                last_resume = time.monotonic()
+                for run_id in resume_stalled_runs(run_ids):
+                    stdout.write(f"\nRun #{run_id} had stalled (a worker died?); queued its work again.\n")
             time.sleep(poll_s)
     return _outcome(job)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from browser.runs.models import Job, Run
 
@@ -17,3 +20,27 @@ def run_list(*, limit: int = 20) -> QuerySet[Run]:
 
 def job_percent(job: Job) -> float:
     return 100.0 * job.done / job.total if job.total else 0.0
+
+
+def job_get(*, job_id: int) -> Job:
+    return Job.objects.select_related("created_by").get(pk=job_id)
+
+
+def job_eta(job: Job, now: datetime | None = None) -> timedelta | None:
+    """Time left at the rate seen since the job started; None until there is a rate."""
+    if job.status != Job.Status.RUNNING or job.started is None or job.done <= 0 or job.total <= job.done:
+        return None
+    elapsed = (now or timezone.now()) - job.started
+    return elapsed * ((job.total - job.done) / job.done)
+
+
+def job_log_tail(job: Job, lines: int = 20) -> list[str]:
+    return job.log.splitlines()[-lines:] if lines > 0 else []
+
+
+def format_duration(delta: timedelta | None) -> str:
+    if delta is None:
+        return "-"
+    seconds = int(delta.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

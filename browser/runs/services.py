@@ -1,19 +1,31 @@
-"""Writes of jobs (every long task has one, with status, progress and log tail), runs and shards."""
+"""Writes of jobs (every long task has one, with status, progress and log tail), runs and shards.
+
+Liveness: a shard's claim is a lease renewed by heartbeats (``BROWSER_SHARD_LEASE_S``); the
+finalize of a run and the watch over a run's shards are PostgreSQL advisory locks, which the
+server releases by itself when the holder's connection dies (a killed worker, a restart).
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
-from django.db import transaction
-from django.db.models import F, Q
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import connection, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Concat, Right
 from django.utils import timezone
 
 from browser.core.blobs import blob_delete, blob_write
 from browser.runs.models import Job, Run, Shard
 
 LOG_TAIL_CHARS = 20_000
-# A running job whose worker has not beaten its heart for this long may be taken over.
+# A running job whose worker has not beaten its heart for this long may be taken over. Long,
+# because a job working inside one transaction (tokenizing) cannot show its heartbeats.
 JOB_LEASE = timedelta(seconds=120)
 
 
@@ -21,18 +33,37 @@ class JobCancelled(Exception):
     """The job was cancelled by a user; its task stops at the next progress report."""
 
 
-def job_create(*, kind: str, title: str, params: dict[str, object] | None = None, created_by: object = None) -> Job:
+def job_create(*, kind: str, title: str, params: dict[str, object] | None = None, created_by: Any = None) -> Job:
     return Job.objects.create(kind=kind, title=title[:300], params=params or {}, created_by=created_by)
 
 
-def job_claim(*, job_id: int, lease: timedelta = JOB_LEASE) -> bool:
-    """Mark the job running; False if it is finished or another live worker holds it."""
+def job_claim(*, job_id: int, lease: timedelta = JOB_LEASE, retries: int = 0) -> bool:
+    """Mark the job running; False if it is finished or another live worker holds it.
+
+    ``retries`` is the Celery retry count of the claiming task: a running job with no more
+    attempts than that was held by this task's own earlier, failed attempts.
+    """
     now = timezone.now()
-    claimable = Q(status=Job.Status.QUEUED) | Q(status=Job.Status.RUNNING, heartbeat__lt=now - lease)
+    claimable = (Q(status=Job.Status.QUEUED) | Q(status=Job.Status.RUNNING, heartbeat__lt=now - lease)
+                 | Q(status=Job.Status.RUNNING, attempts__lte=retries))
+    # A cancel asked while no worker held the job (it died, or the task was lost) ends it here.
+    Job.objects.filter(claimable, pk=job_id, cancel_requested=True).update(
+        status=Job.Status.CANCELLED, finished=now)
     updated = Job.objects.filter(claimable, pk=job_id, cancel_requested=False).update(
         status=Job.Status.RUNNING, started=now, heartbeat=now, attempts=F("attempts") + 1, error=""
     )
     return updated == 1
+
+
+def job_start(*, job_id: int) -> None:
+    """Mark a queued job running (a harvest, whose shards are claimed one by one, not the job)."""
+    now = timezone.now()
+    Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING, started=now, heartbeat=now, attempts=F("attempts") + 1)
+
+
+def job_cancel_requested(*, job_id: int) -> bool:
+    return Job.objects.filter(pk=job_id, cancel_requested=True).exists()
 
 
 def job_progress(*, job_id: int, done: int, total: int | None = None, message: str | None = None) -> None:
@@ -48,9 +79,10 @@ def job_progress(*, job_id: int, done: int, total: int | None = None, message: s
 
 
 def job_log(*, job_id: int, line: str) -> None:
-    job = Job.objects.only("log").get(pk=job_id)
-    log = (job.log + line.rstrip() + "\n")[-LOG_TAIL_CHARS:]
-    Job.objects.filter(pk=job_id).update(log=log)
+    """Append a line to the job's log, keeping its tail; one UPDATE, so concurrent workers'
+    lines are never lost."""
+    stamped = f"{timezone.now():%Y-%m-%d %H:%M:%S} {line.rstrip()}\n"
+    Job.objects.filter(pk=job_id).update(log=Right(Concat(F("log"), Value(stamped)), LOG_TAIL_CHARS))
 
 
 def job_finish(*, job_id: int, status: str, error: str = "") -> None:
@@ -61,24 +93,44 @@ def job_finish(*, job_id: int, status: str, error: str = "") -> None:
 
 
 def job_requeue(*, job_id: int, error: str) -> None:
-    Job.objects.filter(pk=job_id).update(status=Job.Status.QUEUED, error=error[-10_000:])
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(status=Job.Status.QUEUED, error=error[-10_000:])
 
 
-def job_cancel(*, job: Job) -> Job:
-    """Ask a job to stop. A queued job is cancelled at once; a running one at its next report."""
-    Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
-        status=Job.Status.CANCELLED, cancel_requested=True, finished=timezone.now()
-    )
-    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
+def job_cancel(*, job_id: int, user: object = None) -> Job:
+    """Ask a job to stop. A queued job (and its run) is cancelled at once; a running one stops at
+    its next progress report (a harvest's workers: at their next batch). A finished job is
+    returned unchanged.
+
+    ``user`` None is the command line (anything goes); otherwise the job's creator or staff.
+    Raises ``Job.DoesNotExist`` and ``django.core.exceptions.PermissionDenied``.
+    """
+    job = Job.objects.get(pk=job_id)
+    if user is not None and not _may_cancel(user, job):
+        raise PermissionDenied(f"only the creator of job {job_id} or staff may cancel it")
+    now = timezone.now()
+    with transaction.atomic():
+        if Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+                status=Job.Status.CANCELLED, cancel_requested=True, finished=now):
+            Run.objects.filter(job_id=job_id, status=Run.Status.QUEUED).update(
+                status=Run.Status.CANCELLED, finished=now)
+        Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(cancel_requested=True)
+    if job.status in {Job.Status.QUEUED, Job.Status.RUNNING}:
+        job_log(job_id=job_id, line=f"cancel requested by {user or 'the command line'}")
     job.refresh_from_db()
     return job
 
 
+def _may_cancel(user: object, job: Job) -> bool:
+    if getattr(user, "is_staff", False) or getattr(user, "is_superuser", False):
+        return True
+    return job.created_by_id is not None and job.created_by_id == getattr(user, "pk", None)
+
+
 # ---- harvest runs and shards -----------------------------------------------------------------
 
-# A claimed shard whose worker has not beaten its heart for this long is redone by another.
-SHARD_LEASE = timedelta(seconds=90)
-MAX_SHARD_ATTEMPTS = 3
+def shard_lease() -> timedelta:
+    """How long a shard's claim lasts without a heartbeat (``BROWSER_SHARD_LEASE_S``)."""
+    return timedelta(seconds=settings.SHARD_LEASE_S)
 
 
 def shards_create(*, run: Run, n_contexts: int, shard_contexts: int) -> list[Shard]:
@@ -89,10 +141,15 @@ def shards_create(*, run: Run, n_contexts: int, shard_contexts: int) -> list[Sha
     return Shard.objects.bulk_create(shards)
 
 
-def shard_claim(*, run_id: int, worker: str, lease: timedelta = SHARD_LEASE) -> Shard | None:
-    """Claim the next pending shard, or one whose worker stopped beating its heart."""
+def shard_claim(*, run_id: int, worker: str, lease: timedelta | None = None) -> Shard | None:
+    """Claim the next pending shard, or one whose worker stopped beating its heart.
+
+    A worker may reclaim at once a shard it holds itself: one worker process runs one task at a
+    time, so such a claim is left over from its own earlier attempt (a transient error).
+    """
     now = timezone.now()
-    claimable = Q(status=Shard.Status.PENDING) | Q(status=Shard.Status.CLAIMED, heartbeat__lt=now - lease)
+    claimable = Q(status=Shard.Status.PENDING) | Q(status=Shard.Status.CLAIMED) & (
+        Q(heartbeat__lt=now - (lease or shard_lease())) | Q(claimed_by=worker[:200]))
     with transaction.atomic():
         shard = (
             Shard.objects.select_for_update(skip_locked=True)
@@ -102,7 +159,7 @@ def shard_claim(*, run_id: int, worker: str, lease: timedelta = SHARD_LEASE) -> 
         )
         if shard is None:
             return None
-        if shard.attempts >= MAX_SHARD_ATTEMPTS:
+        if shard.attempts >= settings.SHARD_MAX_ATTEMPTS:
             Shard.objects.filter(pk=shard.pk).update(
                 status=Shard.Status.FAILED, error=f"gave up after {shard.attempts} attempts"
             )
@@ -151,9 +208,58 @@ def run_progress(*, run: Run) -> int:
 
 
 def run_claim_finalize(*, run: Run) -> bool:
-    return Run.objects.filter(pk=run.pk, status__in=[Run.Status.HARVESTING, Run.Status.QUEUED]).update(
-        status=Run.Status.FINALIZING
-    ) == 1
+    """Move the run to finalizing. Call it holding the run's finalize lock: a run already
+    finalizing whose lock was free lost its finalizer, and is finalized again."""
+    return Run.objects.filter(
+        pk=run.pk, status__in=[Run.Status.HARVESTING, Run.Status.QUEUED, Run.Status.FINALIZING]
+    ).update(status=Run.Status.FINALIZING) == 1
+
+
+# Advisory lock classes (the first key of pg_try_advisory_lock(int, int)); the run id is the second.
+FINALIZE_LOCK = 0x6E62_0001
+WATCH_LOCK = 0x6E62_0002
+
+
+@contextmanager
+def run_lock(*, run_id: int, kind: int) -> Iterator[bool]:
+    """Try to take a session advisory lock on the run; yields whether it was taken.
+
+    PostgreSQL releases it when the holder's connection ends, so a killed worker never keeps it.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [kind, run_id])
+        taken = bool(cursor.fetchone()[0])
+    try:
+        yield taken
+    finally:
+        if taken and connection.is_usable():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [kind, run_id])
+
+
+def run_lock_free(*, run_id: int, kind: int) -> bool:
+    """Whether nobody holds the run's lock of this kind (a held lock means a live holder)."""
+    with run_lock(run_id=run_id, kind=kind) as taken:
+        return taken
+
+
+def runs_stalled() -> list[int]:
+    """Unfinished runs that nobody is working on: no live watcher and no live finalizer, and
+    either an expired shard claim, every shard done but no result, or no shard activity for a
+    whole lease (their queued tasks were lost). Queue a harvest task for each."""
+    stale = timezone.now() - shard_lease()
+    stalled = []
+    for run in Run.objects.filter(status__in=[Run.Status.QUEUED, Run.Status.HARVESTING, Run.Status.FINALIZING]):
+        shards = Shard.objects.filter(run=run)
+        expired = shards.filter(status=Shard.Status.CLAIMED, heartbeat__lt=stale).exists()
+        unfinished = shards.exclude(status=Shard.Status.DONE).exists()
+        last_beat = shards.exclude(heartbeat=None).order_by("-heartbeat").values_list("heartbeat", flat=True).first()
+        idle = (last_beat or run.created) < stale
+        if not (expired or not unfinished or idle):
+            continue
+        if run_lock_free(run_id=run.pk, kind=WATCH_LOCK) and run_lock_free(run_id=run.pk, kind=FINALIZE_LOCK):
+            stalled.append(run.pk)
+    return stalled
 
 
 def run_mark(*, run: Run, status: str, error: str = "") -> None:

@@ -12,6 +12,7 @@ import os
 import pickle
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +34,24 @@ from browser.examples.models import Example
 from browser.examples.services import examples_write, run_results_clear, stats_write, units_set_browse_fields
 from browser.runs.models import Job, Run, Shard
 from browser.runs.services import (
+    FINALIZE_LOCK,
+    WATCH_LOCK,
     JobCancelled,
+    job_cancel_requested,
     job_create,
+    job_finish,
+    job_log,
+    job_start,
     run_claim_finalize,
     run_delete,
+    run_lock,
+    run_lock_free,
     run_mark,
     run_progress,
     shard_claim,
     shard_complete,
     shard_heartbeat,
+    shard_lease,
     shards_create,
 )
 from workers.compute import hooks, loading
@@ -53,7 +63,8 @@ from workers.pipeline.saes import sae_directions, sae_runtime, sae_source_check
 
 logger = logging.getLogger(__name__)
 FETCH_CONTEXTS = 512
-HEARTBEAT_EVERY_BATCHES = 4
+# Heartbeats come this often (and at least four times a lease), so a live claim never expires.
+HEARTBEAT_EVERY_S = 5.0
 UNIT_OFFSET_STRIDE = 1 << 21  # distinct hash inputs per source (at most 2M units a source)
 
 
@@ -175,50 +186,93 @@ def worker_name() -> str:
 
 def shards_work(*, run_id: int, on_all_done: Callable[[int], None],
                 progress: Callable[..., None] | None = None) -> int:
-    """Claim and process shards of the run until none is left; returns how many were done here."""
+    """Claim and process shards of the run until none is left; returns how many were done here.
+
+    Then one worker per run (the holder of its watch lock) stays: it redoes shards whose worker
+    died once their lease expires, and finalizes the run itself if its finalizer died, so a run
+    completes while any worker that took one of its tasks is alive. The others return.
+    """
     run = Run.objects.select_related("model", "corpus", "corpus__tokenizer").get(pk=run_id)
-    if run.status not in {Run.Status.QUEUED, Run.Status.HARVESTING}:
+    if run.status not in {Run.Status.QUEUED, Run.Status.HARVESTING, Run.Status.FINALIZING}:
         return 0
     Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(status=Run.Status.HARVESTING)
     if run.job_id:
-        Job.objects.filter(pk=run.job_id, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING)
+        job_start(job_id=run.job_id)
     config = HarvestConfig.from_dict(run.config)
+    with run_lock(run_id=run.pk, kind=WATCH_LOCK) as watcher:
+        return _claim_loop(run, config, watcher, on_all_done, progress)
+
+
+def _claim_loop(run: Run, config: HarvestConfig, watcher: bool, on_all_done: Callable[[int], None],
+                progress: Callable[..., None] | None) -> int:
     loaded: Loaded | None = None
     done = 0
-    while (shard := shard_claim(run_id=run.pk, worker=worker_name())) is not None:
-        loaded = loaded or load_for_run(run, config)
-        partial = _process_shard(run, shard, config, loaded, progress)
-        if partial is None:
-            continue  # the claim was lost to another worker: its result will count, not ours
-        done += 1
-        if shard_complete(shard=shard, partial=partial):
-            on_all_done(run.pk)
-    _fail_if_shards_failed(run)
-    return done
+    while True:
+        _raise_if_cancelled(run)
+        shard = shard_claim(run_id=run.pk, worker=worker_name())
+        if shard is not None:
+            loaded = loaded or load_for_run(run, config)
+            _note(run, f"{worker_name()} took shard {shard.index} (attempt {shard.attempts})")
+            partial = _process_shard(run, shard, config, loaded, progress)
+            if partial is None:
+                continue  # the claim was lost to another worker: its result will count, not ours
+            done += 1
+            all_done = shard_complete(shard=shard, partial=partial)
+            run_progress(run=run)
+            if all_done:
+                on_all_done(run.pk)
+            continue
+        if not watcher or _fail_if_shards_failed(run) or not _watch(run, progress):
+            return done
+
+
+def _watch(run: Run, progress: Callable[..., None] | None) -> bool:
+    """One look at the run by its watcher; False once it needs no more watching."""
+    run.refresh_from_db(fields=["status"])
+    if run.status not in {Run.Status.QUEUED, Run.Status.HARVESTING, Run.Status.FINALIZING}:
+        return False
+    all_done = not Shard.objects.filter(run=run).exclude(status=Shard.Status.DONE).exists()
+    if all_done and run_lock_free(run_id=run.pk, kind=FINALIZE_LOCK):
+        finalize(run_id=run.pk, progress=progress or (lambda *a, **k: None))
+        return True
+    time.sleep(min(2.0, shard_lease().total_seconds() / 4))
+    return True
+
+
+def _raise_if_cancelled(run: Run) -> None:
+    if run.job_id and job_cancel_requested(job_id=run.job_id):
+        raise JobCancelled(f"run {run.pk} was cancelled")
+
+
+def _note(run: Run, line: str) -> None:
+    logger.info("run %s: %s", run.pk, line)
+    if run.job_id:
+        job_log(job_id=run.job_id, line=line)
 
 
 def _process_shard(run: Run, shard: Shard, config: HarvestConfig, loaded: Loaded,
                    progress: Callable[..., None] | None) -> bytes | None:
     accumulators = {rt.name: _accumulator(rt, config, loaded) for rt in loaded.runtimes}
     indices = list(range(shard.start, shard.end))
-    counter = {"contexts": 0, "batches": 0}
+    counter = {"contexts": 0, "beat": time.monotonic()}
+    beat_every = min(HEARTBEAT_EVERY_S, shard_lease().total_seconds() / 4)
 
     def on_batch(n: int) -> None:
         counter["contexts"] += n
-        counter["batches"] += 1
-        if counter["batches"] % HEARTBEAT_EVERY_BATCHES == 0:
-            if not shard_heartbeat(shard=shard, contexts_done=counter["contexts"]):
+        _raise_if_cancelled(run)  # a cancelled harvest stops at its next batch
+        if time.monotonic() - counter["beat"] >= beat_every:
+            counter["beat"] = time.monotonic()
+            if not shard_heartbeat(shard=shard, contexts_done=int(counter["contexts"])):
                 raise _ClaimLost
             done = run_progress(run=run)
             if progress is not None:
                 progress(done, run.contexts_total, f"shard {shard.index + 1} of {run.n_shards}")
-            if Job.objects.filter(pk=run.job_id, cancel_requested=True).exists():
-                raise JobCancelled(f"run {run.pk} was cancelled")
 
     try:
         harvest_pass(loaded.torch_model, loaded.arch, run.model.n_layers, loaded.runtimes, accumulators,
                      _batches(run.corpus, indices, loaded, config), run.corpus.context_length, on_batch)
     except _ClaimLost:
+        _note(run, f"{worker_name()} lost its claim on shard {shard.index} (its lease expired)")
         return None
     tensors = {f"{name}/{key}": t for name, acc in accumulators.items() for key, t in acc.state().items()}
     return st_save(tensors)
@@ -235,12 +289,13 @@ def _accumulator(rt: SourceRuntime, config: HarvestConfig, loaded: Loaded) -> Un
                            device=device)
 
 
-def _fail_if_shards_failed(run: Run) -> None:
+def _fail_if_shards_failed(run: Run) -> bool:
     failed = Shard.objects.filter(run=run, status=Shard.Status.FAILED).first()
     if failed is not None:
         run_mark(run=run, status=Run.Status.FAILED, error=f"shard {failed.index} failed: {failed.error}")
         if run.job_id:
-            Job.objects.filter(pk=run.job_id).update(status=Job.Status.FAILED, error=failed.error)
+            job_finish(job_id=run.job_id, status=Job.Status.FAILED, error=f"shard {failed.index} failed: {failed.error}")
+    return failed is not None
 
 
 # ---- finalize ----------------------------------------------------------------------------------
@@ -268,11 +323,17 @@ def finalize(*, run_id: int, progress: Callable[..., None]) -> Run:
     The expensive second pass runs first, spooling example rows to a temporary file; the
     transaction then only COPYs, so readers see all of the run's results or none.
     """
-    run = Run.objects.select_related("model", "corpus", "corpus__tokenizer").get(pk=run_id)
-    if run.status == Run.Status.DONE:
-        return run
-    if not run_claim_finalize(run=run) and run.status != Run.Status.FINALIZING:
-        raise HarvestInputError(f"run {run.pk} cannot be finalized (status: {run.status})")
+    with run_lock(run_id=run_id, kind=FINALIZE_LOCK) as mine:
+        run = Run.objects.select_related("model", "corpus", "corpus__tokenizer").get(pk=run_id)
+        if not mine or run.status in {Run.Status.DONE, Run.Status.CANCELLED, Run.Status.FAILED}:
+            return run  # another live worker is finalizing it, or nothing is left to do
+        if not run_claim_finalize(run=run):
+            raise HarvestInputError(f"run {run.pk} cannot be finalized (status: {run.status})")
+        _note(run, f"{worker_name()} finalizing")
+        return _finalize(run, progress)
+
+
+def _finalize(run: Run, progress: Callable[..., None]) -> Run:
     config = HarvestConfig.from_dict(run.config)
     summaries = {name: summarize(state, n_intervals=config.n_intervals)
                  for name, state in merged_states(run, config).items()}
@@ -297,6 +358,8 @@ def finalize(*, run_id: int, progress: Callable[..., None]) -> Run:
                 (unit_ids[(sources[name].pk, u)], top_tokens.get((name, u), ""), effects.get((name, u), {}))
                 for name, units in summaries.items() for u in range(len(units))))
             run_mark(run=run, status=Run.Status.DONE)
+            if run.job_id:
+                job_finish(job_id=run.job_id, status=Job.Status.SUCCEEDED)
     run.refresh_from_db()
     return run
 

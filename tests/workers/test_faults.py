@@ -1,0 +1,187 @@
+"""Jobs that survive faults: real worker processes killed with SIGKILL mid-shard, two workers
+sharing a run, cancel from the command line, and PostgreSQL and Redis restarted mid-run.
+
+Every faulted run is compared row for row with an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from browser.catalog.models import Model
+from browser.corpora.models import Corpus
+from browser.examples.models import Example
+from browser.runs.models import Job, Run, Shard
+from browser.runs.services import run_delete
+from tests.conftest import purge_queues, start_worker, stop_worker
+from tests.workers.test_harvest import TEXTS, _rows
+
+pytestmark = pytest.mark.slow
+# Short leases so that a dead worker's shard is redone within seconds; an idle worker looks
+# for stalled runs every second.
+# One thread a worker: several workers share two cores.
+WORKER_ENV = {"BROWSER_SHARD_LEASE_S": "2", "BROWSER_RESUME_EVERY_S": "1", "OMP_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1"}
+HOOK = "blocks.1.mlp.hook_post"  # MiniLM stopped after layer 1: shards of a second or two
+HARVEST = {"model": "minilm-l6", "corpus": "faults", "hooks": HOOK, "k": 4, "batch_size": 4, "shard_contexts": 48}
+
+
+class Workers:
+    """Worker processes for this module, started on demand and killed at will."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def get(self, name: str) -> subprocess.Popen[bytes]:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            proc = self.procs[name] = start_worker(f"faults-{name}", WORKER_ENV)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def by_claim(self, claimed_by: str) -> subprocess.Popen[bytes]:
+        pid = int(claimed_by.rsplit(":", 1)[1])
+        return next(p for p in self.procs.values() if p.pid == pid)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            stop_worker(proc)
+
+
+@pytest.fixture(scope="module")
+def workers(django_db_setup: None) -> Iterator[Workers]:
+    pool = Workers()
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def corpus(transactional_db: None, minilm: Model, tmp_path: Path) -> Corpus:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, text in enumerate(TEXTS):
+        (folder / f"{i}.txt").write_text(" ".join([text] * 75))
+    call_command("import_corpus", str(folder), name="faults", context_length=64, inline=True, stdout=io.StringIO())
+    corpus = Corpus.objects.get(name="faults")
+    assert 100 <= corpus.n_contexts <= 160  # three shards of 48 contexts
+    purge_queues()
+    return corpus
+
+
+def _until(check: Callable[[], object], what: str, timeout: float = 180) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _queue_harvest() -> Run:
+    call_command("harvest", **HARVEST, stdout=io.StringIO())
+    return Run.objects.exclude(status__in=[Run.Status.FAILED, Run.Status.CANCELLED]).get()
+
+
+def _finished(run: Run, timeout: float = 180) -> Run:
+    _until(lambda: Run.objects.filter(pk=run.pk, status__in=["done", "failed", "cancelled"]).exists(),
+           f"run {run.pk} to finish", timeout)
+    run.refresh_from_db()
+    assert run.status == Run.Status.DONE, run.error
+    return run
+
+
+def _mid_shard() -> Shard:
+    """A shard some worker is processing: claimed, with progress reported, far from done."""
+    def busy() -> Shard | None:
+        return Shard.objects.filter(status=Shard.Status.CLAIMED, contexts_done__gt=0, contexts_done__lt=32).first()
+
+    return _until(busy, "a shard in progress")  # type: ignore[return-value]
+
+
+def _inline_rows() -> list[tuple[object, ...]]:
+    """The same harvest, uninterrupted, in this process."""
+    for run in Run.objects.all():
+        run_delete(run=run)
+    call_command("harvest", **HARVEST, inline=True, stdout=io.StringIO())
+    run = Run.objects.get()
+    assert run.status == Run.Status.DONE, run.error
+    return _rows(run)
+
+
+def test_two_workers_share_a_run_and_one_killed_mid_shard_loses_nothing(workers: Workers,
+                                                                         corpus: Corpus) -> None:
+    workers.get("a"), workers.get("b")
+    run = _finished(_queue_harvest())
+    assert run.n_shards == 3
+    shared = _rows(run)
+    assert len(set(Shard.objects.filter(run=run).values_list("claimed_by", flat=True))) == 2
+    assert len(shared) == 1536 + Example.objects.filter(run=run).count()
+
+    run_delete(run=run)
+    run = _queue_harvest()
+    shard = _mid_shard()
+    workers.kill(workers.by_claim(shard.claimed_by))
+    run = _finished(run)
+    shard.refresh_from_db()
+    assert shard.status == Shard.Status.DONE and shard.attempts == 2  # redone by the live worker
+    assert _rows(run) == shared
+    assert f"took shard {shard.index} (attempt 2)" in run.job.log  # type: ignore[union-attr]
+
+    assert _inline_rows() == shared  # two workers, one of them killed, equal one process
+
+
+def test_a_restarted_worker_resumes_a_run_whose_worker_and_tasks_were_lost(workers: Workers,
+                                                                           corpus: Corpus) -> None:
+    workers.get("a")
+    run = _queue_harvest()
+    shard = _mid_shard()
+    for proc in workers.procs.values():  # every worker dies
+        if proc.poll() is None:
+            workers.kill(proc)
+    purge_queues()  # the run's queued tasks are gone too (as after a Redis without persistence)
+    workers.get("a")  # the restart: its periodic check finds the stalled run and queues it again
+    run = _finished(run)
+    assert Job.objects.get(run=run).status == Job.Status.SUCCEEDED
+    shard.refresh_from_db()
+    assert shard.attempts == 2
+    assert _rows(run) == _inline_rows()
+
+
+def test_cancel_from_the_command_line_stops_the_workers_at_their_next_batch(workers: Workers,
+                                                                            corpus: Corpus) -> None:
+    workers.get("a"), workers.get("b")
+    run = _queue_harvest()
+    _mid_shard()
+    out = io.StringIO()
+    call_command("job", "cancel", str(run.job_id), stdout=out)
+    assert "cancel requested" in out.getvalue()
+    asked = time.monotonic()
+    _until(lambda: Run.objects.filter(pk=run.pk, status=Run.Status.CANCELLED).exists(), "the run to stop", 30)
+    assert time.monotonic() - asked < 10
+    job = Job.objects.get(run=run)
+    assert job.status == Job.Status.CANCELLED
+    time.sleep(1.5)  # nothing moves after the cancel
+    progress = list(Shard.objects.filter(run=run).order_by("index").values_list("status", "contexts_done"))
+    time.sleep(1.5)
+    assert list(Shard.objects.filter(run=run).order_by("index").values_list("status", "contexts_done")) == progress
+    assert Shard.Status.PENDING in [s for s, _ in progress] or Shard.Status.CLAIMED in [s for s, _ in progress]
+    assert not Example.objects.filter(run=run).exists()
+    shown = io.StringIO()
+    call_command("job", "show", str(job.pk), stdout=shown)
+    assert "status:    cancelled" in shown.getvalue() and "cancel requested by the command line" in shown.getvalue()
+    listed = io.StringIO()
+    call_command("job", "list", stdout=listed)
+    assert f"{job.pk:>6}  harvest   cancelled" in listed.getvalue()
