@@ -130,3 +130,9 @@ def cast(db: None) -> Cast:
         outsider=user_create(username="outsider", password="outsider-pass-123", role="viewer"),
         curator=user_create(username="curator", password="curator-pass-123", role="curator"),
     )
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: object) -> None:
+    """Tests create many users; the production hasher is slow on purpose."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
