@@ -22,6 +22,7 @@ from browser.catalog.selectors import (
     unit_get,
     unit_page,
 )
+from browser.labels.views import label_panel
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -60,17 +61,9 @@ def source_detail(request: HttpRequest, model: str, source: str) -> HttpResponse
     return _unit_list(request, {"source": src}, model=model, source=source)
 
 
-def _label_panel(request: HttpRequest, unit: Any) -> dict[str, Any] | None:
-    try:
-        from browser.labels.views import label_panel  # the labels app's panel, when installed
-    except ImportError:
-        return None
-    return label_panel(request, unit)
-
-
 def unit_detail_view(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
     unit = unit_get(model_name=model, source_name=source, index=index)
-    context = {"d": unit_detail(unit), "unit": unit, "label_panel": _label_panel(request, unit)}
+    context = {"d": unit_detail(unit), "unit": unit, "label_panel": label_panel(request, unit)}
     return render(request, "catalog/unit.html", context)
 
 
@@ -83,7 +76,7 @@ def unit_probe(request: HttpRequest, model: str, source: str, index: int) -> Htt
         context["probe"] = probe_unit(unit=unit, text=text)
     except ProbeError as exc:
         context["probe_error"] = str(exc)
-    context["label_panel"] = _label_panel(request, unit)
+    context["label_panel"] = label_panel(request, unit)
     return render(request, "catalog/unit.html", context, status=200 if "probe" in context else 422)
 
 

@@ -6,14 +6,16 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from browser.catalog.models import Score
+from django.db import connection
+
+from browser.catalog.models import Model, Score
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example
 from browser.examples.selectors import vocab_for
 from browser.labels.selectors import label_list
 
 SCHEMA_VERSION = 1
-CHUNK = 2000
+CHUNK = 5000
 COLUMNS: list[tuple[str, str, str]] = [
     # (name, parquet/arrow type, description)
     ("label_id", "int64", "the label's id in this browser"),
@@ -37,9 +39,12 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
-def _scores(unit_ids: list[int], label_ids: list[int]) -> dict[tuple[str, int], dict[str, float]]:
+def _scores(unit_ids: list[int], label_ids: set[int]) -> dict[tuple[str, int], dict[str, float]]:
     out: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
-    rows = Score.objects.filter(unit_id__in=unit_ids).values_list("unit_id", "label_id", "name", "value")
+    with connection.cursor() as cursor:  # = ANY(array): one parameter, not thousands to plan
+        cursor.execute(f"SELECT unit_id, label_id, name, value FROM {Score._meta.db_table} WHERE unit_id = ANY(%s)",
+                       [unit_ids])
+        rows = cursor.fetchall()
     for unit_id, label_id, name, value in rows:
         if label_id is None:
             out[("unit", unit_id)][name] = value
@@ -48,50 +53,63 @@ def _scores(unit_ids: list[int], label_ids: list[int]) -> dict[tuple[str, int], 
     return out
 
 
-def _top_texts(labels: list[Any], n: int) -> dict[int, list[str]]:
+FIELDS = ["id", "unit_id", "unit__index", "unit__source__name", "unit__source__model__name",
+          "unit__source__model_id", "unit__source__hook_point", "unit__source__layer", "unit__kind", "text", "tags",
+          "confidence", "machine", "author__username", "created", "updated", "revision", "unit__stats_run_id"]
+
+
+def _top_texts(rows: list[tuple[Any, ...]], n: int) -> dict[int, list[str]]:
     """Texts of the top ``n`` contexts of each unit of this chunk, from its latest run."""
-    runs = {label.unit_id: label.unit.stats_run_id for label in labels if label.unit.stats_run_id}
+    runs = {row[1]: row[17] for row in rows if row[17]}
     if not runs or n <= 0:
         return {}
     examples = (Example.objects.filter(unit_id__in=list(runs), kind=Example.Kind.TOP, rank__lt=n)
                 .values_list("unit_id", "run_id", "rank", "context__tokens").order_by("unit_id", "rank"))
-    vocabs = {label.unit_id: vocab_for(label.unit.source.model) for label in labels}
+    models = {row[1]: row[5] for row in rows}
+    vocabs = {model_id: vocab_for(Model.objects.get(pk=model_id)) for model_id in set(models.values())}
     texts: dict[int, list[str]] = defaultdict(list)
     for unit_id, run_id, _, tokens in examples:
         if runs.get(unit_id) == run_id:
-            vocab = vocabs[unit_id]
+            vocab = vocabs[models[unit_id]]
             ids = decode_tokens(bytes(tokens))
             texts[unit_id].append("".join(vocab.token(t) for t in ids if t not in vocab.special))
     return texts
 
 
+def _chunks(rows: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    chunk: list[tuple[Any, ...]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def export_rows(*, filters: dict[str, Any], top_examples: int = 0) -> Iterator[dict[str, Any]]:
-    """One dict per label, in label id order, read ``CHUNK`` labels at a time."""
-    labels = label_list(**filters)
-    last = 0
-    while True:
-        chunk = list(labels.filter(id__gt=last)[:CHUNK])
-        if not chunk:
-            return
-        last = chunk[-1].pk
-        scores = _scores([label.unit_id for label in chunk], [label.pk for label in chunk])
+    """One dict per label, in label id order. One query read through a server-side cursor,
+    ``CHUNK`` rows at a time (plain tuples, no model instances: the export is bound by per-row
+    Python work); scores and example texts are fetched per chunk."""
+    labels = label_list(**filters).values_list(*FIELDS)
+    for chunk in _chunks(labels.iterator(chunk_size=CHUNK), CHUNK):
+        scores = _scores([row[1] for row in chunk], {row[0] for row in chunk})
         texts = _top_texts(chunk, top_examples)
-        for label in chunk:
-            yield _row(label, scores, texts, top_examples)
+        for row in chunk:
+            yield _row(row, scores, texts, top_examples)
 
 
-def _row(label: Any, scores: dict[tuple[str, int], dict[str, float]], texts: dict[int, list[str]],
+def _row(row: tuple[Any, ...], scores: dict[tuple[str, int], dict[str, float]], texts: dict[int, list[str]],
          top_examples: int) -> dict[str, Any]:
-    unit, source = label.unit, label.unit.source
+    (label_id, unit_id, index, source, model, _, hook_point, layer, kind, text, tags, confidence, machine, author,
+     created, updated, revision, _) = row
     return {
-        "label_id": label.pk, "unit": f"{source.model.name}/{source.name}/{unit.index}",
-        "model": source.model.name, "source": source.name, "index": unit.index,
-        "hook_point": source.hook_point, "layer": source.layer, "source_type": source.kind,
-        "text": label.text, "tags": list(label.tags), "confidence": label.confidence, "machine": label.machine,
-        "author": label.author.username, "created": label.created, "updated": label.updated,
-        "revision": label.revision,
-        "scores": {**scores.get(("unit", unit.pk), {}), **scores.get(("label", label.pk), {})},
-        "top_examples": texts.get(unit.pk, []) if top_examples else [],
+        "label_id": label_id, "unit": f"{model}/{source}/{index}", "model": model, "source": source,
+        "index": index, "hook_point": hook_point, "layer": layer, "source_type": kind, "text": text,
+        "tags": tags, "confidence": confidence, "machine": machine, "author": author, "created": created,
+        "updated": updated, "revision": revision,
+        "scores": {**scores.get(("unit", unit_id), {}), **scores.get(("label", label_id), {})},
+        "top_examples": texts.get(unit_id, []) if top_examples else [],
     }
 
 

@@ -1,0 +1,121 @@
+"""`bench export`: label-dataset export throughput (JSONL, Parquet) and peak memory at 100k and
+1M rows, each measured in a fresh process streaming the whole export through the real view."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.utils import timezone
+
+from browser.catalog.models import Model, Source, Unit
+from browser.catalog.services import model_create, source_get_or_create, units_ensure
+from browser.core.copy import copy_rows
+from browser.labels.models import Label
+
+HELP = "label export rows/s (JSONL, Parquet) and peak RSS of a fresh process exporting 100k and 1M labels"
+MODEL = "bench-export"
+UNITS = 100_000
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--small", type=int, default=100_000, help="rows of the first measured export")
+    parser.add_argument("--large", type=int, default=1_000_000, help="rows of the second measured export")
+    parser.add_argument("--keep", action="store_true", help="keep the bench labels afterwards")
+
+
+def main(opts: dict[str, Any], log: Any) -> dict[str, Any]:
+    if not 1000 <= opts["small"] <= opts["large"] <= 5_000_000:
+        raise ValueError("need 1000 <= --small <= --large <= 5,000,000")
+    return run(small=opts["small"], large=opts["large"], keep=opts["keep"], log=log)
+
+
+def _authors(n: int) -> list[int]:
+    User = get_user_model()
+    ids = []
+    for i in range(n):
+        user, _ = User.objects.get_or_create(username=f"bench-export-{i}")
+        ids.append(user.pk)
+    return ids
+
+
+def fill(rows: int, log: Any) -> None:
+    """``rows`` labels over 100k units, ten authors at most per unit (COPY; reused when present)."""
+    model = Model.objects.filter(name=MODEL).first() or model_create(
+        name=MODEL, kind="encoder", architecture="bench", location="-", n_layers=1, d_model=1, d_mlp=UNITS,
+        vocab_size=0, tokenizer=None)
+    source = source_get_or_create(model=model, name="blocks.0.mlp.hook_post", hook_point="blocks.0.mlp.hook_post",
+                                  layer=0, kind=Source.Kind.NEURONS, n_units=UNITS)
+    units_ensure(source=source)
+    have = Label.objects.filter(unit__source=source).count()
+    if have >= rows:
+        return
+    unit_ids = list(Unit.objects.filter(source=source).order_by("index").values_list("id", flat=True))
+    authors = _authors(-(-rows // UNITS))
+    now = timezone.now()
+    start = time.perf_counter()
+    with transaction.atomic():
+        Label.objects.filter(unit__source=source).delete()
+        pairs = ((a, u) for a in authors for u in unit_ids)
+        copy_rows("labels_label", ["unit_id", "author_id", "text", "tags", "confidence", "machine", "revision",
+                                   "created", "updated"],
+                  ["int8", "int4", "text", "jsonb", "float8", "bool", "int4", "timestamptz", "timestamptz"],
+                  ((u, a, f"fires on token {u % 997} in lists of {a}", json.dumps(["bench"]), 0.5, False, 1,
+                    now, now) for n, (a, u) in zip(range(rows), pairs, strict=False)))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE labels_label")
+    log.write(f"filled {rows:,} labels in {time.perf_counter() - start:.1f} s\n")
+
+
+def measure(fmt: str, rows: int) -> dict[str, float]:
+    """Stream one export in a fresh process; rows/s and that process's peak RSS."""
+    code = (
+        "import django, json, time; django.setup(); "
+        "from rest_framework.test import APIClient; "
+        "vm_hwm_mb = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024; "
+        "c = APIClient(); t = time.perf_counter(); "
+        f"r = c.get('/api/v1/exports/labels.{fmt}?model={MODEL}'); n = 0\n"
+        "for part in r.streaming_content: n += len(part)\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'bytes': n, 'rss': vm_hwm_mb(), "
+        "'status': r.status_code}))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "browser.settings", "BROWSER_API_ANON_RATE": "100000/min"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=settings.BASE_DIR,
+                         env=env, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["status"] != 200:
+        raise RuntimeError(f"export answered {result['status']}")
+    return {"rows_per_s": rows / result["seconds"], "rss_mb": result["rss"], "mb": result["bytes"] / 2**20}
+
+
+def run(*, small: int, large: int, keep: bool, log: Any = sys.stderr) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for rows in (small, large):
+        fill(rows, log)
+        for fmt in ("jsonl", "parquet"):
+            m = measure(fmt, rows)
+            log.write(f"{rows:,} rows {fmt}: {m['rows_per_s']:,.0f} rows/s, peak RSS {m['rss_mb']:.0f} MB, "
+                      f"{m['mb']:.1f} MB out\n")
+            result[f"{fmt}_{rows}"] = m
+    small_jsonl, small_pq = result[f"jsonl_{small}"], result[f"parquet_{small}"]
+    large_jsonl, large_pq = result[f"jsonl_{large}"], result[f"parquet_{large}"]
+    if not keep:
+        Model.objects.filter(name=MODEL).delete()
+        get_user_model().objects.filter(username__startswith="bench-export-").delete()
+    return {
+        "jsonl_rows_per_s": round(large_jsonl["rows_per_s"]),
+        "parquet_rows_per_s": round(large_pq["rows_per_s"]),
+        "peak_rss_mb_100k": round(max(small_jsonl["rss_mb"], small_pq["rss_mb"]), 1),
+        "peak_rss_mb_1m": round(max(large_jsonl["rss_mb"], large_pq["rss_mb"]), 1),
+        "rows_small": small, "rows_large": large,
+        "detail": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in result.items()},
+    }
