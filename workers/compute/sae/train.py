@@ -152,7 +152,7 @@ def _init(d_in: int, config: TrainConfig, sample: torch.Tensor, hook_name: str) 
 
 def _loss(sae: SparseAutoencoder, x: torch.Tensor, config: TrainConfig,
           dead: torch.Tensor) -> dict[str, torch.Tensor]:
-    pre = sae.pre_acts(x)
+    pre = _train_pre_acts(sae, x)
     penalty = x.new_zeros(())
     if config.architecture == "topk":
         top = pre.topk(config.k, dim=-1)
@@ -178,6 +178,15 @@ def _loss(sae: SparseAutoencoder, x: torch.Tensor, config: TrainConfig,
     return {"loss": loss, "fvu": fvu.detach(), "aux": aux.detach(), "fired": fired, "l0": l0}
 
 
+def _train_pre_acts(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    """``(x - b_dec) @ W_enc + b_enc`` written as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same
+    value, but b_dec's gradient then costs a vector-matrix product instead of a third [B, d_in,
+    d_sae] matrix product (the gradient with respect to the input)."""
+    if not sae.cfg.apply_b_dec_to_input:
+        return x @ sae.W_enc + sae.b_enc
+    return x @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)
+
+
 def _sparse_decode(sae: SparseAutoencoder, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """sum_j values[:, j] * W_dec[indices[:, j]] + b_dec without a dense [B, d_sae] product."""
     return nn.functional.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
@@ -191,10 +200,10 @@ def _auxk(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dea
         return pre.new_zeros(())
     k_aux = min(residual.shape[-1] // 2, n_dead)
     scale = min(n_dead / (residual.shape[-1] // 2), 1.0)
-    masked = torch.where(dead[None], pre, torch.full_like(pre, -torch.inf))
-    top = masked.topk(k_aux, dim=-1, sorted=False)
-    acts = torch.relu(top.values)  # [B, k_aux]
-    e_hat = nn.functional.embedding_bag(top.indices, sae.W_dec, per_sample_weights=acts, mode="sum")
+    dead_ids = dead.nonzero().squeeze(1)
+    top = pre[:, dead_ids].topk(k_aux, dim=-1, sorted=False)  # [B, k_aux] among the dead only
+    acts = torch.relu(top.values)
+    e_hat = nn.functional.embedding_bag(dead_ids[top.indices], sae.W_dec, per_sample_weights=acts, mode="sum")
     return scale * (e_hat - residual).pow(2).sum() / variance
 
 
