@@ -32,6 +32,7 @@ ROUTES = {
     "workers.tasks.finalize_run": "gpu",
     "workers.tasks.train_sae": "gpu",
     "workers.tasks.probe_unit": "gpu",
+    "workers.tasks.score_labels": "gpu",
     "workers.tasks.try_text": "default",
 }
 _prefix = {"value": ""}

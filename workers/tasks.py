@@ -123,3 +123,17 @@ def probe_unit(unit_id: int, text: str) -> dict[str, list[Any]]:
     from workers.pipeline.probe import probe
 
     return probe(unit_id=unit_id, text=text)
+
+
+def score_labels_work(job: Job, progress: Progress) -> None:
+    from workers.pipeline.label_scores import label_scores
+
+    counts = label_scores(source_id=int(job.params["source_id"]),  # type: ignore[call-overload]
+                          force=bool(job.params.get("force", False)), progress=progress)
+    progress.log(", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+@shared_task(bind=True, name="workers.tasks.score_labels")
+def score_labels(self: Any, job_id: int) -> None:
+    """Score the labels of one source: the label's embedding against firing and silent contexts."""
+    run_job(self, job_id, score_labels_work)

@@ -25,7 +25,7 @@ def _device() -> str:
 
 
 @lru_cache(maxsize=2)
-def _model(location: str, model_type: str, device: str) -> tuple[Any, hooks.Architecture, Any]:
+def loaded_model(location: str, model_type: str, device: str) -> tuple[Any, hooks.Architecture, Any]:
     arch = hooks.architecture_for(model_type)
     cache = Path(settings.CACHE_DIR)
     return (loading.load_torch_model(location, cache, arch.causal, device, "float32"), arch,
@@ -33,7 +33,7 @@ def _model(location: str, model_type: str, device: str) -> tuple[Any, hooks.Arch
 
 
 @lru_cache(maxsize=4)
-def _sae(source_id: int, weights_id: int, device: str) -> Any:
+def loaded_sae(source_id: int, weights_id: int, device: str) -> Any:
     from workers.compute.sae.files import from_bytes
     from workers.compute.sae.model import SaeConfig
 
@@ -46,7 +46,8 @@ def probe(*, unit_id: int, text: str) -> dict[str, list[Any]]:
     (special tokens the tokenizer adds included, as in the harvest's contexts)."""
     unit = Unit.objects.select_related("source", "source__model").get(pk=unit_id)
     source, model, device = unit.source, unit.source.model, _device()
-    torch_model, arch, tokenizer = _model(model.location, model.config.get("model_type", model.architecture), device)
+    torch_model, arch, tokenizer = loaded_model(model.location, model.config.get("model_type", model.architecture),
+                                                device)
     ids = tokenizer(text, truncation=True, max_length=MAX_TOKENS)["input_ids"]
     input_ids = torch.tensor([ids], device=device)
     captured: dict[str, torch.Tensor] = {}
@@ -56,5 +57,5 @@ def probe(*, unit_id: int, text: str) -> dict[str, list[Any]]:
     acts = captured[source.hook_point]  # [T, d]
     if source.kind == Source.Kind.SAE:
         with torch.inference_mode():
-            acts = _sae(source.pk, source.sae.weights_id, device).encode(acts)  # [T, d_sae]
+            acts = loaded_sae(source.pk, source.sae.weights_id, device).encode(acts)  # [T, d_sae]
     return {"token_ids": [int(t) for t in ids], "values": acts[:, unit.index].float().cpu().tolist()}
