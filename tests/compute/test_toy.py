@@ -90,7 +90,9 @@ def test_neuron_ground_truth_by_hand() -> None:
                                   [(2, pytest.approx(0.7)), (3, pytest.approx(0.7))]]
     q = torch.tensor([0.9, 0.3, 0.6]) / 1.8
     want0 = math.exp(-float((q * q.log()).sum()))
-    assert true_features_per_neuron(W).tolist() == pytest.approx([want0, math.exp(-(2 * 0.7 / 1.45) * math.log(0.7 / 1.45) - (0.05 / 1.45) * math.log(0.05 / 1.45))])
+    assert true_features_per_neuron(W).tolist() == pytest.approx([want0, 2.0])  # 0.05 is under the floor
+    faint = -(2 * 0.7 / 1.45) * math.log(0.7 / 1.45) - (0.05 / 1.45) * math.log(0.05 / 1.45)
+    assert true_features_per_neuron(W, floor=0.0).tolist() == pytest.approx([want0, math.exp(faint)])
 
 
 def test_config_validation_and_round_trip() -> None:

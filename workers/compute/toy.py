@@ -305,14 +305,16 @@ def neuron_features(W: torch.Tensor, *, floor: float = NEURON_WEIGHT_FLOOR) -> l
     return out
 
 
-def true_features_per_neuron(W: torch.Tensor) -> torch.Tensor:
-    """[n_features, n_hidden] -> [n_hidden]: each neuron's effective number of features.
+def true_features_per_neuron(W: torch.Tensor, *, floor: float = NEURON_WEIGHT_FLOOR) -> torch.Tensor:
+    """[n_features, n_hidden] -> [n_hidden]: each neuron's effective number of true features.
 
-    exp(entropy) of the shares of the neuron's positive weights. Every feature has the same
-    distribution, so this is the share of the neuron's input each feature brings when features
-    come one at a time (the sparse limit): what a perfect dictionary's features-per-neuron score
-    should recover.
+    exp(entropy) of the shares of the neuron's weights above ``floor`` (the features
+    ``neuron_features`` lists). Every feature has the same distribution, so when features come
+    one at a time (the sparse limit) these are the shares of the neuron's input each feature
+    brings: what a perfect dictionary's features-per-neuron score should recover. ``floor=0``
+    counts every positive weight, including the faint ones a trained model leaves on features it
+    does not represent (with many such features they add up to a visible share).
     """
-    w = W.clamp_min(0.0).to(torch.float64).T  # [n_hidden, n_features]
+    w = torch.where(W > floor, W, torch.zeros(())).to(torch.float64).T  # [n_hidden, n_features]
     q = w / w.sum(dim=1, keepdim=True).clamp_min(1e-300)
     return torch.exp(-torch.xlogy(q, q).sum(dim=1))
