@@ -137,3 +137,21 @@ def score_labels_work(job: Job, progress: Progress) -> None:
 def score_labels(self: Any, job_id: int) -> None:
     """Score the labels of one source: the label's embedding against firing and silent contexts."""
     run_job(self, job_id, score_labels_work)
+
+
+def harvest_request_work(job: Job, progress: Progress) -> None:
+    """A harvest asked for over the API: create its run (validated here, where the model can be
+    loaded) and queue its shards; the run's own job then shows the harvest's progress."""
+    from workers.pipeline.requests import harvest_from_request
+
+    run, created = harvest_from_request(job.params["request"], user=job.created_by)  # type: ignore[index]
+    if created:
+        for _ in range(run.n_shards):
+            harvest_shards.apply_async(args=[run.pk])
+    Job.objects.filter(pk=job.pk).update(params={**job.params, "run_id": run.pk})  # type: ignore[dict-item]
+    progress.log(f"run #{run.pk} {'created, ' + str(run.n_shards) + ' shard(s) queued' if created else 'exists'}")
+
+
+@shared_task(bind=True, name="workers.tasks.harvest_request")
+def harvest_request(self: Any, job_id: int) -> None:
+    run_job(self, job_id, harvest_request_work)

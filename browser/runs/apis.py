@@ -14,7 +14,9 @@ from rest_framework.views import APIView
 
 from browser.accounts import access
 from browser.api.pagination import NewestFirstPagination
+from browser.api.permissions import ReadOrCurate
 from browser.runs.models import Job, Run
+from browser.runs.requests import harvest_request_create
 from browser.runs.selectors import job_eta, job_log_tail, job_percent
 from browser.runs.services import job_cancel
 
@@ -91,10 +93,35 @@ class JobCancel(APIView):
         return Response(JobSerializer(job_cancel(job_id=job.pk)).data)
 
 
+class RunRequestSerializer(serializers.Serializer):
+    """A harvest to run: the worker creates the run (or finds the one with this configuration)."""
+
+    model = serializers.CharField(max_length=100)
+    corpus = serializers.CharField(max_length=100)
+    hooks = serializers.CharField(max_length=500, default="blocks.*.mlp.hook_post",
+                                  help_text="comma-separated hook points or globs, or 'none'")
+    saes = serializers.ListField(child=serializers.CharField(max_length=100), max_length=64, default=list)
+    k = serializers.IntegerField(min_value=1, max_value=1024, default=32)
+    batch_size = serializers.IntegerField(min_value=1, max_value=4096, default=32)
+    shard_contexts = serializers.IntegerField(min_value=1, max_value=10_000_000, default=2048)
+    device = serializers.RegexField(r"^(auto|cpu|cuda(:\d+)?)$", default="auto")
+    dtype = serializers.ChoiceField(["float32", "bfloat16", "float16"], default="float32")
+    seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
+    include_special = serializers.BooleanField(default=False)
+
+
 class RunList(ListAPIView):
     serializer_class = RunSerializer
     pagination_class = NewestFirstPagination
+    permission_classes = [ReadOrCurate]
     queryset = Run.objects.select_related("model", "corpus").prefetch_related("sources").all()
+
+    @extend_schema(request=RunRequestSerializer, responses={202: JobSerializer})
+    def post(self, request: Request) -> Response:
+        data = RunRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = harvest_request_create(user=request.user, request=dict(data.validated_data))
+        return Response(JobSerializer(job).data, status=202)
 
 
 class RunDetail(RetrieveAPIView):

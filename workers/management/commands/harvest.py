@@ -4,15 +4,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from browser.corpora.models import Corpus
 from browser.runs.models import Run
 from workers.cli import follow, run_here, workers_alive
-from workers.compute.config import HarvestConfig
-from workers.compute.hooks import HookError, expand_hooks
+from workers.compute.hooks import HookError
 from workers.compute.loading import ModelLoadError
-from workers.pipeline.harvest import HarvestInputError, harvest_create, neuron_sources
-from workers.pipeline.models import model_get_or_register
-from workers.pipeline.saes import sae_sources
+from workers.pipeline.harvest import HarvestInputError
+from workers.pipeline.requests import harvest_from_request
 from workers.tasks import harvest_shards, harvest_work
 
 
@@ -62,16 +59,5 @@ class Command(BaseCommand):
         self.stdout.write(f"Run #{run.pk}: {run.status}.\n")
 
     def _create(self, opts: dict[str, Any]) -> tuple[Run, bool]:
-        model = model_get_or_register(opts["model"])
-        corpus = Corpus.objects.filter(name=opts["corpus"]).first()
-        if corpus is None:
-            names = ", ".join(Corpus.objects.values_list("name", flat=True)) or "none"
-            raise HarvestInputError(f"no corpus named {opts['corpus']!r} (imported: {names})")
-        neurons = () if opts["hooks"] == "none" else neuron_sources(expand_hooks(opts["hooks"], model.n_layers))
-        saes = sae_sources(model, [name.strip() for name in opts["saes"].split(",") if name.strip()])
-        config = HarvestConfig(
-            sources=neurons + saes, k=opts["k"],
-            batch_size=opts["batch_size"], shard_contexts=opts["shard_contexts"], device=opts["device"],
-            dtype=opts["dtype"], seed=opts["seed"], exclude_special=not opts["include_special"],
-        )
-        return harvest_create(model=model, corpus=corpus, config=config)
+        request = {**opts, "saes": opts["saes"].split(",")}
+        return harvest_from_request(request)

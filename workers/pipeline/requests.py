@@ -1,0 +1,34 @@
+"""A harvest asked for by name (the command line, or the API through a queued job)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from browser.corpora.models import Corpus
+from browser.runs.models import Run
+from workers.compute.config import HarvestConfig
+from workers.compute.hooks import expand_hooks
+from workers.pipeline.harvest import HarvestInputError, harvest_create, neuron_sources
+from workers.pipeline.models import model_get_or_register
+from workers.pipeline.saes import sae_sources
+
+
+def harvest_from_request(request: Mapping[str, Any], user: Any = None) -> tuple[Run, bool]:
+    """Create (or find) the run a request describes: model, corpus, hooks (globs or "none"), saes
+    (names), k, batch_size, shard_contexts, device, dtype, seed, include_special."""
+    model = model_get_or_register(request["model"])
+    corpus = Corpus.objects.filter(name=request["corpus"]).first()
+    if corpus is None:
+        names = ", ".join(Corpus.objects.values_list("name", flat=True)) or "none"
+        raise HarvestInputError(f"no corpus named {request['corpus']!r} (imported: {names})")
+    hooks = request.get("hooks", "blocks.*.mlp.hook_post")
+    neurons = () if hooks == "none" else neuron_sources(expand_hooks(hooks, model.n_layers))
+    saes = sae_sources(model, [name.strip() for name in request.get("saes", []) if name.strip()])
+    config = HarvestConfig(
+        sources=neurons + saes, k=request.get("k", 32), batch_size=request.get("batch_size", 32),
+        shard_contexts=request.get("shard_contexts", 2048), device=request.get("device", "auto"),
+        dtype=request.get("dtype", "float32"), seed=request.get("seed", 0),
+        exclude_special=not request.get("include_special", False),
+    )
+    return harvest_create(model=model, corpus=corpus, config=config, user=user)
