@@ -16,13 +16,14 @@ from django.core.management.base import CommandError
 from safetensors.torch import load_file, save_file
 
 from browser.catalog.models import Model, Sae, Source, Unit, UnitRelation
+from browser.core.blobs import blob_read
 from browser.core.models import Blob
 from browser.corpora.models import Context, Corpus
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
 from browser.runs.models import Run
 from fixtures.tiny import build_tiny_bert
-from fixtures.tiny_sae import random_sae
+from fixtures.tiny_sae import build_tiny_gpt2, random_sae
 from tests.compute.reference import brute_force
 from workers.cli import run_here
 from workers.compute import hooks
@@ -105,8 +106,8 @@ def test_import_registers_units_and_relations_and_export_round_trips(tiny: Model
     exported, original = (load_file(str(p / "sae_weights.safetensors")) for p in (tmp_path / "out", path))
     assert exported.keys() == original.keys() and all(torch.equal(exported[k], original[k]) for k in original)
     call_command("import_sae", str(tmp_path / "out"), model="tiny", name="sae-b", stdout=io.StringIO())
-    again = files.from_bytes(files.saelens_config(sae_find(tiny, "sae-b").cfg),
-                             bytes(b"".join(bytes(c.data) for c in sae_find(tiny, "sae-b").weights.chunks.order_by("index"))))
+    stored = sae_find(tiny, "sae-b")
+    again = files.from_bytes(files.saelens_config(stored.cfg), blob_read(stored.weights))
     assert all(torch.equal(again.tensors()[k], original[k]) for k in original)
     # A second SAE on the same neurons: each neuron keeps its top features over both.
     assert UnitRelation.objects.filter(unit__in=neurons, kind="alignment").count() == 48 * ALIGNED
@@ -265,3 +266,30 @@ def test_train_sae_command_trains_measures_and_registers(tiny: Model, corpus: Co
         call_command("train_sae", model="tiny", corpus="lines", hook=HOOK, width=64, k=4, steps=30, inline=True)
     with pytest.raises(CommandError, match="unknown hook point"):
         call_command("train_sae", model="tiny", corpus="lines", hook="blocks.5.mlp.hook_post", inline=True)
+
+
+def test_causal_lm_sae_has_logit_effects_and_loss_recovered(db: None, tmp_path: Path) -> None:
+    gpt = model_register(location=str(build_tiny_gpt2(tmp_path / "gpt")), name="gpt")
+    (tmp_path / "a.txt").write_text(" ".join(TEXTS * 4))
+    call_command("import_corpus", str(tmp_path / "a.txt"), name="g", tokenizer="gpt", context_length=16,
+                 inline=True, stdout=io.StringIO())
+    hook = "blocks.1.mlp.hook_post"
+    call_command("train_sae", model="gpt", corpus="g", hook=hook, name="g-sae", width=48, k=4, steps=20,
+                 batch_tokens=32, buffer_tokens=128, inline=True, stdout=io.StringIO())
+    row = sae_find(gpt, "g-sae")
+    q = row.quality
+    assert q["ce_zero"] != pytest.approx(q["ce_clean"], rel=1e-4)
+    assert q["loss_recovered"] == pytest.approx((q["ce_zero"] - q["ce_sae"]) / (q["ce_zero"] - q["ce_clean"]))
+
+    call_command("harvest", model="gpt", corpus="g", hooks="none", saes="g-sae", k=4, inline=True,
+                 stdout=io.StringIO())
+    torch_model = load_torch_model(gpt.location, Path("/nonexistent"), True, "cpu", "float32")
+    sae = files.from_bytes(files.saelens_config(row.cfg), blob_read(row.weights))
+    feature = 5
+    # Through the MLP's down projection (GPT-2's Conv1D: [d_mlp, d_model]), the final norm's
+    # weight and the unembedding.
+    direction = sae.W_dec[feature].detach() @ torch_model.transformer.h[1].mlp.c_proj.weight.detach()
+    logits = torch_model.lm_head.weight.detach() @ (direction * torch_model.transformer.ln_f.weight.detach())
+    unit = Unit.objects.get(source=row.source, index=feature)
+    assert [t for t, _ in unit.logit_effects["up"]] == torch.topk(logits, 10).indices.tolist()
+    assert [t for t, _ in unit.logit_effects["down"]] == torch.topk(-logits, 10).indices.tolist()
