@@ -9,16 +9,19 @@ from datetime import datetime
 from itertools import combinations
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 
-from browser.catalog.models import Unit
+from browser.catalog.models import Score, Unit
 from browser.labels.models import Label, LabelRevision
 
 WORD = re.compile(r"\w+")
 
 
 def unit_labels(unit: Unit) -> QuerySet[Label]:
-    return Label.objects.filter(unit=unit).select_related("author").order_by("machine", "-updated")
+    """The unit's current labels, humans first, each with its own scores as ``label_scores``."""
+    scores = Prefetch("score_set", queryset=Score.objects.filter(name="label_auc"), to_attr="label_scores")
+    return (Label.objects.filter(unit=unit).select_related("author").prefetch_related(scores)
+            .order_by("machine", "-updated"))
 
 
 def unit_label_history(unit: Unit, *, limit: int = 50) -> QuerySet[LabelRevision]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
 
 from browser.catalog.models import Model, Score, Unit
 from browser.corpora.models import Corpus
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.slow
 SOURCE = "blocks.0.mlp.hook_post"
 
 
-def test_label_auc_scores(cast: Cast, tiny: Model, corpus: Corpus) -> None:  # noqa: F811
+def test_label_auc_scores(cast: Cast, tiny: Model, corpus: Corpus, client: Client) -> None:  # noqa: F811
     _harvest(tiny, corpus, [SOURCE])
     units = list(Unit.objects.filter(source__name=SOURCE, dead=False).order_by("density")[:2])
     labels = [label_save(unit=u, user=cast.owner, text=f"label of unit {u.index}") for u in units]
@@ -42,6 +43,9 @@ def test_label_auc_scores(cast: Cast, tiny: Model, corpus: Corpus) -> None:  # n
         assert 0.0 <= score.value <= 1.0 and score.unit_id == label.unit_id
         assert score.details["silent"] == silent and score.details["firing"] > 0
     assert scores, "at least one unit of the tiny model should be sparse enough to score"
+    scored = next(label for label in labels if label.pk in scores)
+    page = client.get(f"/u/tiny/{SOURCE}/{scored.unit.index}/").content.decode()
+    assert f"label AUC {scores[scored.pk].value:.2f}" in page
     # The batched, padded maxima equal each context run alone, unpadded.
     torch_model, arch, _ = loaded_model(tiny.location, tiny.config["model_type"], "cpu")
     special = torch.tensor(tiny.tokenizer.special_ids)
