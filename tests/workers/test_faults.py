@@ -22,7 +22,7 @@ from browser.corpora.models import Corpus
 from browser.examples.models import Example
 from browser.runs.models import Job, Run, Shard
 from browser.runs.services import run_delete
-from tests.conftest import purge_queues, start_worker, stop_worker
+from tests.conftest import database_url, purge_queues, start_worker, stop_worker
 from tests.workers.test_harvest import TEXTS, _rows
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 # One thread a worker: several workers share two cores.
 WORKER_ENV = {"BROWSER_SHARD_LEASE_S": "2", "BROWSER_RESUME_EVERY_S": "1", "OMP_NUM_THREADS": "1",
               "MKL_NUM_THREADS": "1"}
-HOOK = "blocks.1.mlp.hook_post"  # MiniLM stopped after layer 1: shards of a second or two
+HOOK = "blocks.5.mlp.hook_post"  # the whole of MiniLM: shards of two seconds or more
 HARVEST = {"model": "minilm-l6", "corpus": "faults", "hooks": HOOK, "k": 4, "batch_size": 4, "shard_contexts": 48}
 
 
@@ -106,7 +106,7 @@ def _finished(run: Run, timeout: float = 180) -> Run:
 def _mid_shard() -> Shard:
     """A shard some worker is processing: claimed, with progress reported, far from done."""
     def busy() -> Shard | None:
-        return Shard.objects.filter(status=Shard.Status.CLAIMED, contexts_done__gt=0, contexts_done__lt=32).first()
+        return Shard.objects.filter(status=Shard.Status.CLAIMED, contexts_done__gt=0, contexts_done__lt=40).first()
 
     return _until(busy, "a shard in progress")  # type: ignore[return-value]
 
@@ -185,3 +185,48 @@ def test_cancel_from_the_command_line_stops_the_workers_at_their_next_batch(work
     listed = io.StringIO()
     call_command("job", "list", stdout=listed)
     assert f"{job.pk:>6}  harvest   cancelled" in listed.getvalue()
+
+
+def _outage(seconds: float) -> None:
+    """A PostgreSQL outage for the test database only (the server is shared with other test
+    sessions, so it is not stopped): new connections are refused and every existing one but this
+    process's own is cut, as a restart would, then connections are allowed again."""
+    import psycopg
+    from django.db import connection
+
+    name = connection.settings_dict["NAME"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        mine = cursor.fetchone()[0]
+    admin_url = database_url().rsplit("/", 1)[0] + "/postgres"  # ALTER DATABASE runs from another one
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            cut = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = %s AND pid <> %s", [name, mine]).fetchone()
+            assert cut is not None and cut[0] >= 1  # the worker's connection was cut
+            time.sleep(seconds)
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def test_postgres_lost_mid_shard_the_run_completes_and_readers_never_see_half(workers: Workers,
+                                                                              corpus: Corpus) -> None:
+    workers.get("a")
+    run = _queue_harvest()
+    shard = _mid_shard()
+    _outage(3.0)
+    seen: set[int] = set()
+
+    def finished() -> bool:
+        seen.add(Example.objects.filter(run=run).count())
+        return Run.objects.filter(pk=run.pk, status__in=["done", "failed", "cancelled"]).exists()
+
+    _until(finished, "the run to finish")
+    run = _finished(run)
+    final = Example.objects.filter(run=run).count()
+    assert seen <= {0, final}  # all of the results or none, never a part
+    shard.refresh_from_db()
+    assert shard.attempts >= 2  # the shard in progress during the outage was redone
+    assert Job.objects.get(run=run).status == Job.Status.SUCCEEDED
+    assert _rows(run) == _inline_rows()
