@@ -239,3 +239,28 @@ def test_relations_against_brute_force() -> None:
     assert fi[7].tolist() == W_dec[7].abs().argsort(descending=True)[:3].tolist()
     assert ni[5].tolist() == shares[:, 5].argsort(descending=True)[:3].tolist()
     assert fv[7, 0] == pytest.approx(float(W_dec[7].abs().max() / W_dec[7].abs().sum()))
+
+
+def test_sparse_accumulator_state_equals_the_dense_one() -> None:
+    from workers.compute.sae.stats import SparseUnitAccumulator
+    from workers.compute.stats import Batch, UnitAccumulator
+
+    sae = random_sae(16, 96, architecture="topk", k=5, seed=4)
+    g = torch.Generator().manual_seed(0)
+    dense = UnitAccumulator(96, k=4, samples=3, hist_stride=3, seed=7, unit_offset=5)
+    sparse = SparseUnitAccumulator(96, k=4, samples=3, hist_stride=3, seed=7, unit_offset=5)
+    for b in range(4):
+        acts = sae.encode(torch.randn(6, 10, 16, generator=g)).detach()
+        invalid = torch.rand(6, 10, generator=g) < 0.2
+        invalid[2] = True  # a context without a valid token
+        batch = Batch(acts, torch.arange(b * 6, b * 6 + 6), invalid, b * 60)
+        dense.update(batch)
+        sparse.update(batch)
+    want, got = dense.state(), sparse.state()
+    assert want.keys() == got.keys()
+    for key in want:
+        if key == "total":
+            assert torch.allclose(got[key].double(), want[key].double(), atol=8)  # 2^-16 steps
+        else:
+            assert torch.equal(got[key], want[key]), key
+    assert int(want["fire"].sum()) > 0 and int((want["fire"] == 0).sum()) > 0

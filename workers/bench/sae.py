@@ -17,6 +17,7 @@ from workers.compute import hooks, loading
 from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass
 from workers.compute.sae.model import SparseAutoencoder
 from workers.compute.sae.quality import reconstruction_quality
+from workers.compute.sae.stats import SparseUnitAccumulator
 from workers.compute.sae.train import TrainConfig, train
 from workers.compute.stats import UnitAccumulator
 
@@ -104,9 +105,10 @@ def forward_encode_pass(model: Any, arch: hooks.Architecture, sae: SparseAutoenc
 
 def harvest_with_sae(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder,
                      batches: list[TokenBatch]) -> tuple[float, float]:
-    runtimes = [SourceRuntime(HOOK, HOOK, D_MLP, 0), SourceRuntime("sae", HOOK, sae.cfg.d_sae, 1 << 21, sae.encode)]
-    accumulators = {rt.name: UnitAccumulator(rt.n_units, k=32, samples=6, hist_stride=7, seed=0,
-                                             unit_offset=rt.unit_offset) for rt in runtimes}
+    runtimes = [SourceRuntime(HOOK, HOOK, D_MLP, 0),
+                SourceRuntime("sae", HOOK, sae.cfg.d_sae, 1 << 21, sae.encode, sparse=True)]
+    accumulators = {rt.name: (SparseUnitAccumulator if rt.sparse else UnitAccumulator)(
+        rt.n_units, k=32, samples=6, hist_stride=7, seed=0, unit_offset=rt.unit_offset) for rt in runtimes}
     return _timed(lambda: harvest_pass(model, arch, N_LAYERS, runtimes, accumulators, batches, CONTEXT_LENGTH))
 
 

@@ -25,6 +25,8 @@ class SourceRuntime:
     unit_offset: int
     encode: Encoder | None = None
     """Maps hook activations [..., d_in] to unit activations [..., n_units] (an SAE); None for neurons."""
+    sparse: bool = False
+    """The units are non-negative and mostly zero (SAE latents): statistics from the non-zeros."""
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from workers.compute import hooks, loading
 from workers.compute.config import HarvestConfig, SourceConfig
 from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass, make_batch, token_values
 from workers.compute.logits import logit_effects
+from workers.compute.sae.stats import SparseUnitAccumulator
 from workers.compute.stats import UnitAccumulator, UnitSummary, summarize
 from workers.pipeline.saes import sae_directions, sae_runtime, sae_source_check
 
@@ -284,9 +285,9 @@ class _ClaimLost(Exception):
 
 def _accumulator(rt: SourceRuntime, config: HarvestConfig, loaded: Loaded) -> UnitAccumulator:
     device = next(loaded.torch_model.parameters()).device
-    return UnitAccumulator(rt.n_units, k=config.k, samples=config.samples_per_interval,
-                           hist_stride=config.hist_stride, seed=config.seed, unit_offset=rt.unit_offset,
-                           device=device)
+    accumulator = SparseUnitAccumulator if rt.sparse else UnitAccumulator
+    return accumulator(rt.n_units, k=config.k, samples=config.samples_per_interval,
+                       hist_stride=config.hist_stride, seed=config.seed, unit_offset=rt.unit_offset, device=device)
 
 
 def _fail_if_shards_failed(run: Run) -> bool:
