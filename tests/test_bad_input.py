@@ -30,11 +30,6 @@ from browser.catalog.models import Model
 from browser.corpora.models import Corpus, Document
 from browser.corpora.readers import MAX_DOCUMENT_CHARS
 
-# Known bugs, kept as strict expected failures so that the fix turns them green (and is noticed):
-# NUL and lone surrogates reach PostgreSQL (DataError, UnicodeEncodeError) instead of a clear
-# error. The fix belongs in browser/corpora/readers.py (reject them like binary files) and in
-# the commands (validate names before querying).
-NUL_BUG = pytest.mark.xfail(strict=True, reason="NUL/surrogate reaches PostgreSQL: crash, not a clear error")
 INJECTIONS = [
     "x'; DROP TABLE corpora_corpus; --",
     'x" OR 1=1 --',
@@ -42,7 +37,7 @@ INJECTIONS = [
     "../../etc/passwd",
     "{{ settings.SECRET_KEY }}",
 ]
-NUL_NAME = pytest.param("x\x00y", marks=NUL_BUG, id="nul")
+NUL_NAME = pytest.param("x\x00y", id="nul")
 
 
 def _counts() -> dict[str, int]:
@@ -81,8 +76,8 @@ def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
         ("number.jsonl", '{"text": 5}\n', 'line 1: each line must be a JSON object with a "text" string'),
         ("list.jsonl", '["text"]\n', 'line 1: each line must be a JSON object with a "text" string'),
         ("empty-docs.jsonl", '{"text": ""}\n{"text": "   "}\n', "holds no text"),
-        pytest.param("nul.jsonl", '{"text": "a\\u0000b"}\n', "NUL", marks=NUL_BUG),
-        pytest.param("surrogate.jsonl", '{"text": "a\\ud800b"}\n', "not valid UTF-8|surrogate", marks=NUL_BUG),
+        pytest.param("nul.jsonl", '{"text": "a\\u0000b"}\n', "NUL"),
+        pytest.param("surrogate.jsonl", '{"text": "a\\ud800b"}\n', "not valid UTF-8|surrogate"),
         ("cp1252.txt", "smart \u201cquotes\u201d".encode("cp1252"), "not valid UTF-8"),
         ("utf16.txt", "hello".encode("utf-16"), "not valid UTF-8|binary"),
     ],

@@ -36,6 +36,24 @@ def _decode(data: bytes, where: str) -> str:
         raise CorpusInputError(f"{where} is not valid UTF-8 (bad byte at offset {exc.start})") from None
 
 
+def _check_strings(value: object, where: str) -> None:
+    """NUL and lone surrogates are legal in JSON strings but not in PostgreSQL text."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise CorpusInputError(f"{where}: a string contains the NUL character (\\u0000), which text cannot hold")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorpusInputError(f"{where}: a string holds a lone surrogate (not valid UTF-8 text)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, where)
+            _check_strings(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, where)
+
+
 def _check_size(text: str, where: str) -> None:
     if len(text) > MAX_DOCUMENT_CHARS:
         raise CorpusInputError(
@@ -63,6 +81,7 @@ def _jsonl(path: Path) -> Iterator[DocumentIn]:
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise CorpusInputError(f'{where}: each line must be a JSON object with a "text" string')
             _check_size(record["text"], where)
+            _check_strings(record, where)
             meta = {k: v for k, v in record.items() if k not in {"text", "id", "title"}}
             yield DocumentIn(
                 text=record["text"],

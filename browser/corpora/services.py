@@ -9,7 +9,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from browser.catalog.models import Model
+from browser.catalog.models import Model, name_validator
 from browser.core.copy import copy_rows
 from browser.corpora.models import Context, Corpus
 from browser.corpora.readers import CorpusInputError, read_documents
@@ -26,6 +26,10 @@ def corpus_import(*, name: str, path: Path, tokenizer_model: Model, context_leng
         )
     if tokenizer_model.tokenizer is None:
         raise CorpusInputError(f"model {tokenizer_model.name} has no tokenizer")
+    try:
+        name_validator(name)
+    except ValidationError as exc:
+        raise CorpusInputError(f"bad corpus name {name!r}: {exc.messages[0]}") from None
     with transaction.atomic():
         if Corpus.objects.filter(name=name).exists():
             raise CorpusInputError(f"a corpus named {name!r} already exists; choose another --name")

@@ -52,6 +52,8 @@ def model_register(*, location: str, name: str | None = None) -> Model:
 
 def model_get_or_register(name_or_location: str) -> Model:
     """A registered model by name; a packaged alias or path is registered on first use."""
+    if "\x00" in name_or_location:  # no name, path or database text can hold it
+        raise loading.ModelLoadError(f"unknown model {name_or_location!r}: a name cannot contain NUL")
     model = Model.objects.filter(name=name_or_location).first()
     if model is not None:
         return model

@@ -18,7 +18,7 @@ def harvest_from_request(request: Mapping[str, Any], user: Any = None) -> tuple[
     """Create (or find) the run a request describes: model, corpus, hooks (globs or "none"), saes
     (names), k, batch_size, shard_contexts, device, dtype, seed, include_special."""
     model = model_get_or_register(request["model"])
-    corpus = Corpus.objects.filter(name=request["corpus"]).first()
+    corpus = None if "\x00" in request["corpus"] else Corpus.objects.filter(name=request["corpus"]).first()
     if corpus is None:
         names = ", ".join(Corpus.objects.values_list("name", flat=True)) or "none"
         raise HarvestInputError(f"no corpus named {request['corpus']!r} (imported: {names})")
