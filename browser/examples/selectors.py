@@ -131,7 +131,8 @@ def histogram_svg(stats: UnitStats, width: int = 420, height: int = 90) -> SafeS
     )
     # counts[i] is bin i + 1, whose float32 key is 428 + i: exponent (key >> 2) - 127.
     low, high = 2.0 ** (((428 + lo) >> 2) - 127), 2.0 ** (((428 + hi) >> 2) - 126)
-    label = f"activations from about {low:.3g} to {high:.3g} (log scale, every {stats.hist_stride}th token)"
+    every = "every token" if stats.hist_stride == 1 else f"one token in {stats.hist_stride}"
+    label = f"activations from about {low:.3g} to {high:.3g} (log scale, {every})"
     return mark_safe(f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
                      f'role="img" aria-label="{escape(label)}"><title>{escape(label)}</title>{bars}</svg>'
                      f'<p class="caption">{escape(label)}</p>')
