@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "browser.labels",
     "browser.accounts",
     "browser.exports",
+    "browser.imports",
     "workers",
 ]
 

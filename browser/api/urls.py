@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from browser.imports.apis import NeuronpediaImportApi
 from browser.labels import apis as label_apis
 from browser.runs import apis as run_apis
 
@@ -16,6 +17,7 @@ urlpatterns = [
     path("labels/queue/", label_apis.QueueNext.as_view(), name="api-labels-queue"),
     path("labels/<int:pk>/", label_apis.LabelDetail.as_view(), name="api-label"),
     path("labels/<int:pk>/revisions/", label_apis.LabelRevisions.as_view(), name="api-label-revisions"),
+    path("imports/neuronpedia/", NeuronpediaImportApi.as_view(), name="api-imports-neuronpedia"),
     path("exports/", include("browser.exports.urls")),
     path("jobs/", run_apis.JobList.as_view(), name="api-jobs"),
     path("jobs/<int:pk>/", run_apis.JobDetail.as_view(), name="api-job"),
