@@ -33,6 +33,7 @@ ROUTES = {
     "workers.tasks.train_sae": "gpu",
     "workers.tasks.probe_unit": "gpu",
     "workers.tasks.score_labels": "gpu",
+    "workers.tasks.score_run": "gpu",
     "workers.tasks.try_text": "default",
 }
 _prefix = {"value": ""}

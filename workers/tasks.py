@@ -155,3 +155,16 @@ def harvest_request_work(job: Job, progress: Progress) -> None:
 @shared_task(bind=True, name="workers.tasks.harvest_request")
 def harvest_request(self: Any, job_id: int) -> None:
     run_job(self, job_id, harvest_request_work)
+
+
+def score_run_work(job: Job, progress: Progress) -> None:
+    from workers.pipeline.scores import scores_compute
+
+    counts = scores_compute(run_id=int(job.params["run_id"]), progress=progress)  # type: ignore[call-overload]
+    progress.log(", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+@shared_task(bind=True, name="workers.tasks.score_run")
+def score_run(self: Any, job_id: int) -> None:
+    """Score every unit of a finished harvest run (see ``workers.pipeline.scores``)."""
+    run_job(self, job_id, score_run_work)

@@ -1,0 +1,232 @@
+"""The score job on a real harvest (tiny BERT neurons + a tiny SAE on them): every score and
+relation equals a brute-force recomputation from the model's activations, and a second run
+leaves exactly the same rows."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db.models import Count
+
+from browser.catalog.models import Sae, Score, Source, UnitRelation
+from browser.corpora.models import Context, Corpus
+from browser.corpora.selectors import decode_tokens
+from browser.examples.models import Example, UnitStats
+from browser.runs.models import Run
+from fixtures.tiny import build_tiny_bert
+from fixtures.tiny_sae import random_sae
+from workers.cli import run_here
+from workers.compute import hooks, scores
+from workers.compute.config import HarvestConfig
+from workers.compute.embed import SentenceEmbedder
+from workers.compute.harvest import make_batch
+from workers.compute.loading import load_tokenizer, load_torch_model
+from workers.compute.sae import files
+from workers.pipeline.harvest import harvest_create, neuron_sources
+from workers.pipeline.models import model_register
+from workers.pipeline.saes import sae_sources
+from workers.pipeline.scores import RELATED, VERSION, WINDOW
+from workers.tasks import harvest_work
+
+pytestmark = pytest.mark.slow
+HOOK = "blocks.0.mlp.hook_post"  # the tiny BERT: 48 neurons a layer
+TEXTS = [
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.",
+    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
+    "Now is the winter of our discontent made glorious summer by this sun of York.",
+    "All the world's a stage, and all the men and women merely players.",
+    "Double, double toil and trouble; fire burn and cauldron bubble.",
+    "If music be the food of love, play on.",
+]
+
+
+@pytest.fixture
+def harvested(db: None, tmp_path: Path) -> Run:
+    torch.set_num_threads(1)
+    tiny = model_register(location=str(build_tiny_bert(tmp_path / "tiny")), name="tiny")
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, text in enumerate(TEXTS):
+        (folder / f"{i}.txt").write_text(" ".join([text] * 3))
+    call_command("import_corpus", str(folder), name="lines", tokenizer="tiny", context_length=16, inline=True,
+                 stdout=io.StringIO())
+    files.write_dir(random_sae(48, 64, architecture="topk", k=8, seed=5, hook_name=HOOK), tmp_path / "sae")
+    call_command("import_sae", str(tmp_path / "sae"), model="tiny", name="feat", stdout=io.StringIO())
+    config = HarvestConfig(sources=neuron_sources([HOOK]) + sae_sources(tiny, ["feat"]), k=8,
+                           samples_per_interval=3, n_intervals=4, hist_stride=3, batch_size=8)
+    run, _ = harvest_create(model=tiny, corpus=Corpus.objects.get(name="lines"), config=config)
+    run_here(harvest_work, run.job, io.StringIO())  # type: ignore[arg-type]
+    run.refresh_from_db()
+    assert run.status == Run.Status.DONE, run.error
+    return run
+
+
+def _score(run: Run) -> str:
+    out = io.StringIO()
+    call_command("score", run=run.pk, inline=True, stdout=out)
+    return out.getvalue()
+
+
+def _activations(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Every context's neuron activations [C, L, 48], SAE features [C, L, 64], valid mask [C, L]
+    and the Context ids in index order, from a direct forward pass."""
+    model, corpus = run.model, run.corpus
+    arch = hooks.architecture_for(model.config["model_type"])
+    torch_model = load_torch_model(model.location, Path("/nonexistent"), arch.causal, "cpu", "float32")
+    rows = list(Context.objects.filter(corpus=corpus).order_by("index").values_list("index", "tokens", "pk"))
+    batch = make_batch([i for i, _, _ in rows], [decode_tokens(bytes(t)) for _, t, _ in rows],
+                       corpus.context_length, set(corpus.tokenizer.special_ids), True, 0)
+    captured: dict[str, torch.Tensor] = {}
+    with hooks.capture(torch_model, arch, [HOOK], model.n_layers, captured.__setitem__):
+        hooks.forward(torch_model, batch.ids, batch.attention_mask)
+    sae = files.read_dir(Path(model.location).parent / "sae")
+    acts = captured[HOOK].detach()
+    return acts, sae.encode(acts).detach(), ~batch.invalid, [pk for _, _, pk in rows]
+
+
+def _scores(source: str, name: str) -> dict[int, Score]:
+    rows = Score.objects.filter(unit__source__name=source, name=name, version=VERSION).select_related("unit")
+    return {s.unit.index: s for s in rows}
+
+
+def _relations(source: str, kind: str) -> dict[int, list[tuple[int, float]]]:
+    out: dict[int, list[tuple[int, float]]] = {}
+    rows = UnitRelation.objects.filter(unit__source__name=source, kind=kind).order_by("unit__index", "rank")
+    for unit, other, value in rows.values_list("unit__index", "other__index", "value"):
+        out.setdefault(unit, []).append((other, value))
+    return out
+
+
+def _examples(run: Run, source: str, kinds: list[int]) -> dict[int, list[tuple[int, int]]]:
+    out: dict[int, list[tuple[int, int]]] = {}
+    rows = Example.objects.filter(run=run, unit__source__name=source, kind__in=kinds).order_by(
+        "unit__index", "kind", "bucket", "rank")
+    for unit, ctx, pos in rows.values_list("unit__index", "context_id", "max_pos"):
+        out.setdefault(unit, []).append((ctx, pos))
+    return out
+
+
+def test_unit_scores_equal_brute_force(harvested: Run) -> None:
+    run = harvested
+    assert "scores:" in _score(run)
+    vocab = run.corpus.tokenizer.tokens
+    tokens = {pk: decode_tokens(bytes(t)) for pk, t in Context.objects.values_list("pk", "tokens")}
+    for source in (HOOK, "feat"):
+        density = _scores(source, "density")
+        stats = UnitStats.objects.filter(run=run, unit__source__name=source)
+        assert len(density) == stats.count() == Source.objects.get(name=source).n_units
+        for s in stats.select_related("unit"):
+            assert density[s.unit.index].value == s.density and density[s.unit.index].run_id == run.pk
+        concentration = _scores(source, "top_token_concentration")
+        top = _examples(run, source, [Example.Kind.TOP])
+        assert sorted(concentration) == sorted(top)
+        for unit, entries in top.items():
+            words = Counter(vocab[tokens[c][p]].strip().strip("\u2581\u0120\u010a").strip().casefold()
+                            for c, p in entries)
+            best = max(words.values())
+            assert concentration[unit].value == pytest.approx(best / len(entries))
+            assert words[concentration[unit].details["token"]] == best
+
+
+def test_context_clusters_equal_recomputed_embeddings(harvested: Run) -> None:
+    run = harvested
+    _score(run)
+    clusters = _scores(HOOK, "context_cluster_polysemanticity")
+    examples = _examples(run, HOOK, [Example.Kind.TOP, Example.Kind.INTERVAL])
+    eligible = sorted(u for u, e in examples.items() if len(e) >= 6)
+    assert sorted(clusters) == eligible and len(eligible) >= 10
+    tokenizer = load_tokenizer(run.model.location, Path("/nonexistent"))
+    embedder = SentenceEmbedder(Path("/nonexistent"))
+    tokens = {pk: decode_tokens(bytes(t)) for pk, t in Context.objects.values_list("pk", "tokens")}
+    for unit in eligible[:4]:
+        windows = [tokenizer.decode(tokens[c][max(0, p - WINDOW): p + WINDOW + 1], skip_special_tokens=True).strip()
+                   for c, p in examples[unit]]
+        want = scores.context_cluster_polysemanticity(embedder.embed(windows))
+        assert clusters[unit].value == pytest.approx(want.score, abs=1e-6)
+        assert clusters[unit].details["sizes"] == list(want.sizes)
+    assert all(0.0 <= s.value <= 2.0 for s in clusters.values())
+
+
+def test_comparisons_equal_brute_force(harvested: Run) -> None:
+    run = harvested
+    _score(run)
+    acts, features, valid, context_ids = _activations(run)
+    sae = files.read_dir(Path(run.model.location).parent / "sae")
+    W_dec = sae.W_dec.detach()
+    x, y = acts[valid], features[valid]  # [T, 48], [T, 64]
+
+    r = torch.corrcoef(torch.cat([x, y], dim=1).T.double())[:48, 48:].nan_to_num(0.0)  # [48, 64]
+    for table, matrix in ((_relations(HOOK, "correlation"), r), (_relations("feat", "correlation"), r.T)):
+        assert len(table) == len(matrix)
+        for unit, kept in table.items():
+            order = torch.sort(matrix[unit], descending=True, stable=True).indices[:RELATED].tolist()
+            assert [o for o, _ in kept] == order
+            assert [v for _, v in kept] == pytest.approx(matrix[unit, order].tolist(), abs=1e-6)
+
+    row_of = {pk: i for i, pk in enumerate(context_ids)}
+    fpn = _scores(HOOK, "features_per_neuron")
+    spread = _examples(run, HOOK, [Example.Kind.INTERVAL, Example.Kind.RANDOM])
+    checked = 0
+    for neuron, entries in spread.items():
+        rows = sorted({row_of[c] for c, _ in entries})
+        fired = valid[rows] & (acts[rows, :, neuron] > 0)  # [R, L]
+        contributions = scores.neuron_contributions(features[rows][fired], W_dec, neuron)
+        if float(contributions.abs().sum()) > 0:
+            assert fpn[neuron].value == pytest.approx(scores.features_per_neuron(contributions), rel=1e-5)
+            assert fpn[neuron].details["tokens"] == int(fired.sum())
+            assert fpn[neuron].details["top"][0]["feature"] == scores.top_contributors(contributions, 1)[0][0]
+            checked += 1
+    assert checked >= 20 and len(fpn) == checked
+    npf = _scores("feat", "neurons_per_feature")
+    assert [npf[f].value for f in range(64)] == pytest.approx(scores.neurons_per_feature(W_dec).tolist())
+
+    top_n, top_f = _examples(run, HOOK, [Example.Kind.TOP]), _examples(run, "feat", [Example.Kind.TOP])
+    sets_n = [{c for c, _ in top_n.get(u, [])} for u in range(48)]
+    sets_f = [{c for c, _ in top_f.get(u, [])} for u in range(64)]
+    jaccard = torch.tensor([[scores.top_context_overlap(sorted(a), sorted(b)) for b in sets_f] for a in sets_n],
+                           dtype=torch.float64)
+    for table, matrix in ((_relations(HOOK, "context_overlap"), jaccard),
+                          (_relations("feat", "context_overlap"), jaccard.T)):
+        assert table and all(len(kept) <= RELATED for kept in table.values())
+        for unit in range(len(matrix)):
+            ranked = torch.sort(matrix[unit], descending=True, stable=True).indices[:RELATED].tolist()
+            want = [(o, float(matrix[unit, o])) for o in ranked if matrix[unit, o] > 0]
+            assert [(o, pytest.approx(v)) for o, v in table.get(unit, [])] == want
+
+    quality = Sae.objects.get(source__name="feat").quality["superposition"]
+    alive = torch.tensor([s > 0 for s in UnitStats.objects.filter(run=run, unit__source__name="feat").order_by(
+        "unit__index").values_list("fire_count", flat=True)])
+    assert quality["value"] == pytest.approx(scores.layer_superposition(W_dec, alive))
+    assert quality["live"] == int(alive.sum()) and quality["run"] == run.pk
+
+
+def _snapshot() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    score_rows = sorted(Score.objects.values_list("unit_id", "name", "version", "value", "run_id", "details"),
+                        key=repr)
+    relation_rows = sorted(UnitRelation.objects.values_list("unit_id", "kind", "rank", "other_id", "value"))
+    return score_rows, relation_rows
+
+
+def test_scoring_twice_gives_the_same_rows(harvested: Run) -> None:
+    _score(harvested)
+    first = _snapshot()
+    assert len(first[0]) > 2 * (48 + 64) and Counter(r[1] for r in first[1])["correlation"] == (48 + 64) * RELATED
+    _score(harvested)
+    assert _snapshot() == first
+    assert not Score.objects.values("unit", "name", "version").annotate(n=Count("id")).filter(n__gt=1).exists()
+
+
+def test_refuses_unknown_and_unfinished_runs(harvested: Run) -> None:
+    with pytest.raises(CommandError, match="no run"):
+        call_command("score", run=99999, inline=True, stdout=io.StringIO())
+    Run.objects.filter(pk=harvested.pk).update(status=Run.Status.HARVESTING)
+    with pytest.raises(CommandError, match="not done"):
+        call_command("score", run=harvested.pk, inline=True, stdout=io.StringIO())
+    assert not Score.objects.exists()

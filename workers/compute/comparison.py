@@ -1,0 +1,61 @@
+"""Neuron-feature comparison tables and per-neuron feature mass, as pure tensor functions.
+
+The score job (``workers/pipeline/scores.py``) feeds these from a run's examples and a forward
+pass; the definitions of the scores themselves live in ``workers/compute/scores.py``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+
+from workers.compute.scores import effective_number
+
+
+def stable_top_k(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k largest entries, highest first, ties to the lower column: (values, columns)."""
+    k = min(k, matrix.shape[1])
+    order = torch.sort(matrix, dim=1, descending=True, stable=True).indices[:, :k]
+    return matrix.gather(1, order), order
+
+
+def jaccard_matrix(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> torch.Tensor:
+    """[len(a), len(b)] Jaccard overlap |a_i & b_j| / |a_i | b_j| of two families of id sets
+    (0 where both are empty). Intersections are counted per shared id, never by a double loop
+    over the sets: each id adds one to every (i, j) whose sets both hold it."""
+    holders_a: dict[int, list[int]] = defaultdict(list)
+    holders_b: dict[int, list[int]] = defaultdict(list)
+    for holders, family in ((holders_a, a), (holders_b, b)):
+        for i, members in enumerate(family):
+            for x in set(members):
+                holders[x].append(i)
+    inter = torch.zeros(len(a), len(b), dtype=torch.float64)
+    for x, rows in holders_a.items():
+        if x in holders_b:
+            inter[torch.tensor(rows)[:, None], torch.tensor(holders_b[x])[None, :]] += 1.0
+    size_a = torch.tensor([len(set(s)) for s in a], dtype=torch.float64)
+    size_b = torch.tensor([len(set(s)) for s in b], dtype=torch.float64)
+    union = size_a[:, None] + size_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.zeros((), dtype=torch.float64))
+
+
+def carried_mass(member: torch.Tensor, feature_acts: torch.Tensor) -> torch.Tensor:
+    """[N, T] bool x [T, F] -> [N, F]: per neuron, the sum of |feature activation| over the
+    tokens that count for it (its example tokens on which it fires)."""
+    return member.to(feature_acts.dtype) @ feature_acts.abs()
+
+
+def features_per_neuron_from_mass(mass: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """[N, F] mass and W_dec [F, N] -> [N] effective number of features carrying each neuron.
+
+    sum_t |a_f(t) W_dec[f, n]| = |W_dec[f, n]| sum_t |a_f(t)|, so this equals
+    ``scores.features_per_neuron(scores.neuron_contributions(acts, W_dec, n))`` over the same tokens.
+    """
+    return effective_number(neuron_shares_mass(mass, W_dec))
+
+
+def neuron_shares_mass(mass: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """[N, F]: the total |contribution| of each feature to each neuron."""
+    return mass.to(torch.float64) * W_dec.abs().T.to(torch.float64)
