@@ -69,7 +69,7 @@ class SourceSummarySerializer(serializers.Serializer):
     distributions = DistributionSerializer(many=True)
 
 
-class JobSerializer(serializers.Serializer):
+class JobProgressSerializer(serializers.Serializer):
     id = serializers.IntegerField(source="pk")
     kind = serializers.CharField()
     title = serializers.CharField()
@@ -82,10 +82,10 @@ class JobSerializer(serializers.Serializer):
 
 
 class JobsSerializer(serializers.Serializer):
-    jobs = JobSerializer(many=True)
+    jobs = JobProgressSerializer(many=True)
 
 
-class RunSerializer(serializers.Serializer):
+class RunSummarySerializer(serializers.Serializer):
     id = serializers.IntegerField(source="pk")
     model = serializers.CharField(source="model.name")
     corpus = serializers.CharField(source="corpus.name")
@@ -107,8 +107,8 @@ class OverviewSerializer(serializers.Serializer):
     models = ModelSerializer(many=True)
     corpora = CorpusSerializer(many=True)
     sources = SourceSummarySerializer(many=True)
-    runs = RunSerializer(many=True)
-    jobs = JobSerializer(many=True)
+    runs = RunSummarySerializer(many=True)
+    jobs = JobProgressSerializer(many=True)
 
 
 class UnitRowSerializer(serializers.Serializer):
@@ -359,14 +359,14 @@ class SourceUnitsApi(APIView):
 
 
 class UnitListApi(APIView):
-    @extend_schema(parameters=FILTER_PARAMS, responses=UnitPageSerializer,
+    @extend_schema(parameters=FILTER_PARAMS, responses=UnitPageSerializer, operation_id="units_list",
                    summary="Units across sources, filtered, searched and sorted (cursor pagination)")
     def get(self, request: Request) -> Response:
         return _units_response(request)
 
 
 class UnitDetailApi(APIView):
-    @extend_schema(responses=UnitDetailSerializer,
+    @extend_schema(responses=UnitDetailSerializer, operation_id="units_detail",
                    summary="One unit: stats, examples with tokens and per-token values, labels, scores, relations")
     def get(self, request: Request, model: str, source: str, index: int) -> Response:
         unit = unit_get(model_name=model, source_name=source, index=index)

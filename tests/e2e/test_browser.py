@@ -19,13 +19,13 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SHOTS = ROOT / ".pytest_cache" / "e2e-screenshots"
-# Playwright's sync API runs an event loop in this thread; the test touches the database only
-# before the browser starts and after its pages are loaded.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture
-def page(live_server: Any) -> Iterator[Any]:
+def page(live_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    # Playwright's sync API runs an event loop in this thread; the test touches the database only
+    # before the browser starts and after its pages are loaded.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (set CHROMIUM)")
     from playwright.sync_api import sync_playwright
