@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from typing import Any
 
@@ -42,6 +43,17 @@ def user_create(*, username: str, password: str | None, role: str = Role.VIEWER,
         user.set_unusable_password()
     user.save()
     user_set_role(user=user, role=role)
+    return user
+
+
+def machine_user(*, name: str) -> Any:
+    """The system user (an annotator with no password) that authors an explainer's labels."""
+    username = re.sub(r"[^\w.@+-]+", "-", name)[:150]
+    user, created = get_user_model().objects.get_or_create(username=username)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+        user_set_role(user=user, role=Role.ANNOTATOR)
     return user
 
 

@@ -30,14 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.utils import timezone
 
 from browser.accounts import access
-from browser.accounts.models import Role
-from browser.accounts.services import user_set_role
+from browser.accounts.services import machine_user
 from browser.catalog.models import Model, Source, Tokenizer, Unit, name_validator
 from browser.catalog.services import model_create, source_get_or_create, tokenizer_get_or_create, units_ensure
 from browser.corpora.models import Context, Corpus, Document
@@ -313,21 +311,11 @@ def _note_estimates(run: Run, stats: Mapping[int, FeatureStats]) -> None:
 
 
 # ---- labels ------------------------------------------------------------------------------------
-def _machine_user(name: str) -> Any:
-    username = re.sub(r"[^\w.@+-]+", "-", name)[:150]
-    user, created = get_user_model().objects.get_or_create(username=username)
-    if created:
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-        user_set_role(user=user, role=Role.ANNOTATOR)
-    return user
-
-
 def _labels(unit: Unit, feature: NpFeature, user: Any, report: ImportReport) -> None:
     authors: set[int] = set()
     for explanation in feature.explanations:
         machine = bool(explanation.model_name)
-        author = _machine_user(explanation.model_name) if machine else user
+        author = machine_user(name=explanation.model_name) if machine else user
         if author.pk in authors:
             report.warnings.append(f"feature {feature.index}: more than one explanation by {author.username}; "
                                    "kept the first")

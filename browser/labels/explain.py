@@ -14,13 +14,10 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 
-from browser.accounts.models import Role
-from browser.accounts.services import user_set_role
+from browser.accounts.services import machine_user
 from browser.catalog.models import Unit
 from browser.examples.selectors import ExampleView, unit_examples
 from browser.labels.models import Label
@@ -99,19 +96,10 @@ def explainer() -> tuple[str, Callable[[Evidence], str]]:
     return "explainer-offline", offline_explanation
 
 
-def _machine_user(name: str) -> Any:
-    user, created = get_user_model().objects.get_or_create(username=name)
-    if created:
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-        user_set_role(user=user, role=Role.ANNOTATOR)
-    return user
-
-
 def units_explain(*, units: Iterable[Unit], overwrite: bool = False) -> dict[str, int]:
     """Write a machine label on each unit that has examples; returns counts of what happened."""
     name, explain = explainer()
-    user = _machine_user(name)
+    user = machine_user(name=name)
     counts = {"labeled": 0, "skipped": 0, "no_examples": 0}
     for unit in units:
         if not overwrite and Label.objects.filter(unit=unit, author=user).exists():
