@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workers.compute.toy import KINDS, ToyConfig
-from workers.pipeline.toy import TRUE_FEATURES, ToyModelError, toy_model_register
+from workers.pipeline.toy import MAX_INPUTS, TRUE_FEATURES, ToyModelError, toy_harvest, toy_model_register
 
 
 class Command(BaseCommand):
@@ -25,13 +25,21 @@ class Command(BaseCommand):
         parser.add_argument("--steps", type=int, default=10_000, help="AdamW steps (batch 1024, lr 1e-3)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--name", required=True, help="the model's name in the browser")
+        parser.add_argument("--harvest", type=int, default=0, metavar="N",
+                            help="then harvest the neurons over N synthetic inputs (examples for the unit pages)")
+        parser.add_argument("--harvest-seed", type=int, default=1, help="seeds the synthetic inputs")
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        if not 0 <= opts["harvest"] <= MAX_INPUTS:
+            raise CommandError(f"--harvest takes 0..{MAX_INPUTS} inputs (got {opts['harvest']})")
         try:
             config = ToyConfig(kind=opts["kind"], n_features=opts["n"], n_hidden=opts["m"],
                                feature_probability=opts["p"], importance_decay=opts["decay"],
                                n_instances=opts["instances"], steps=opts["steps"], seed=opts["seed"])
             model = toy_model_register(config=config, name=opts["name"], progress=self._progress)
+            run = None
+            if opts["harvest"]:
+                run = toy_harvest(model=model, n_inputs=opts["harvest"], seed=opts["harvest_seed"])
         except (ToyModelError, ValueError) as exc:
             raise CommandError(str(exc)) from None
         summary = model.config
@@ -42,6 +50,9 @@ class Command(BaseCommand):
         )
         if config.kind == "hidden_relu":
             self.stdout.write(f"Each neuron's true features are stored as {TRUE_FEATURES!r} scores.\n")
+        if run is not None:
+            self.stdout.write(f"Harvested run #{run.pk} over {opts['harvest']} synthetic inputs; score it with "
+                              f"manage.py score --run {run.pk}.\n")
 
     def _progress(self, step: int, steps: int) -> None:
         self.stdout.write(f"step {step}/{steps}\n")
