@@ -15,8 +15,10 @@ from django.db import connection
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
-from browser.catalog.models import Model, Score, Source, Unit, UnitRelation
+from browser.catalog.models import Model, Sae, Score, Source, Unit, UnitRelation
 from browser.catalog.uids import parse_uid
 from browser.labels.models import Label
 
@@ -27,10 +29,13 @@ STAT_SORTS = ("density", "max_activation", "mean_activation")
 SCORE_HELP = {
     "density": "fraction of tokens where the unit fires above zero",
     "top_token_concentration": "share of top examples whose max token is the same string (1 = one token)",
-    "context_polysemanticity": "1 - clarity of the 2-means clusters of its example contexts (high = several meanings)",
-    "features_per_neuron": "effective number (exp entropy) of SAE features carrying the neuron on its top examples",
+    "context_cluster_polysemanticity": ("1 - cosine of the two 2-means centres of its example windows' MiniLM "
+                                        "embeddings (high = several meanings)"),
+    "features_per_neuron": ("effective number (exp entropy) of SAE features carrying the neuron on its interval "
+                            "and random examples"),
     "neurons_per_feature": "effective number of neurons the feature's decoder direction is spread over",
-    "true_features": "ground truth: how many features the toy model stores in this neuron",
+    "toy_true_features": "ground truth: effective number of features the toy model stores in this neuron",
+    "label_auc": "how well a label's embedding ranks the unit's firing contexts above silent ones (0.5 = chance)",
     "feature_dimensionality": "toy model: the paper's D_i, the share of a dimension the feature gets",
 }
 RELATION_HELP = {
@@ -360,3 +365,51 @@ def unit_neighbours(unit: Unit) -> tuple[int | None, int | None]:
     prev = unit.index - 1 if unit.index > 0 else None
     nxt = unit.index + 1 if unit.index + 1 < unit.source.n_units else None
     return prev, nxt
+
+
+QUALITY_HELP = {
+    "fvu": "fraction of variance unexplained on held-out tokens (0 = perfect reconstruction)",
+    "l0": "mean number of active latents per token",
+    "dead_fraction": "share of latents that never fired on the held-out tokens",
+    "loss_clean": "next-token loss of the model",
+    "loss_spliced": "next-token loss with the SAE's reconstruction spliced in",
+    "loss_zero": "next-token loss with the activation zeroed",
+    "loss_recovered": "(zero - spliced) / (zero - clean): 1 = the SAE loses nothing",
+}
+
+
+@dataclass(frozen=True)
+class SaeSummary:
+    architecture: str
+    d_in: int
+    d_sae: int
+    quality: list[tuple[str, float, str]]
+    superposition: dict[str, Any] | None
+    curve: SafeString | None
+
+
+def sae_summary(source: Source) -> SaeSummary | None:
+    """What the source page says of an SAE: its shape, quality on held-out tokens, the layer's
+    superposition (from the score job) and its training loss curve."""
+    sae = Sae.objects.filter(source=source).defer("cfg").first()
+    if sae is None:
+        return None
+    quality = [(k, float(v), QUALITY_HELP.get(k, "")) for k, v in sae.quality.items() if isinstance(v, int | float)]
+    return SaeSummary(sae.get_architecture_display(), sae.d_in, sae.d_sae, quality,
+                      sae.quality.get("superposition"), _curve_svg(sae.loss_curve))
+
+
+def _curve_svg(curve: list[Any], width: int = 320, height: int = 70) -> SafeString | None:
+    """The loss curve as a small line (points are {"step", "loss", ...} as training records them)."""
+    points = [(float(p["step"]), float(p["loss"])) for p in curve if isinstance(p, dict) and "loss" in p]
+    if len(points) < 2:
+        return None
+    x0, x1 = points[0][0], points[-1][0] or 1.0
+    lo, hi = min(p[1] for p in points), max(p[1] for p in points)
+    span = (hi - lo) or 1.0
+    path = " ".join(f"{(x - x0) / ((x1 - x0) or 1) * width:.1f},{height - (y - lo) / span * height:.1f}"
+                    for x, y in points)
+    label = f"training loss from {points[0][1]:.4g} to {points[-1][1]:.4g} over {len(points)} points"
+    return mark_safe(f'<svg class="curve" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+                     f'role="img" aria-label="{escape(label)}"><title>{escape(label)}</title>'
+                     f'<polyline fill="none" stroke="currentColor" points="{path}"/></svg>')

@@ -16,6 +16,7 @@ from browser.catalog.selectors import (
     FilterError,
     model_get,
     parse_unit_filters,
+    sae_summary,
     score_names,
     source_get,
     unit_by_id,
@@ -58,7 +59,7 @@ def unit_list(request: HttpRequest) -> HttpResponse:
 
 def source_detail(request: HttpRequest, model: str, source: str) -> HttpResponse:
     src = source_get(model_name=model, source_name=source)
-    return _unit_list(request, {"source": src}, model=model, source=source)
+    return _unit_list(request, {"source": src, "sae": sae_summary(src)}, model=model, source=source)
 
 
 def unit_detail_view(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
