@@ -34,6 +34,7 @@ from browser.examples.selectors import (
     vocab_for,
 )
 from browser.labels.models import Label
+from browser.labels.selectors import unit_labels
 from browser.runs.models import Job, Run
 from browser.runs.selectors import job_list, job_percent, run_list
 
@@ -177,7 +178,7 @@ def unit_detail(unit: Unit) -> UnitDetail:
         intervals=[(interval_range(b), members) for b, members in intervals.items()],
         random=[e for e in examples if e.kind == "random"], effects=_effects(unit),
         scores=unit_scores(unit), relations=unit_relations(unit),
-        labels=list(Label.objects.filter(unit=unit).select_related("author").order_by("-updated")),
+        labels=list(unit_labels(unit)),
         prev=prev, next=nxt,
     )
 

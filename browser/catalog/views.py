@@ -64,7 +64,8 @@ def source_detail(request: HttpRequest, model: str, source: str) -> HttpResponse
 
 def unit_detail_view(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
     unit = unit_get(model_name=model, source_name=source, index=index)
-    context = {"d": unit_detail(unit), "unit": unit, "label_panel": label_panel(request, unit)}
+    d = unit_detail(unit)
+    context = {"d": d, "unit": unit, "label_panel": label_panel(request, unit, d.labels)}
     return render(request, "catalog/unit.html", context)
 
 
@@ -77,7 +78,7 @@ def unit_probe(request: HttpRequest, model: str, source: str, index: int) -> Htt
         context["probe"] = probe_unit(unit=unit, text=text)
     except ProbeError as exc:
         context["probe_error"] = str(exc)
-    context["label_panel"] = label_panel(request, unit)
+    context["label_panel"] = label_panel(request, unit, context["d"].labels)
     return render(request, "catalog/unit.html", context, status=200 if "probe" in context else 422)
 
 

@@ -20,9 +20,10 @@ from browser.labels.services import LabelConflict, label_delete, label_save
 QUEUE_FILTERS = ("model", "source", "layer", "kind")
 
 
-def label_panel(request: HttpRequest, unit: Unit) -> dict[str, Any]:
-    """What the unit page's label panel shows: current labels, consensus, history, the form."""
-    labels = list(unit_labels(unit))
+def label_panel(request: HttpRequest, unit: Unit, labels: list[Label] | None = None) -> dict[str, Any]:
+    """What the unit page's label panel shows: current labels, consensus, history, the form.
+    ``labels``: the unit's labels when the caller has read them already (``unit_labels``)."""
+    labels = list(unit_labels(unit)) if labels is None else labels
     mine = next((label for label in labels if label.author_id == request.user.pk), None)
     return {
         "labels": labels,
