@@ -194,7 +194,8 @@ SHARD_LEASE_S = env_int("BROWSER_SHARD_LEASE_S", 90, minimum=2, maximum=86_400)
 # A shard that keeps failing (its workers crash on it) stops being retried after this many claims.
 SHARD_MAX_ATTEMPTS = env_int("BROWSER_SHARD_MAX_ATTEMPTS", 3, minimum=1, maximum=100)
 # Transient errors (a lost database or broker connection) are retried this many times in all.
-JOB_MAX_ATTEMPTS = env_int("BROWSER_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100)
+# 8 attempts wait 2+4+8+16+32+60+60 s: a database or broker restart of up to about 3 minutes.
+JOB_MAX_ATTEMPTS = env_int("BROWSER_JOB_MAX_ATTEMPTS", 8, minimum=1, maximum=100)
 # How often an idle worker looks for stalled runs (expired shards, a finalize whose worker died).
 RESUME_EVERY_S = env_int("BROWSER_RESUME_EVERY_S", 30, minimum=1, maximum=3600)
 # Prefix of the Celery queue names (gpu, default): lets several deployments or test sessions

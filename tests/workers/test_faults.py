@@ -1,5 +1,6 @@
 """Jobs that survive faults: real worker processes killed with SIGKILL mid-shard, two workers
-sharing a run, cancel from the command line, and PostgreSQL and Redis restarted mid-run.
+sharing a run, cancel from the command line, and the test database refusing and cutting
+connections mid-run (real server restarts of PostgreSQL and Redis: test_restarts.py).
 
 Every faulted run is compared row for row with an uninterrupted one.
 """
