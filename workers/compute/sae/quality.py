@@ -79,7 +79,8 @@ def _next_token_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) ->
 def loss_recovered(model: nn.Module, arch: Architecture, n_layers: int, hook: str, sae: SparseAutoencoder,
                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
     """Mean next-token loss clean, with the SAE's reconstruction spliced in, and with the
-    activation zeroed; loss recovered = (zero - sae) / (zero - clean)."""
+    activation zeroed; loss recovered = (zero - sae) / (zero - clean), left out when zeroing
+    changes nothing."""
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     count = 0
     for ids, mask in batches:
@@ -93,6 +94,7 @@ def loss_recovered(model: nn.Module, arch: Architecture, n_layers: int, hook: st
     if count == 0:
         raise ValueError("no held-out tokens to measure the next-token loss on")
     clean, spliced, zero = (totals[key] / count for key in ("clean", "sae", "zero"))
-    gap = zero - clean
-    return {"ce_clean": clean, "ce_sae": spliced, "ce_zero": zero,
-            "loss_recovered": (zero - spliced) / gap if abs(gap) > 1e-9 else float("nan")}
+    out = {"ce_clean": clean, "ce_sae": spliced, "ce_zero": zero}
+    if abs(zero - clean) > 1e-9:  # otherwise undefined (and NaN cannot be stored as JSON)
+        out["loss_recovered"] = (zero - spliced) / (zero - clean)
+    return out
