@@ -84,8 +84,8 @@ class Command(BaseCommand):
         self._sae()
 
     def _sae(self) -> None:
-        """A small TopK SAE on layer 3's neurons (400 steps of 512 tokens, a few minutes on 2 CPU cores; the
-        held-out FVU is about 0.3), then a harvest of its features."""
+        """A small TopK SAE on layer 3's neurons (400 steps of 512 tokens: about 40 s on 2 idle CPU cores,
+        held-out FVU about 0.35), then a harvest of its features (about 15 s)."""
         if not Sae.objects.filter(source__model__name="minilm-l6", source__name=DEMO_SAE).exists():
             call_command("train_sae", model="minilm-l6", corpus="demo", hook="blocks.3.mlp.hook_post", name=DEMO_SAE,
                          width=2048, k=32, steps=400, batch_tokens=512, buffer_tokens=8192, reuse=4, wait=True)
