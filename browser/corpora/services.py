@@ -29,7 +29,7 @@ def corpus_import(*, name: str, path: Path, tokenizer_model: Model, context_leng
     try:
         name_validator(name)
     except ValidationError as exc:
-        raise CorpusInputError(f"bad corpus name {name!r}: {exc.messages[0]}") from None
+        raise CorpusInputError(f"name: {exc.messages[0]} (got {name!r})") from None
     with transaction.atomic():
         if Corpus.objects.filter(name=name).exists():
             raise CorpusInputError(f"a corpus named {name!r} already exists; choose another --name")
