@@ -13,6 +13,7 @@ import pytest
 import torch
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
 from safetensors.torch import load_file, save_file
 
 from browser.catalog.models import Model, Sae, Source, Unit, UnitRelation
@@ -262,6 +263,9 @@ def test_train_sae_command_trains_measures_and_registers(tiny: Model, corpus: Co
     assert 0 <= row.quality["fvu"] < 1.5 and row.cfg["training"]["steps"] == 30
     assert [p["step"] for p in row.loss_curve][:3] == [0, 10, 20] and row.loss_curve[-1]["step"] == 29
     assert Unit.objects.filter(source=row.source).count() == 64 and Blob.objects.filter(pk=row.weights_id).exists()
+    page = Client().get(f"/s/tiny/{row.source.name}/").content.decode()
+    assert "SAE: TopK" in page and "fraction of variance unexplained" in page and 'class="curve"' in page
+    assert f"{row.quality['fvu']:.4f}".rstrip("0") in page
     with pytest.raises(CommandError, match="already has a source named"):
         call_command("train_sae", model="tiny", corpus="lines", hook=HOOK, width=64, k=4, steps=30, inline=True)
     with pytest.raises(CommandError, match="unknown hook point"):
