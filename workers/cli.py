@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from io import TextIOBase
 from typing import Any, TextIO
 
 from django.conf import settings
@@ -14,6 +15,8 @@ from browser.runs.models import Job, Run
 from workers.celery import ROUTES, app, queue
 from workers.jobs import Progress, resume_stalled_runs, run_job
 
+# A text stream: sys.stdout, or a management command's OutputWrapper.
+Output = TextIO | TextIOBase
 FINISHED = {Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.CANCELLED}
 
 
@@ -27,7 +30,7 @@ def workers_alive(queue_name: str = "gpu", timeout: float = 2.0) -> bool:
 
 
 def submit(task: Any, work: Callable[[Job, Progress], None], job: Job, *, wait: bool, inline: bool,
-           stdout: TextIO) -> Job:
+           stdout: Output) -> Job:
     """Queue ``task(job.pk)`` and follow it, or run ``work`` in this process (when asked, or when
     no worker answers) with a progress bar fed directly by its reports."""
     if not inline and wait and not workers_alive(ROUTES.get(task.name, "default")):
@@ -42,7 +45,7 @@ def submit(task: Any, work: Callable[[Job, Progress], None], job: Job, *, wait: 
     return follow(job.pk, stdout)
 
 
-def run_here(work: Callable[[Job, Progress], None], job: Job, stdout: TextIO) -> Job:
+def run_here(work: Callable[[Job, Progress], None], job: Job, stdout: Output) -> Job:
     with tqdm(total=1, desc=job.title[:40], file=stdout, unit="", dynamic_ncols=True) as bar:
 
         def listener(done: int, total: int | None, message: str | None) -> None:
@@ -57,7 +60,7 @@ def run_here(work: Callable[[Job, Progress], None], job: Job, stdout: TextIO) ->
     return _outcome(Job.objects.get(pk=job.pk))
 
 
-def follow(job_id: int, stdout: TextIO, poll_s: float = 0.5) -> Job:
+def follow(job_id: int, stdout: Output, poll_s: float = 0.5) -> Job:
     """Show a progress bar until the job finishes; raise CommandError if it failed.
 
     Following a harvest also watches over it: a run that stalled (its workers died) gets its

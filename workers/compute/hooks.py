@@ -29,21 +29,24 @@ class _StopForward(Exception):
 
 @dataclass(frozen=True)
 class Architecture:
+    """Where a transformers architecture keeps its parts. The accessors take ``Any``: submodules
+    are found by attribute, which torch's typing cannot follow."""
+
     name: str
     causal: bool
-    layers: Callable[[nn.Module], Sequence[nn.Module]]
+    layers: Callable[[Any], Sequence[nn.Module]]
     # The module whose input is `mlp.hook_post` (the MLP's down projection).
-    mlp_out: Callable[[nn.Module], nn.Module]
+    mlp_out: Callable[[Any], nn.Module]
     # [d_mlp, d_model]: the output direction of each neuron.
-    neuron_directions: Callable[[nn.Module], torch.Tensor]
-    final_norm: Callable[[nn.Module], nn.Module | None]
-    unembed: Callable[[nn.Module], torch.Tensor | None]
+    neuron_directions: Callable[[Any], torch.Tensor]
+    final_norm: Callable[[Any], nn.Module | None]
+    unembed: Callable[[Any], torch.Tensor | None]
     n_layers_key: str = "num_hidden_layers"
     d_model_key: str = "hidden_size"
     d_mlp_key: str = "intermediate_size"
 
 
-def _linear_out_dirs(linear: nn.Module) -> torch.Tensor:
+def _linear_out_dirs(linear: Any) -> torch.Tensor:
     return linear.weight.detach().T  # nn.Linear stores [out, in]: [d_model, d_mlp] -> [d_mlp, d_model]
 
 

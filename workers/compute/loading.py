@@ -143,4 +143,4 @@ def load_torch_model(location: str, cache_dir: Path, causal: bool, device: str, 
         model = loader.from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as exc:
         raise _load_error(location, exc) from exc
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() for its own dtypes only
