@@ -1,10 +1,11 @@
 """End to end in headless Chromium against a live server: home -> source -> unit (keyboard n/p),
-sign in and label it (l focuses the field), compare it with its related units, find it again by
-searching for the label (/ focuses search). A screenshot of each page is saved under
+sign in and label it (l focuses the field), compare it with the SAE features aligned with it,
+find it again by searching for the label (/ focuses search). A screenshot of each page is saved under
 ``.pytest_cache/e2e-screenshots/``."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -13,8 +14,16 @@ from typing import Any
 
 import pytest
 
+from browser.catalog.models import Unit
+from browser.corpora.models import Corpus
+from fixtures.tiny_sae import random_sae
 from tests.catalog.builders import PASSWORD, build
 from tests.conftest import ROOT
+from workers.cli import run_here
+from workers.compute.config import HarvestConfig
+from workers.pipeline.harvest import harvest_create
+from workers.pipeline.saes import sae_register, sae_sources
+from workers.tasks import harvest_work
 
 pytestmark = pytest.mark.slow
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -48,14 +57,29 @@ def _shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def _harvest_sae_features(data: Any) -> str:
+    """A seeded SAE on the labeled neuron's hook, registered (decoder alignment relations) and its
+    features harvested by the real pipeline, so the neuron can be compared with features."""
+    sae = random_sae(data.model.d_mlp, 32, k=4, hook_name=data.neurons.hook_point)
+    row = sae_register(model=data.model, name=f"{data.neurons.name}.sae-e2e", sae=sae)
+    config = HarvestConfig(sources=sae_sources(data.model, [row.source.name]), k=4, samples_per_interval=3,
+                           n_intervals=4, hist_stride=3, batch_size=8)
+    run, _ = harvest_create(model=data.model, corpus=Corpus.objects.get(name="lines"), config=config)
+    assert run.job is not None
+    run_here(harvest_work, run.job, io.StringIO())
+    return row.source.name
+
+
 def test_find_read_label_compare_search(transactional_db: None, tmp_path: Path, page: Any) -> None:
     data = build(tmp_path)
     source, unit = data.neurons.name, data.labeled.index
+    sae_source = _harvest_sae_features(data)
+    live_feature = Unit.objects.filter(source__name=sae_source, dead=False).order_by("-max_activation")[0].index
 
     page.goto("/")
     _shot(page, "home")
     assert page.locator("svg.chart").count() >= 2  # density and score distributions, server-rendered
-    page.get_by_role("link", name=source).click()
+    page.get_by_role("link", name=source, exact=True).click()
     page.wait_for_url(re.compile(rf"/s/tiny/{re.escape(source)}/$"))
     _shot(page, "source")
     page.get_by_role("link", name=str(unit), exact=True).click()
@@ -88,6 +112,11 @@ def test_find_read_label_compare_search(transactional_db: None, tmp_path: Path, 
     page.wait_for_url(re.compile(r"/compare/\?a="))
     columns = page.locator("section.column")
     assert columns.count() >= 2 and page.locator("section.column .example").count() >= 2
+    assert sae_source in columns.nth(1).inner_text()  # the most aligned feature comes first
+    feature_url = f"/compare/?a=tiny/{source}/{unit}&b=tiny/{sae_source}/{live_feature}"
+    page.goto(feature_url)
+    assert columns.count() == 2 and columns.nth(1).locator(".example").count() > 0
+    _shot(page, "compare-feature")
     _shot(page, "compare")
 
     page.locator("body").click(position={"x": 5, "y": 5})
