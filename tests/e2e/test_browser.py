@@ -103,7 +103,8 @@ def test_find_read_label_compare_search(transactional_db: None, tmp_path: Path, 
     assert page.evaluate("document.activeElement.id") == "label-text"
     page.keyboard.press("Control+A")
     page.keyboard.type("kings and crowns in dialogue")
-    page.get_by_role("button", name="Save label").click()
+    with page.expect_navigation():
+        page.keyboard.press("Control+Enter")  # saves from the keyboard
     page.wait_for_url(re.compile(rf"/u/tiny/{re.escape(source)}/{unit}/$"))
     assert page.get_by_text("kings and crowns in dialogue").count() >= 1
     _shot(page, "unit")

@@ -1,6 +1,14 @@
-// Keyboard navigation: n / p next and previous unit, l the label field, / the search box.
+// Keyboard navigation: n / p next and previous unit, l the label field, / the search box,
+// Ctrl+Enter (or Cmd+Enter) in the label field saves it (in the queue: saves and opens the next).
 (function () {
   "use strict";
+  document.addEventListener("keydown", function (ev) {
+    var el = document.activeElement;
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && el && el.form && el.form.classList.contains("label-form")) {
+      ev.preventDefault();
+      el.form.requestSubmit();
+    }
+  });
   function typing(el) {
     return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
   }
