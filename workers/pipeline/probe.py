@@ -34,11 +34,11 @@ def loaded_model(location: str, model_type: str, device: str) -> tuple[Any, hook
 
 @lru_cache(maxsize=4)
 def loaded_sae(source_id: int, weights_id: int, device: str) -> Any:
-    from workers.compute.sae.files import from_bytes
-    from workers.compute.sae.model import SaeConfig
+    from workers.compute.sae.files import from_bytes, saelens_config
 
     sae = Source.objects.select_related("sae__weights").get(pk=source_id).sae
-    return from_bytes(SaeConfig.from_dict(sae.cfg), blob_read(sae.weights)).to(device).eval()
+    # Sae.cfg is the SAELens cfg.json (a ReLU SAE is "standard" there), not a SaeConfig dict.
+    return from_bytes(saelens_config(sae.cfg), blob_read(sae.weights)).to(device).eval()
 
 
 def probe(*, unit_id: int, text: str) -> dict[str, list[Any]]:
