@@ -5,8 +5,8 @@ number of features. A TopK SAE trained by the product's trainer on the model's h
 stands in for the true dictionary, and ``scores.features_per_neuron`` over a uniform sample of
 each neuron's firing inputs (what random examples are) must rank the neurons as the truth does.
 
-Measured while writing (toy seeds 0, 1, 2): Spearman 0.976, 0.927, 0.988, each estimate within
-10% of the truth. The settings are the ones where a dictionary can be right at all: p = 0.003
+Measured: Spearman 0.915 here, every estimate within 8% of the truth; with every firing input of
+the held-out set instead of 2,000 per neuron, 0.976, 0.927 and 0.988 over toy seeds 0, 1, 2. The settings are the ones where a dictionary can be right at all: p = 0.003
 makes two features co-occur on about 3% of firing inputs, so k = 1 fits; 40 latents for 20
 features leave room for the dead ones (about a third die, and with as many latents as features
 two true features share a latent and the ranking drops to 0.9). A weight decay of 0.9 in
