@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from workers.compute.scores import (
+    SPARSE_BELOW,
     CorrelationAccumulator,
     context_cluster_polysemanticity,
     decoder_alignment,
@@ -284,3 +285,21 @@ def test_features_per_neuron_recovers_a_toy_models_true_features() -> None:
         assert len(neuron_features(W)[k]) - 1.5 <= score <= len(neuron_features(W)[k]) + 0.5
         polysemantic += score > 2
     assert polysemantic >= 3  # sparse inputs: most neurons carry several features
+
+
+def test_sparse_features_take_the_sparse_path_and_agree_with_dense() -> None:
+    """SAE-like y (a few non-zeros per row): the non-zero-only cross sums equal the dense product."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 7, generator=g)
+    y = torch.zeros(400, 300)
+    cols = torch.randint(0, 300, (400, 4), generator=g)
+    y.scatter_(1, cols, torch.rand(400, 4, generator=g) + 0.1)  # at most 4 of 300 per row: sparse
+    assert torch.count_nonzero(y) < SPARSE_BELOW * y.numel()
+    acc = CorrelationAccumulator(7, 300)
+    for start in range(0, 400, 100):
+        acc.update(x[start:start + 100], y[start:start + 100])
+    dense = x.double().T @ y.double()
+    assert torch.allclose(acc.sxy, dense, rtol=1e-12, atol=1e-12)
+    expected = torch.corrcoef(torch.cat([x, y], dim=1).double().T)[:7, 7:]
+    varies = y.std(dim=0) > 0
+    assert torch.allclose(acc.correlation()[:, varies], expected[:, varies], atol=1e-9)

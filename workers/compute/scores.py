@@ -6,6 +6,7 @@ against a brute force or against the ground truth of a toy model of superpositio
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -215,6 +216,21 @@ def layer_superposition(W_dec: torch.Tensor, live: torch.Tensor, *, threshold: f
 # ---------------------------------------------------------------- streaming correlation
 
 
+# Below this share of non-zero entries in y (SAE features: k of d_sae), the cross sums are
+# computed from y's non-zeros only: T*k*n_x multiply-adds instead of T*n_y*n_x.
+SPARSE_BELOW = 0.05
+
+
+def _cross(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x.T @ y ([n_x, n_y]) for float64 x [T, n_x], y [T, n_y]."""
+    if y.numel() and int(torch.count_nonzero(y)) < SPARSE_BELOW * y.numel():
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product is exact
+            warnings.simplefilter("ignore", UserWarning)
+            sparse = y.T.contiguous().to_sparse_csr()  # [n_y, T]
+            return (sparse @ x).T  # [n_y, T] @ [T, n_x] -> [n_x, n_y]
+    return x.T @ y  # [n_x, T] @ [T, n_y]
+
+
 class CorrelationAccumulator:
     """Pearson correlation between every x (neuron) and every y (feature), from running sums.
 
@@ -241,7 +257,8 @@ class CorrelationAccumulator:
         self.sy += y.sum(dim=0)
         self.sxx += (x * x).sum(dim=0)
         self.syy += (y * y).sum(dim=0)
-        self.sxy += x.T @ y  # [n_x, T] @ [T, n_y]
+        self.sxy += _cross(x, y)
+
 
     def merge(self, other: CorrelationAccumulator) -> None:
         """Add another shard's sums to these."""
