@@ -21,20 +21,13 @@ from browser.examples.models import Example
 from browser.labels.services import label_save
 from browser.runs.models import Run
 from fixtures.tiny import build_tiny_bert
+from tests.texts import TEXTS
 from workers.cli import run_here
 from workers.compute.config import HarvestConfig
 from workers.pipeline.harvest import harvest_create, neuron_sources
 from workers.pipeline.models import model_get_or_register, model_register
 from workers.tasks import harvest_work
 
-TEXTS = [
-    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.",
-    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
-    "Now is the winter of our discontent made glorious summer by this sun of York.",
-    "All the world's a stage, and all the men and women merely players.",
-    "Double, double toil and trouble; fire burn and cauldron bubble.",
-    "If music be the food of love, play on.",
-]
 HOOKS = ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]
 PASSWORD = "a-long-test-password"
 

@@ -24,7 +24,8 @@ from browser.examples.models import Example
 from browser.runs.models import Job, Run, Shard
 from browser.runs.services import run_delete
 from tests.conftest import database_url, purge_queues, start_worker, stop_worker
-from tests.workers.test_harvest import TEXTS, _rows
+from tests.texts import TEXTS
+from tests.workers.test_harvest import _rows
 
 pytestmark = pytest.mark.slow
 # Short leases so that a dead worker's shard is redone within seconds; an idle worker looks

@@ -18,6 +18,7 @@ from browser.examples.models import Example, UnitStats
 from browser.runs.models import Run
 from fixtures.tiny import build_tiny_bert
 from tests.compute.reference import brute_force
+from tests.texts import TEXTS
 from workers.cli import run_here
 from workers.compute import hooks
 from workers.compute.config import HarvestConfig
@@ -28,14 +29,6 @@ from workers.pipeline.models import model_register
 from workers.tasks import harvest_work
 
 pytestmark = pytest.mark.slow
-TEXTS = [
-    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.",
-    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
-    "Now is the winter of our discontent made glorious summer by this sun of York.",
-    "All the world's a stage, and all the men and women merely players.",
-    "Double, double toil and trouble; fire burn and cauldron bubble.",
-    "If music be the food of love, play on.",
-]
 
 
 @pytest.fixture

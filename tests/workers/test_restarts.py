@@ -26,7 +26,7 @@ import redis
 
 from browser.core import embedded
 from tests.conftest import ROOT
-from tests.workers.test_harvest import TEXTS
+from tests.texts import TEXTS
 
 pytestmark = pytest.mark.slow
 PREFIX = f"restarts{os.getpid()}."

@@ -22,6 +22,7 @@ from browser.examples.models import Example, UnitStats
 from browser.runs.models import Run
 from fixtures.tiny import build_tiny_bert
 from fixtures.tiny_sae import random_sae
+from tests.texts import TEXTS
 from workers.cli import run_here
 from workers.compute import hooks, scores
 from workers.compute.config import HarvestConfig
@@ -37,14 +38,6 @@ from workers.tasks import harvest_work
 
 pytestmark = pytest.mark.slow
 HOOK = "blocks.0.mlp.hook_post"  # the tiny BERT: 48 neurons a layer
-TEXTS = [
-    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.",
-    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.",
-    "Now is the winter of our discontent made glorious summer by this sun of York.",
-    "All the world's a stage, and all the men and women merely players.",
-    "Double, double toil and trouble; fire burn and cauldron bubble.",
-    "If music be the food of love, play on.",
-]
 
 
 @pytest.fixture
