@@ -36,7 +36,8 @@ def page(live_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     # before the browser starts and after its pages are loaded.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (set CHROMIUM)")
+        # A failure, not a skip: the browser tests are part of the suite (.ci/run installs it).
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium, or set CHROMIUM to its path")
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,9 @@ def test_find_read_label_compare_search(transactional_db: None, tmp_path: Path, 
     columns = page.locator("section.column")
     assert columns.count() >= 2 and page.locator("section.column .example").count() >= 2
     assert sae_source in columns.nth(1).inner_text()  # the most aligned feature comes first
+    page.goto(f"/s/tiny/{sae_source}/")
+    assert page.get_by_role("heading", name=re.compile("SAE: TopK")).count() == 1
+    _shot(page, "sae-source")
     feature_url = f"/compare/?a=tiny/{source}/{unit}&b=tiny/{sae_source}/{live_feature}"
     page.goto(feature_url)
     assert columns.count() == 2 and columns.nth(1).locator(".example").count() > 0
