@@ -20,6 +20,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Concat, Right
 from django.utils import timezone
 
+from browser.accounts import access
 from browser.core.blobs import blob_delete, blob_write
 from browser.runs.models import Job, Run, Shard
 
@@ -101,12 +102,13 @@ def job_cancel(*, job_id: int, user: object = None) -> Job:
     its next progress report (a harvest's workers: at their next batch). A finished job is
     returned unchanged.
 
-    ``user`` None is the command line (anything goes); otherwise the job's creator or staff.
+    ``user`` None is the command line (anything goes); otherwise the access layer decides
+    (the job's creator, or a curator).
     Raises ``Job.DoesNotExist`` and ``django.core.exceptions.PermissionDenied``.
     """
     job = Job.objects.get(pk=job_id)
-    if user is not None and not _may_cancel(user, job):
-        raise PermissionDenied(f"only the creator of job {job_id} or staff may cancel it")
+    if user is not None and not access.can_cancel_job(user, job):
+        raise PermissionDenied(f"only the creator of job {job_id} or a curator may cancel it")
     now = timezone.now()
     with transaction.atomic():
         if Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
@@ -118,12 +120,6 @@ def job_cancel(*, job_id: int, user: object = None) -> Job:
         job_log(job_id=job_id, line=f"cancel requested by {user or 'the command line'}")
     job.refresh_from_db()
     return job
-
-
-def _may_cancel(user: object, job: Job) -> bool:
-    if getattr(user, "is_staff", False) or getattr(user, "is_superuser", False):
-        return True
-    return job.created_by_id is not None and job.created_by_id == getattr(user, "pk", None)
 
 
 # ---- harvest runs and shards -----------------------------------------------------------------
