@@ -7,6 +7,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from django.conf import settings
 from django.db import connection, transaction
 
+from workers.bench import timing
 from workers.compute import hooks, loading, tokenize
 from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass, make_batch
 from workers.compute.stats import UnitAccumulator
@@ -62,10 +64,20 @@ def bare_pass(model: Any, arch: hooks.Architecture, names: list[str], batches: l
     return time.perf_counter() - start
 
 
+def _accumulators(runtimes: list[SourceRuntime], k: int = 32) -> dict[str, UnitAccumulator]:
+    return {rt.name: UnitAccumulator(rt.n_units, k=k, samples=6, hist_stride=7, seed=0, unit_offset=rt.unit_offset)
+            for rt in runtimes}
+
+
+def _harvester(model: Any, arch: hooks.Architecture, runtimes: list[SourceRuntime]) -> Callable[[TokenBatch], None]:
+    """Harvests one batch at a time into accumulators that live across the calls, as in a run."""
+    accumulators = _accumulators(runtimes)
+    return lambda batch: harvest_pass(model, arch, 6, runtimes, accumulators, [batch], CONTEXT_LENGTH)
+
+
 def stats_pass(model: Any, arch: hooks.Architecture, runtimes: list[SourceRuntime],
                batches: list[TokenBatch], k: int = 32) -> float:
-    accumulators = {rt.name: UnitAccumulator(rt.n_units, k=k, samples=6, hist_stride=7, seed=0,
-                                             unit_offset=rt.unit_offset) for rt in runtimes}
+    accumulators = _accumulators(runtimes, k)
     start = time.perf_counter()
     harvest_pass(model, arch, 6, runtimes, accumulators, batches, CONTEXT_LENGTH)
     return time.perf_counter() - start
@@ -132,21 +144,27 @@ def run(*, tokens: int = 40_960, rounds: int = 3, log: Any = sys.stderr) -> dict
     n = sum(int(b.attention_mask.sum()) for b in batches)
     model, arch, runtimes, names = _setup()
     bare_pass(model, arch, names, batches[:2])  # warm up
-    bare, harvest = [], []
-    for r in range(rounds):  # interleaved, so both see the same machine
-        bare.append(bare_pass(model, arch, names, batches))
-        harvest.append(stats_pass(model, arch, runtimes, batches))
-        log.write(f"round {r + 1}: bare {n / bare[-1]:.0f} tok/s, harvest {n / harvest[-1]:.0f} tok/s\n")
-    bare_tps, harvest_tps = n / min(bare), n / min(harvest)
+    results = []
+    for r in range(rounds):
+        # Per batch, side by side (timing.paired): the bare forward pass and the harvest of the
+        # same batch, whose accumulators live across the round's batches as in a real run.
+        results.append(timing.paired(batches, lambda b: bare_pass(model, arch, names, [b]),
+                                     _harvester(model, arch, runtimes)))
+        log.write(f"round {r + 1}: bare {n / results[-1].a_wall:.0f} tok/s, harvest {n / results[-1].b_wall:.0f} "
+                  f"tok/s, ratio {results[-1].ratio:.3f}\n")
+    measured = timing.Rounds(results)
+    bare_tps, harvest_tps = measured.tokens_per_s(n)
     log.write("measuring peak memory in fresh processes...\n")
     rss_10k, rss_40k = peak_rss_mb(10_240), peak_rss_mb(40_960)
     log.write("measuring COPY throughput...\n")
     return {
         "model": MODEL, "units": 9216, "k": 32, "tokens": n, "context_length": CONTEXT_LENGTH, "batch_size": BATCH,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "rounds": rounds,
         "bare_tokens_per_s": round(bare_tps, 1), "harvest_tokens_per_s": round(harvest_tps, 1),
-        "harvest_vs_bare": round(harvest_tps / bare_tps, 3),
-        "harvest_vs_bare_per_round": [round(b / h, 3) for b, h in zip(bare, harvest, strict=True)],
+        # The median of the rounds' ratios, each from batches timed side by side.
+        "harvest_vs_bare": round(measured.ratio, 3),
+        "harvest_vs_bare_per_round": measured.per_round(),
+        "harvest_vs_bare_cpu": round(measured.cpu_ratio, 3),
         "peak_rss_mb_10k": round(rss_10k, 1), "peak_rss_mb_40k": round(rss_40k, 1),
         "copy_rows_per_s": round(copy_rate(), 1),
         "max_rss_mb_this_process": round(vm_hwm_mb(), 1),

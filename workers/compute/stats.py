@@ -35,6 +35,9 @@ FIXED_SCALE = 1 << 16
 EMPTY_KEY = -1
 # Sketch candidates buffered before a bulk insert (a few MB).
 PENDING_LIMIT = 200_000
+# Top-k keys of this many times k contexts wait before one merge.
+TOP_PENDING_FACTOR = 4
+TOP_PENDING_MAX = 512
 EMPTY_PRIORITY = 1 << 31  # above every 31-bit priority
 
 
@@ -116,6 +119,12 @@ class UnitAccumulator:
         # which only admits extra candidates; the insert still keeps exactly the lowest s.
         self._pending: list[tuple[torch.Tensor, ...]] = []
         self._pending_n = 0
+        self._top_pending: list[torch.Tensor] = []
+        self._top_pending_n = 0
+        # Reused buffers of the dense token statistics (see _token_stats).
+        self._scratch: torch.Tensor | None = None
+        self._hist_t: torch.Tensor | None = None
+        self._ones_t: torch.Tensor | None = None
 
     # ---- per batch -------------------------------------------------------------------------
     def update(self, batch: Batch) -> None:
@@ -144,8 +153,19 @@ class UnitAccumulator:
         # the units, several times faster than one reduction over all B*T rows (int32 above all).
         # Fire counts as float sums of sign(x) >= 0 (exact below 2^24 per context): float
         # reductions vectorise; bool and int32 ones run several times slower on two threads.
-        self.fire += torch.sign(x).clamp_min_(0).sum(1).sum(0).long()
-        self.total += _fixed(x.sum(1).sum(0))
+        # Sums over T as a batched product with a row of ones (one read of x, vectorised and
+        # threaded), fire counts as float sums of (x > 0) written into a reused scratch buffer
+        # (exact below 2^24 per batch): a fresh 12 MB temporary per layer costs page faults, and
+        # bool or int reductions run several times slower on two threads.
+        B = x.shape[0]
+        if self._ones_t is None or self._ones_t.shape[0] < B or self._ones_t.shape[2] != x.shape[1]:
+            self._ones_t = torch.ones(B, 1, x.shape[1], device=x.device)
+        ones = self._ones_t[:B]
+        if self._scratch is None or self._scratch.numel() < x.numel():
+            self._scratch = torch.empty(x.numel(), device=x.device)
+        positive = torch.gt(x, 0, out=self._scratch[: x.numel()].view(x.shape))
+        self.fire += torch.bmm(ones, positive).sum(0)[0].long()  # [B, 1, U] -> [U]
+        self.total += _fixed(torch.bmm(ones, x).sum(0)[0])
         flat = x.view(-1, x.shape[2])
         self.n_tokens += flat.shape[0] - invalid_rows.numel()
         offset = (-first_token) % self.hist_stride
@@ -155,16 +175,34 @@ class UnitAccumulator:
         self.hist[self._hist_offsets] -= sampled_invalid
 
     def _histogram(self, x: torch.Tensor) -> None:
-        flat = hist_bins(x) + self._hist_offsets  # [N, U] bin ids per unit
-        # index_add_ of ones counts like bincount, without a second zeroed array of bins.
-        self.hist.index_add_(0, flat.reshape(-1), self._ones.expand(flat.numel()))
+        """Count ``x`` [N, U] into the bins: a scatter of ones along the bins of a [bins, U]
+        table (the layout where the scatter runs over units in parallel), folded into the
+        unit-major ``hist`` when the state is read."""
+        if self._hist_t is None:
+            self._hist_t = torch.zeros(N_HIST_BINS, self.n_units, dtype=torch.int64, device=x.device)
+        bins = hist_bins(x).long()  # [N, U]
+        self._hist_t.scatter_add_(0, bins, self._ones.view(1, 1).expand_as(bins))
+
+    def _fold_hist(self) -> None:
+        if self._hist_t is not None:
+            self.hist += self._hist_t.T.reshape(-1)
+            self._hist_t = None
 
     def _merge_top(self, values: torch.Tensor, contexts: torch.Tensor) -> None:
         """values [U, B] (-inf where not firing), contexts [B]."""
-        keys = top_keys(values, contexts.unsqueeze(0).expand_as(values))
-        # Unsorted while streaming (half the cost); state() sorts once. Keys are unique (they
-        # hold the context), so the kept set is the same either way.
-        self.top_key = torch.topk(torch.cat([self.top_key, keys], 1), self.k, dim=1, sorted=False).values
+        self._top_pending.append(top_keys(values, contexts.unsqueeze(0).expand_as(values)))
+        self._top_pending_n += values.shape[1]
+        if self._top_pending_n >= min(TOP_PENDING_FACTOR * self.k, TOP_PENDING_MAX):
+            self._flush_top()
+
+    def _flush_top(self) -> None:
+        """Merge the waiting keys into the top-k: one top-k over several batches' keys costs less
+        than one per batch. Unsorted while streaming (half the cost); state() sorts once. Keys
+        are unique (they hold the context), so the kept set is the same either way."""
+        if self._top_pending:
+            merged = torch.cat([self.top_key, *self._top_pending], 1)
+            self._top_pending, self._top_pending_n = [], 0
+            self.top_key = torch.topk(merged, self.k, dim=1, sorted=False).values
 
     def _sketch(self, ctx_max: torch.Tensor, contexts: torch.Tensor) -> None:
         """ctx_max [B, U] (-inf where not firing): queue every (context, unit) whose priority is
@@ -197,10 +235,11 @@ class UnitAccumulator:
         # the candidates: on (rare) priority ties the lower context, held ones first, wins.
         all_slot = torch.cat([rows.repeat_interleave(s), slot])
         all_pri = torch.cat([self.sk_pri[rows].reshape(-1), pri])
-        order = torch.sort(all_slot * (1 << 32) + all_pri, stable=True).indices
-        rank = _rank_in_group(all_slot[order])
+        sorted_key, order = torch.sort(all_slot * (1 << 32) + all_pri, stable=True)
+        sorted_slot = sorted_key >> 32
+        rank = _rank_in_group(sorted_slot)
         keep = rank < s
-        picked, target_slot, target_rank = order[keep], all_slot[order][keep], rank[keep]
+        picked, target_slot, target_rank = order[keep], sorted_slot[keep], rank[keep]
         # Gather every source value before writing: held rows are read and written here.
         new_pri = all_pri[picked]
         new_ctx = torch.cat([self.sk_ctx[rows].reshape(-1), ctx])[picked]
@@ -213,6 +252,8 @@ class UnitAccumulator:
     def state(self) -> dict[str, torch.Tensor]:
         """The state on the CPU; sketch slots are stored sparsely (most octaves stay empty)."""
         self._flush_sketch()
+        self._flush_top()
+        self._fold_hist()
         names = ["n_tokens", "fire", "total", "max", "hist", "top_key"]
         out = {name: getattr(self, name).detach().cpu().contiguous() for name in names}
         out["top_key"] = torch.sort(out["top_key"], dim=1, descending=True).values  # best first
@@ -240,6 +281,8 @@ class UnitAccumulator:
     def merge_state(self, other: dict[str, torch.Tensor]) -> None:
         """Add another accumulator's state (any context order): the result is exact."""
         self._flush_sketch()
+        self._flush_top()
+        self._fold_hist()
         dev = self.fire.device
         o = {name: t.to(dev) for name, t in {**other, **self.dense_sketch(other)}.items()}
         self.n_tokens += o["n_tokens"]
