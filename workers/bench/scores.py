@@ -1,12 +1,12 @@
 """`bench scores`: the score job's throughput on a demo-like run (MiniLM over the fixture corpus,
 the neurons of one MLP layer and an SAE on them), and the cost of streaming correlation sums
-inside a harvest pass (the same batches with and without ``scores.CorrelationAccumulator``)."""
+inside a harvest pass (the same batches with and without them, timed side by side per batch)."""
 
 from __future__ import annotations
 
 import io
-import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,16 @@ from browser.catalog.models import Source
 from browser.corpora.models import Corpus
 from browser.runs.models import Run
 from fixtures.tiny_sae import random_sae
+from workers.bench import timing
 from workers.bench.harvest import CONTEXT_LENGTH, MODEL, make_batches
 from workers.cli import run_here
-from workers.compute import hooks, loading, scores
+from workers.compute import hooks, loading
 from workers.compute.config import HarvestConfig
-from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass
+from workers.compute.correlation import CorrelationAccumulator
+from workers.compute.harvest import CorrelationPair, SourceRuntime, TokenBatch, harvest_pass
 from workers.compute.sae.model import SparseAutoencoder
 from workers.compute.sae.stats import SparseUnitAccumulator
-from workers.compute.stats import Batch, UnitAccumulator
+from workers.compute.stats import UnitAccumulator
 from workers.pipeline.harvest import harvest_create, neuron_sources
 from workers.pipeline.models import model_get_or_register
 from workers.pipeline.saes import sae_register, sae_sources
@@ -44,7 +46,7 @@ HELP = "score job units/s on MiniLM neurons + an SAE over the fixture corpus; ha
 
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--sae-width", type=int, default=4096, help="latents of the (random TopK) SAE")
-    parser.add_argument("--harvest-tokens", type=int, default=4096, help="tokens per timed harvest pass")
+    parser.add_argument("--harvest-tokens", type=int, default=16_384, help="tokens per timed harvest pass")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
 
 
@@ -96,71 +98,44 @@ def bench_score_job(sae_width: int, log: Any) -> dict[str, Any]:
 
 
 # ---- correlation sums inside the harvest pass ----------------------------------------------------
-class _Tap:
-    """An accumulator that passes every batch on and keeps the last one's activations."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.last: Batch | None = None
-
-    def update(self, batch: Batch) -> None:
-        self.inner.update(batch)
-        self.last = batch
-
-
-class _Correlating:
-    """The SAE source's accumulator, also feeding the correlation sums with the neurons' values of
-    the same batch (the neuron source comes first in the hook, so its tap holds them)."""
-
-    def __init__(self, inner: Any, neurons: _Tap, corr: scores.CorrelationAccumulator) -> None:
-        self.inner, self.neurons, self.corr = inner, neurons, corr
-
-    def update(self, batch: Batch) -> None:
-        self.inner.update(batch)
-        assert self.neurons.last is not None
-        valid = ~batch.invalid.reshape(-1)
-        x = self.neurons.last.acts.reshape(valid.shape[0], -1)  # [B, L, N] -> [B*L, N]
-        y = batch.acts.reshape(valid.shape[0], -1)  # [B, L, F] -> [B*L, F]
-        self.corr.update(x[valid], y[valid])
-
-
-def _harvest(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder, batches: list[TokenBatch],
-             correlate: bool) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one harvest pass, with or without the sums."""
+def _harvester(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder,
+               stride: int | None) -> Callable[[TokenBatch], None]:
+    """Harvests one batch at a time (the layer's neurons and the SAE's latents) into accumulators
+    that live across the calls, with correlation sums over every ``stride``-th token (None: none)."""
     runtimes = [SourceRuntime(HOOK, HOOK, D_MLP, 0),
                 SourceRuntime("sae", HOOK, sae.cfg.d_sae, 1 << 21, sae.encode, sparse=True)]
-    neurons = UnitAccumulator(D_MLP, k=32, samples=6, hist_stride=7, seed=0)
-    features = SparseUnitAccumulator(sae.cfg.d_sae, k=32, samples=6, hist_stride=7, seed=0, unit_offset=1 << 21)
-    accumulators: dict[str, Any] = {HOOK: neurons, "sae": features}
-    if correlate:
-        tap = _Tap(neurons)
-        accumulators = {HOOK: tap, "sae": _Correlating(features, tap, scores.CorrelationAccumulator(
-            D_MLP, sae.cfg.d_sae))}
-    wall, cpu = time.perf_counter(), time.process_time()
-    harvest_pass(model, arch, N_LAYERS, runtimes, accumulators, batches, CONTEXT_LENGTH)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    accumulators: dict[str, Any] = {
+        HOOK: UnitAccumulator(D_MLP, k=32, samples=6, hist_stride=7, seed=0),
+        "sae": SparseUnitAccumulator(sae.cfg.d_sae, k=32, samples=6, hist_stride=7, seed=0, unit_offset=1 << 21)}
+    pairs = [] if stride is None else [
+        CorrelationPair(HOOK, "sae", CorrelationAccumulator(D_MLP, sae.cfg.d_sae), stride)]
+    return lambda batch: harvest_pass(model, arch, N_LAYERS, runtimes, accumulators, [batch], CONTEXT_LENGTH,
+                                      correlations=pairs)
 
 
 def bench_correlation(opts: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Per batch, side by side (timing.paired): the harvest without correlation sums and with
+    them, at the default stride and over every token."""
     model = loading.load_torch_model(MODEL, Path(settings.CACHE_DIR), False, "cpu", "float32")
     arch = hooks.architecture_for("bert")
     sae = random_sae(D_MLP, opts["sae_width"], architecture="topk", k=32, seed=0, hook_name=HOOK)
     batches = make_batches(opts["harvest_tokens"])
     n = sum(int(b.attention_mask.sum()) for b in batches)
-    _harvest(model, arch, sae, batches[:1], correlate=True)  # warm up
-    plain, with_corr = [], []
-    for r in range(opts["rounds"]):  # interleaved, so both see the same machine
-        plain.append(_harvest(model, arch, sae, batches, correlate=False))
-        with_corr.append(_harvest(model, arch, sae, batches, correlate=True))
-        log.write(f"round {r + 1}: harvest {n / plain[-1][0]:.0f} tok/s, with correlation sums "
-                  f"{n / with_corr[-1][0]:.0f} tok/s (CPU time {plain[-1][1]:.1f} s vs {with_corr[-1][1]:.1f} s)\n")
-    ratios = [p[0] / c[0] for p, c in zip(plain, with_corr, strict=True)]
-    return {"harvest_tokens": n, "harvest_tokens_per_s": round(n / min(p[0] for p in plain), 1),
-            "harvest_with_corr_tokens_per_s": round(n / min(c[0] for c in with_corr), 1),
-            # Tokens/s with the sums over tokens/s without, the median of the rounds' ratios (a
-            # burst of load from other processes spoils one round, not the figure).
-            "harvest_with_corr_vs_without": round(statistics.median(ratios), 3),
-            "harvest_with_corr_vs_without_per_round": [round(x, 3) for x in ratios],
-            # The same from this process's CPU time, steadier on a shared machine.
-            "harvest_with_corr_vs_without_cpu": round(statistics.median(
-                p[1] / c[1] for p, c in zip(plain, with_corr, strict=True)), 3)}
+    stride = HarvestConfig(sources=neuron_sources([HOOK])).corr_stride  # the default
+    _harvester(model, arch, sae, 1)(batches[0])  # warm up
+    out: dict[str, Any] = {"harvest_tokens": n, "corr_stride": stride}
+    for name, every in (("", stride), ("_every_token", 1)):
+        results = []
+        for r in range(opts["rounds"]):
+            results.append(timing.paired(batches, _harvester(model, arch, sae, None), _harvester(model, arch, sae, every)))
+            log.write(f"stride {every}, round {r + 1}: harvest {n / results[-1].a_wall:.0f} tok/s, with correlation "
+                      f"sums {n / results[-1].b_wall:.0f} tok/s, ratio {results[-1].ratio:.3f}\n")
+        measured = timing.Rounds(results)
+        without, with_corr = measured.tokens_per_s(n)
+        if not name:
+            out["harvest_tokens_per_s"] = round(without, 1)
+        out[f"harvest_with_corr{name}_tokens_per_s"] = round(with_corr, 1)
+        # Tokens/s with the sums over tokens/s without: the median of the rounds' ratios.
+        out[f"harvest_with_corr{name}_vs_without"] = round(measured.ratio, 3)
+        out[f"harvest_with_corr{name}_vs_without_per_round"] = measured.per_round()
+    return out

@@ -47,6 +47,10 @@ class HarvestConfig:
     hist_stride: int = 7
     """The histogram counts every ``hist_stride``-th token of the corpus (a fixed subsample,
     prime so it is independent of position); density, mean and max use every token."""
+    corr_stride: int = 4
+    """Correlation sums between each SAE's latents and the neurons of its hook (for the comparison
+    tables) count every ``corr_stride``-th token of the corpus, like the histogram; 1 counts every
+    token, 0 turns them off."""
     shard_contexts: int = 2048
     """Contexts per shard: the unit of work a worker claims (and redoes if it dies)."""
     version: int = CONFIG_VERSION
@@ -68,6 +72,8 @@ class HarvestConfig:
             raise ValueError("samples per interval must be 1..64 and intervals 1..32")
         if not 1 <= self.hist_stride <= 1000 or self.shard_contexts < 1:
             raise ValueError("hist stride must be 1..1000 and shard size positive")
+        if not 0 <= self.corr_stride <= 1000:
+            raise ValueError(f"correlation stride must be 0..1000 (got {self.corr_stride})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from workers.compute.correlation import CorrelationAccumulator
 from workers.compute.hooks import Architecture, capture, forward
 from workers.compute.stats import Batch, UnitAccumulator
 
@@ -27,6 +28,26 @@ class SourceRuntime:
     """Maps hook activations [..., d_in] to unit activations [..., n_units] (an SAE); None for neurons."""
     sparse: bool = False
     """The units are non-negative and mostly zero (SAE latents): statistics from the non-zeros."""
+
+
+@dataclass(frozen=True)
+class CorrelationPair:
+    """Correlation sums between a neuron source and an SAE source on the same hook, fed by the
+    harvest pass from the very activations its accumulators see, over every ``stride``-th token
+    of the corpus (a fixed subsample, like the histogram's)."""
+
+    neurons: str
+    features: str
+    accumulator: CorrelationAccumulator
+    stride: int
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, invalid: torch.Tensor, first_token: int) -> None:
+        """x [B, T, n_x] neurons, y [B, T, n_y] latents, invalid [B, T], of the batch that starts at
+        global token ``first_token``."""
+        offset = (-first_token) % self.stride
+        rows = slice(offset, None, self.stride)  # strided views: no copy
+        self.accumulator.update_sparse(x.reshape(-1, x.shape[-1])[rows], y.reshape(-1, y.shape[-1])[rows],
+                                       ~invalid.reshape(-1)[rows])
 
 
 @dataclass(frozen=True)
@@ -61,19 +82,25 @@ def _to(batch: TokenBatch, device: torch.device) -> TokenBatch:
 
 def harvest_pass(model: nn.Module, arch: Architecture, n_layers: int, sources: Sequence[SourceRuntime],
                  accumulators: dict[str, UnitAccumulator], batches: Iterable[TokenBatch], context_length: int,
-                 on_batch: Callable[[int], None] | None = None) -> None:
-    """Feed every batch's activations to the accumulators, inside the hooks (while still hot
-    in cache); the forward pass stops after the deepest hook."""
+                 on_batch: Callable[[int], None] | None = None,
+                 correlations: Sequence[CorrelationPair] = ()) -> None:
+    """Feed every batch's activations to the accumulators (and correlation sums), inside the
+    hooks (while still hot in cache); the forward pass stops after the deepest hook."""
     device = next(model.parameters()).device
     current: list[TokenBatch] = []
 
     def sink(hook: str, acts: torch.Tensor) -> None:
         batch = current[0]
+        first_token = int(batch.contexts[0]) * context_length
+        values: dict[str, torch.Tensor] = {}
         for source in sources:
             if source.hook == hook:
-                values = source.encode(acts) if source.encode is not None else acts
-                accumulators[source.name].update(Batch(values, batch.contexts, batch.invalid,
-                                                       int(batch.contexts[0]) * context_length))
+                values[source.name] = source.encode(acts) if source.encode is not None else acts
+                accumulators[source.name].update(Batch(values[source.name], batch.contexts, batch.invalid,
+                                                       first_token))
+        for pair in correlations:
+            if pair.neurons in values and pair.features in values:
+                pair.update(values[pair.neurons], values[pair.features], batch.invalid, first_token)
 
     hooks = sorted({s.hook for s in sources})
     with capture(model, arch, hooks, n_layers, sink):

@@ -56,7 +56,15 @@ from browser.runs.services import (
 )
 from workers.compute import hooks, loading
 from workers.compute.config import HarvestConfig, SourceConfig
-from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass, make_batch, token_values
+from workers.compute.correlation import CorrelationAccumulator
+from workers.compute.harvest import (
+    CorrelationPair,
+    SourceRuntime,
+    TokenBatch,
+    harvest_pass,
+    make_batch,
+    token_values,
+)
 from workers.compute.logits import logit_effects
 from workers.compute.sae.stats import SparseUnitAccumulator
 from workers.compute.stats import UnitAccumulator, UnitSummary, summarize
@@ -269,14 +277,59 @@ def _process_shard(run: Run, shard: Shard, config: HarvestConfig, loaded: Loaded
             if progress is not None:
                 progress(done, run.contexts_total, f"shard {shard.index + 1} of {run.n_shards}")
 
+    correlations = correlation_pairs(loaded.runtimes, config, next(loaded.torch_model.parameters()).device)
     try:
         harvest_pass(loaded.torch_model, loaded.arch, run.model.n_layers, loaded.runtimes, accumulators,
-                     _batches(run.corpus, indices, loaded, config), run.corpus.context_length, on_batch)
+                     _batches(run.corpus, indices, loaded, config), run.corpus.context_length, on_batch,
+                     correlations)
     except _ClaimLost:
         _note(run, f"{worker_name()} lost its claim on shard {shard.index} (its lease expired)")
         return None
     tensors = {f"{name}/{key}": t for name, acc in accumulators.items() for key, t in acc.state().items()}
+    for pair in correlations:
+        tensors.update({f"{_corr_prefix(pair.neurons, pair.features)}/{key}": t
+                        for key, t in pair.accumulator.state().items()})
     return st_save(tensors)
+
+
+CORR_PREFIX = "correlation:"
+"""Partial tensors of correlation sums are named ``correlation:NEURONS|FEATURES/field`` (no source
+is named so: source names are hook names or SAE names, which have no ``|``)."""
+
+
+def _corr_prefix(neurons: str, features: str) -> str:
+    return f"{CORR_PREFIX}{neurons}|{features}"
+
+
+def correlation_pairs(runtimes: list[SourceRuntime], config: HarvestConfig,
+                      device: torch.device) -> list[CorrelationPair]:
+    """One pair per SAE on an ``mlp.hook_post`` hook whose neurons are harvested too."""
+    if config.corr_stride == 0:
+        return []
+    neurons = {rt.hook: rt for rt in runtimes if rt.encode is None and rt.hook.endswith("mlp.hook_post")}
+    return [CorrelationPair(neurons[rt.hook].name, rt.name,
+                            CorrelationAccumulator(neurons[rt.hook].n_units, rt.n_units, device), config.corr_stride)
+            for rt in runtimes if rt.encode is not None and rt.hook in neurons]
+
+
+def merged_correlation(run: Run, neurons: str, features: str) -> CorrelationAccumulator | None:
+    """The correlation sums of a finished run's neuron and SAE sources, merged over its shards
+    (None when the run kept none: an older run, or one harvested with corr_stride 0)."""
+    prefix = _corr_prefix(neurons, features) + "/"
+    merged: CorrelationAccumulator | None = None
+    for shard in Shard.objects.filter(run=run).select_related("partial").order_by("index"):
+        if shard.partial is None:
+            return None
+        tensors = st_load(blob_read(shard.partial))
+        state = {key[len(prefix):]: t for key, t in tensors.items() if key.startswith(prefix)}
+        if not state:
+            return None
+        part = CorrelationAccumulator.from_state(state)
+        if merged is None:
+            merged = part
+        else:
+            merged.merge(part)
+    return merged
 
 
 class _ClaimLost(Exception):
