@@ -107,6 +107,9 @@ class RunRequestSerializer(serializers.Serializer):
     dtype = serializers.ChoiceField(["float32", "bfloat16", "float16"], default="float32")
     seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
     include_special = serializers.BooleanField(default=False)
+    corr_stride = serializers.IntegerField(
+        min_value=0, max_value=1000, default=4,
+        help_text="correlation sums (SAE latents x neurons of their hook) over every n-th token; 0: none")
 
 
 class RunList(ListAPIView):

@@ -121,3 +121,24 @@ def test_correlation_rejects_mismatched_shapes() -> None:
         acc.update_sparse(torch.zeros(4, 2), torch.zeros(4, 3), torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError):
         acc.merge(CorrelationAccumulator(3, 3))
+
+
+def test_harvest_pairs_each_sae_with_the_neurons_of_its_hook() -> None:
+    from workers.compute.config import HarvestConfig, SourceConfig
+    from workers.compute.harvest import SourceRuntime
+    from workers.pipeline.harvest import correlation_pairs
+
+    def encode(acts: torch.Tensor) -> torch.Tensor:
+        return acts
+
+    runtimes = [SourceRuntime("blocks.1.mlp.hook_post", "blocks.1.mlp.hook_post", 48, 0),
+                SourceRuntime("blocks.2.mlp.hook_post", "blocks.2.mlp.hook_post", 48, 1 << 21),
+                SourceRuntime("feat", "blocks.1.mlp.hook_post", 64, 2 << 21, encode, sparse=True),
+                SourceRuntime("resid", "blocks.2.hook_resid_post", 16, 3 << 21, encode, sparse=True)]
+    sources = tuple(SourceConfig(name=rt.name, hook=rt.hook) for rt in runtimes)
+    pairs = correlation_pairs(runtimes, HarvestConfig(sources=sources), torch.device("cpu"))
+    assert [(p.neurons, p.features, p.stride) for p in pairs] == [("blocks.1.mlp.hook_post", "feat", 4)]
+    assert (pairs[0].accumulator.n_x, pairs[0].accumulator.n_y) == (48, 64)
+    assert correlation_pairs(runtimes, HarvestConfig(sources=sources, corr_stride=0), torch.device("cpu")) == []
+    with pytest.raises(ValueError, match="correlation stride"):
+        HarvestConfig(sources=sources, corr_stride=-1)

@@ -16,7 +16,7 @@ from workers.pipeline.saes import sae_sources
 
 def harvest_from_request(request: Mapping[str, Any], user: Any = None) -> tuple[Run, bool]:
     """Create (or find) the run a request describes: model, corpus, hooks (globs or "none"), saes
-    (names), k, batch_size, shard_contexts, device, dtype, seed, include_special."""
+    (names), k, batch_size, shard_contexts, device, dtype, seed, include_special, corr_stride."""
     model = model_get_or_register(request["model"])
     corpus = None if "\x00" in request["corpus"] else Corpus.objects.filter(name=request["corpus"]).first()
     if corpus is None:
@@ -29,6 +29,6 @@ def harvest_from_request(request: Mapping[str, Any], user: Any = None) -> tuple[
         sources=neurons + saes, k=request.get("k", 32), batch_size=request.get("batch_size", 32),
         shard_contexts=request.get("shard_contexts", 2048), device=request.get("device", "auto"),
         dtype=request.get("dtype", "float32"), seed=request.get("seed", 0),
-        exclude_special=not request.get("include_special", False),
+        exclude_special=not request.get("include_special", False), corr_stride=request.get("corr_stride", 4),
     )
     return harvest_create(model=model, corpus=corpus, config=config, user=user)

@@ -34,6 +34,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--include-special", action="store_true",
                             help="keep BOS/EOS/PAD/CLS/SEP positions in statistics and examples")
+        parser.add_argument("--corr-stride", type=int, default=4,
+                            help="correlation sums between each SAE's latents and the neurons of its hook over "
+                                 "every n-th token (1: every token, 0: none)")
         parser.add_argument("--wait", action="store_true", help="show a progress bar until the run is done")
         parser.add_argument("--inline", action="store_true", help="run every shard in this process")
 
