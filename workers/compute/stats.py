@@ -122,7 +122,6 @@ class UnitAccumulator:
         self._top_pending: list[torch.Tensor] = []
         self._top_pending_n = 0
         # Reused buffers of the dense token statistics (see _token_stats).
-        self._scratch: torch.Tensor | None = None
         self._hist_t: torch.Tensor | None = None
         self._ones_t: torch.Tensor | None = None
 
@@ -161,9 +160,7 @@ class UnitAccumulator:
         if self._ones_t is None or self._ones_t.shape[0] < B or self._ones_t.shape[2] != x.shape[1]:
             self._ones_t = torch.ones(B, 1, x.shape[1], device=x.device)
         ones = self._ones_t[:B]
-        if self._scratch is None or self._scratch.numel() < x.numel():
-            self._scratch = torch.empty(x.numel(), device=x.device)
-        positive = torch.gt(x, 0, out=self._scratch[: x.numel()].view(x.shape))
+        positive = torch.gt(x, 0, out=_scratch(x.numel(), x.device).view(x.shape))
         self.fire += torch.bmm(ones, positive).sum(0)[0].long()  # [B, 1, U] -> [U]
         self.total += _fixed(torch.bmm(ones, x).sum(0)[0])
         flat = x.view(-1, x.shape[2])
@@ -307,6 +304,18 @@ class UnitAccumulator:
                   unit_offset=unit_offset)
         acc.merge_state(state)
         return acc
+
+
+_SCRATCH: dict[torch.device, torch.Tensor] = {}
+
+
+def _scratch(numel: int, device: torch.device) -> torch.Tensor:
+    """A float32 buffer of at least ``numel`` elements, shared by every accumulator on the device
+    (they run one after another), grown as needed and never freed."""
+    buffer = _SCRATCH.get(device)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _SCRATCH[device] = torch.empty(numel, device=device)
+    return buffer[:numel]
 
 
 def _fixed(x: torch.Tensor) -> torch.Tensor:
