@@ -60,8 +60,11 @@ def test_sparse_path_equals_corrcoef_over_valid_rows() -> None:
     # the same sums as the float64 path, up to float32 rounding
     exact = CorrelationAccumulator(6, 64)
     exact.update(x[valid], y[valid])
-    for name, value in exact.state().items():
-        assert torch.allclose(acc.state()[name], value, rtol=1e-5, atol=1e-2), name
+    for name, value in exact.sums().items():
+        assert torch.allclose(acc.sums()[name], value, rtol=1e-5, atol=1e-2), name
+    # what a shard stores gives back the same correlations
+    stored = CorrelationAccumulator.from_state(acc.state())
+    assert torch.allclose(stored.correlation(), r, atol=1e-6)
 
 
 def test_correlation_shards_merge_to_the_whole() -> None:
@@ -71,11 +74,13 @@ def test_correlation_shards_merge_to_the_whole() -> None:
     first, second = CorrelationAccumulator(5, 9), CorrelationAccumulator(5, 9)
     first.update(x[:250], y[:250])
     second.update(x[250:], y[250:])
-    second = CorrelationAccumulator.from_state({k: v.clone() for k, v in second.state().items()})
+    stored = CorrelationAccumulator.from_state(second.state())  # a shard's partial: float32 cross sums
+    second = CorrelationAccumulator.from_state({k: v.clone() for k, v in second.sums().items()})
+    assert torch.allclose(stored.correlation(), second.correlation(), atol=1e-6)
     first.merge(second)
     assert first.n == whole.n
-    for k, v in whole.state().items():
-        assert torch.allclose(first.state()[k], v, rtol=1e-12, atol=1e-9), k
+    for k, v in whole.sums().items():
+        assert torch.allclose(first.sums()[k], v, rtol=1e-12, atol=1e-9), k
     assert torch.allclose(first.correlation(), whole.correlation(), atol=1e-12)
 
 

@@ -13,8 +13,8 @@ Two ways in:
   loses nothing that matters), gathered in a float32 table for up to ``FOLD_TOKENS`` tokens and
   then folded into float64.
 
-Both keep the sums of ``x - shift``; ``state()`` gives the plain sums, so states from either path
-and any shift merge exactly.
+Both keep the sums of ``x - shift``; ``sums()`` gives the plain float64 sums, and states from
+either path and any shift merge through them.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ class CorrelationAccumulator:
             raise ValueError(f"expected {self.n_x} x and {self.n_y} y columns (got {x.shape[1]} and {y.shape[1]})")
 
     # ---- states ------------------------------------------------------------------------------
-    def state(self) -> dict[str, torch.Tensor]:
-        """The plain sums (of x, not x - shift) on the CPU, as tensors for a safetensors blob."""
+    def sums(self) -> dict[str, torch.Tensor]:
+        """The plain float64 sums (of x, not x - shift) on the CPU."""
         self._fold()
         a = self.shift if self.shift is not None else torch.zeros_like(self.sx)
         n = float(self.n)
@@ -121,30 +121,40 @@ class CorrelationAccumulator:
             "sxy": (self.syx + torch.outer(self.sy, a)).T.contiguous().cpu(),
         }
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The sums to store (a shard's partial): the shift and the sums of x - shift, the cross
+        sums in float32 (they are sums of centred values, so float32 keeps what the float32
+        products computed; half the bytes of the largest table)."""
+        self._fold()
+        shift = self.shift if self.shift is not None else torch.zeros_like(self.sx)
+        return {"n": torch.tensor([self.n], dtype=torch.int64), "shift": shift.cpu(), "sx": self.sx.cpu(),
+                "sxx": self.sxx.cpu(), "sy": self.sy.cpu(), "syy": self.syy.cpu(),
+                "sxy": self.syx.T.float().contiguous().cpu()}
+
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> CorrelationAccumulator:
+        """From ``state()`` or ``sums()`` (no shift: plain sums)."""
         acc = cls(len(state["sx"]), len(state["sy"]))
         acc.n = int(state["n"][0])
-        acc.shift = torch.zeros(acc.n_x, dtype=torch.float64)
+        acc.shift = state["shift"].to(torch.float64) if "shift" in state else torch.zeros(acc.n_x, dtype=torch.float64)
         for name in ("sx", "sxx", "sy", "syy"):
             setattr(acc, name, state[name].to(torch.float64).clone())
         acc.syx = state["sxy"].to(torch.float64).T.contiguous()
         return acc
 
     def merge(self, other: CorrelationAccumulator) -> None:
-        """Add another shard's sums to these."""
+        """Add another shard's sums to these (as plain float64 sums)."""
         if (self.n_x, self.n_y) != (other.n_x, other.n_y):
             raise ValueError(f"cannot merge {other.n_x}x{other.n_y} sums into {self.n_x}x{self.n_y}")
-        mine, theirs = self.state(), other.state()
+        mine, theirs = self.sums(), other.sums()
         merged = {name: mine[name] + theirs[name] for name in _FIELDS}
         merged["n"] = mine["n"] + theirs["n"]
-        fresh = self.from_state(merged)
-        self.__dict__.update(fresh.__dict__)
+        self.__dict__.update(self.from_state(merged).__dict__)
 
     # ---- results -----------------------------------------------------------------------------
     def correlation(self) -> torch.Tensor:
         """[n_x, n_y] Pearson r; 0 where x or y is constant (or no rows were seen)."""
-        s = self.state()
+        s = self.sums()
         n = max(self.n, 1)
         sx, sy, sxx, syy = s["sx"], s["sy"], s["sxx"], s["syy"]
         cov = s["sxy"] - torch.outer(sx, sy) / n
@@ -157,7 +167,7 @@ class CorrelationAccumulator:
 
     def transposed(self) -> CorrelationAccumulator:
         """The same sums with x and y swapped (features' rows, neurons' columns)."""
-        s = self.state()
+        s = self.sums()
         return self.from_state({"n": s["n"], "sx": s["sy"], "sy": s["sx"], "sxx": s["syy"], "syy": s["sxx"],
                                 "sxy": s["sxy"].T})
 
