@@ -77,8 +77,30 @@ def test_two_means_finds_planted_clusters_brute_force() -> None:
     assert torch.allclose(centres[labels[0]], X[:7].mean(dim=0))
 
 
-def _inertia(X: torch.Tensor, labels: torch.Tensor) -> float:
-    return sum(float(((X[labels == c] - X[labels == c].mean(dim=0)) ** 2).sum()) for c in (0, 1) if (labels == c).any())
+def _inertia(X: torch.Tensor, labels: torch.Tensor, w: torch.Tensor | None = None) -> float:
+    w = torch.ones(len(X), dtype=X.dtype) if w is None else w
+    total = 0.0
+    for c in (0, 1):
+        m = labels == c
+        if m.any():
+            centre = (w[m, None] * X[m]).sum(dim=0) / w[m].sum()
+            total += float((w[m] * ((X[m] - centre) ** 2).sum(dim=1)).sum())
+    return total
+
+
+def test_weighted_two_means_finds_the_least_weighted_inertia_brute_force() -> None:
+    gen = torch.Generator().manual_seed(6)
+    X = torch.randn(11, 5, generator=gen, dtype=torch.float64)
+    w = torch.rand(11, generator=gen, dtype=torch.float64).add(0.05)
+    labels, centres = two_means(X, w, restarts=64)
+    splits = [torch.tensor([(mask >> i) & 1 for i in range(len(X))]) for mask in range(1, 2 ** (len(X) - 1))]
+    best = min(_inertia(X, s, w) for s in splits)
+    assert _inertia(X, labels, w) == pytest.approx(best)
+    for c in (0, 1):  # each centre is the weighted mean of its rows
+        m = labels == c
+        assert torch.allclose(centres[c], (w[m, None] * X[m]).sum(dim=0) / w[m].sum())
+    with pytest.raises(ValueError):
+        two_means(X, -w)
 
 
 def test_cluster_score_high_for_two_meanings_low_for_one() -> None:
@@ -112,6 +134,36 @@ def test_cluster_score_is_deterministic_and_scale_free() -> None:
     again = context_cluster_polysemanticity(X * torch.rand(30, 1, generator=gen).add(0.5), seed=5)
     assert first.score == pytest.approx(again.score)
     assert torch.equal(first.labels, again.labels)
+
+
+def test_cluster_score_removes_the_common_component() -> None:
+    # Anisotropic embeddings: every example is mostly one shared direction, plus a small offset
+    # for its meaning. Raw, any two centres are nearly parallel; less the common component, a
+    # split across two meanings leaves orthogonal centres and one meaning stays one cluster.
+    gen = torch.Generator().manual_seed(7)
+    common, a, b = (torch.eye(64, dtype=torch.float64)[i] for i in range(3))
+    one = 3 * common + _cluster(a, 40, 0.05, gen)
+    two = 3 * common + torch.cat([_cluster(a, 20, 0.05, gen), _cluster(b, 20, 0.05, gen)])
+    raw_one, raw_two = context_cluster_polysemanticity(one), context_cluster_polysemanticity(two)
+    # Centres (3 common + a) and (3 common + b) have cosine 9/10: two meanings barely register.
+    assert raw_one.score < 0.01 and raw_two.score == pytest.approx(0.1, abs=0.01)
+    centred_one = context_cluster_polysemanticity(one, common=3 * common)
+    centred_two = context_cluster_polysemanticity(two, common=3 * common)
+    assert centred_one.score < 0.05
+    assert centred_two.score == pytest.approx(1.0, abs=0.05) and centred_two.sizes == (20, 20)
+
+
+def test_cluster_score_weights_keep_weak_examples_from_deciding_the_split() -> None:
+    # 20 strong examples of one meaning and 4 of another on which the unit barely fires.
+    gen = torch.Generator().manual_seed(8)
+    a, b = _directions(90)
+    X = torch.cat([_cluster(a, 20, 0.1, gen), _cluster(b, 4, 0.1, gen)])
+    w = torch.cat([torch.ones(20), torch.full((4,), 0.01)]).double()
+    unweighted = context_cluster_polysemanticity(X)
+    assert sorted(unweighted.sizes) == [4, 20] and unweighted.score > 0.8
+    assert context_cluster_polysemanticity(X, w).score < 0.2
+    # Equal weights are no weights at all.
+    assert context_cluster_polysemanticity(X, torch.full((24,), 3.0)).score == pytest.approx(unweighted.score)
 
 
 def test_cluster_score_degenerate_inputs() -> None:

@@ -1,22 +1,26 @@
-"""On MiniLM, a planted unit that is the sum of two unrelated monosemantic units should score as
-more polysemantic than each of them, through the product's own paths: a hand-built SAE imported
-with ``import_sae``, a harvest run, and the ``score`` job.
+"""On MiniLM, a planted unit that is the sum of two unrelated monosemantic units scores as more
+polysemantic than each of them, through the product's own paths: a hand-built SAE imported with
+``import_sae``, a harvest run, and the ``score`` job.
 
 The components are layer-2 MLP neurons of MiniLM, picked from the score job's own neuron scores
 on the fixture corpus (high top-token concentration, low context-cluster score): neuron 586 fires
-on "[" (stage directions; concentration 0.75, cluster score 0.268, among the lowest of the
-layer's 1,536 neurons: median 0.33, range 0.23-0.82) and neuron 1286 on "lord" (forms of address;
-0.81, 0.272). The SAE has three ReLU latents reading the neurons scaled to a maximum of 1: one per
-neuron, and the planted one on their sum.
+on "[" (stage directions; concentration 0.88, cluster score 0.94, 8th percentile of the layer's
+1,520 scored neurons: median 1.12, range 0.57-1.44) and neuron 1286 on "lord" (forms of address;
+0.88, 0.72, 1st percentile). The SAE has three ReLU latents reading the neurons scaled to a
+maximum of 1: one per neuron, and the planted one on their sum.
 
-Measured: the planted latent scores 0.295 against 0.310 ("[") and 0.267 ("lord"), so the issue's
-claim does not hold here, although its examples mix both meanings (21 "[" and 5 "lord" max
-tokens). Other pairs: "enter" + "heart" gave 0.331 > 0.301, 0.229 with latents firing above 0.4
-of the maximum but 0.335 < 0.350 above 0.5; "lord" + "heart" gave 0.327 < 0.375. Windows of 8
-tokens each side of Shakespeare verse embed close together whatever the unit: a 2-means split of
-any unit's 48 windows leaves centres at cosine 0.65-0.77, and two meanings move them only a little
-further apart. So the last step is an expected failure (the harvest, the scores and the mixture
-are still checked); the test passes once the score separates the planted unit.
+Measured (score version 2): the planted latent scores 0.997 against 0.883 ("[") and 0.704
+("lord"); its examples mix both meanings (21 "[" and 5 "lord" max tokens). Other pairs on the
+same harvest, with latents firing above 0.2 and 0.4 of each neuron's maximum: "enter" (826) +
+"heart" (1100) 1.125 against 0.959, 0.785 and 1.169 against 0.871, 0.736; "lord" + "heart"
+0.959 against 0.704, 0.785 and 0.904 against 0.681, 0.736; "[" + "lord" above 0.4 0.987 against
+0.829, 0.681. Over 16 k-means seeds none of these six pairs had the planted unit below a
+component (smallest margin 0.04; the score moves by 0.03 on average from seed to seed).
+
+Version 1 of the score (raw embeddings, unweighted) gave 0.295 against 0.310 and 0.267 here:
+windows of Shakespeare verse embed close together whatever the unit, every split leaving centres
+at cosine 0.65-0.77. Removing the corpus's mean window embedding alone still failed 10 of those
+96 pair-and-seed checks, weighting by activation alone 67, both together none.
 """
 
 from __future__ import annotations
@@ -118,6 +122,4 @@ def test_sum_of_two_unrelated_units_scores_as_more_polysemantic(minilm: Model, t
     mixed = Counter(planted_tokens(run))
     assert mixed["["] >= 4 and mixed["lord"] >= 4, mixed
     clusters = [got[(i, "context_cluster_polysemanticity")].value for i in range(3)]
-    if clusters[2] <= max(clusters[0], clusters[1]):
-        # The known shortfall (module docstring): everything up to here must hold regardless.
-        pytest.xfail(f"planted unit {clusters[2]:.3f}, components {clusters[0]:.3f} and {clusters[1]:.3f}")
+    assert clusters[2] > max(clusters[0], clusters[1]), clusters
