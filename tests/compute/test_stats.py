@@ -91,3 +91,17 @@ def test_bulk_sketch_inserts_with_stale_thresholds_stay_exact(monkeypatch: pytes
     monkeypatch.setattr(stats, "PENDING_LIMIT", 7)  # flush after almost every batch, mid-warm-up
     acts, invalid = _data(7)
     _compare(_accumulate(acts, invalid, list(range(40)), 3), acts, invalid)
+
+
+def test_accumulators_work_in_and_out_of_inference_mode() -> None:
+    """Reused buffers made inside inference mode must still take writes outside it (and back)."""
+    from workers.compute import stats
+
+    stats._SCRATCH.clear()  # made afresh inside inference mode below
+    gen = torch.Generator().manual_seed(0)
+    acc = UnitAccumulator(6, k=2, samples=2, hist_stride=3, seed=0)
+    for i, mode in enumerate([True, False, True, False]):
+        with torch.inference_mode(mode):
+            acts = torch.randn(2, 5, 6, generator=gen)
+            acc.update(Batch(acts, torch.tensor([2 * i, 2 * i + 1]), torch.zeros(2, 5, dtype=torch.bool), 10 * i))
+    assert int(acc.state()["n_tokens"]) == 40

@@ -176,7 +176,8 @@ class UnitAccumulator:
         table (the layout where the scatter runs over units in parallel), folded into the
         unit-major ``hist`` when the state is read."""
         if self._hist_t is None:
-            self._hist_t = torch.zeros(N_HIST_BINS, self.n_units, dtype=torch.int64, device=x.device)
+            with torch.inference_mode(False):  # a normal tensor: updated in place in any mode
+                self._hist_t = torch.zeros(N_HIST_BINS, self.n_units, dtype=torch.int64, device=x.device)
         bins = hist_bins(x).long()  # [N, U]
         self._hist_t.scatter_add_(0, bins, self._ones.view(1, 1).expand_as(bins))
 
@@ -314,7 +315,8 @@ def _scratch(numel: int, device: torch.device) -> torch.Tensor:
     (they run one after another), grown as needed and never freed."""
     buffer = _SCRATCH.get(device)
     if buffer is None or buffer.numel() < numel:
-        buffer = _SCRATCH[device] = torch.empty(numel, device=device)
+        with torch.inference_mode(False):  # a normal tensor: written in any mode
+            buffer = _SCRATCH[device] = torch.empty(numel, device=device)
     return buffer[:numel]
 
 
