@@ -33,7 +33,7 @@ from workers.compute.sae import files
 from workers.pipeline.harvest import harvest_create, neuron_sources
 from workers.pipeline.models import model_register
 from workers.pipeline.saes import sae_sources
-from workers.pipeline.scores import RELATED, VERSION, WINDOW
+from workers.pipeline.scores import COMMON_WINDOWS, RELATED, VERSION, WINDOW, common_windows
 from workers.tasks import harvest_work
 
 pytestmark = pytest.mark.slow
@@ -128,6 +128,14 @@ def test_unit_scores_equal_brute_force(harvested: Run) -> None:
             assert words[concentration[unit].details["token"]] == best
 
 
+def _max_value(run: Run, unit: int, context: int) -> float:
+    values = set(Example.objects.filter(run=run, unit__source__name=HOOK, unit__index=unit, context_id=context,
+                                        kind__in=[Example.Kind.TOP, Example.Kind.INTERVAL])
+                 .values_list("max_value", flat=True))
+    assert len(values) == 1
+    return values.pop()
+
+
 def test_context_clusters_equal_recomputed_embeddings(harvested: Run) -> None:
     run = harvested
     _score(run)
@@ -138,10 +146,22 @@ def test_context_clusters_equal_recomputed_embeddings(harvested: Run) -> None:
     tokenizer = load_tokenizer(run.model.location, Path("/nonexistent"))
     embedder = SentenceEmbedder(Path("/nonexistent"))
     tokens = {pk: decode_tokens(bytes(t)) for pk, t in Context.objects.values_list("pk", "tokens")}
+
+    def window(ids: list[int], p: int) -> str:
+        return str(tokenizer.decode(ids[max(0, p - WINDOW): p + WINDOW + 1], skip_special_tokens=True)).strip()
+
+    # The common component: COMMON_WINDOWS windows of the corpus, the same on every call.
+    common_texts = common_windows(run, tokenizer)
+    assert len(common_texts) == COMMON_WINDOWS and common_texts == common_windows(run, tokenizer)
+    special = set(run.corpus.tokenizer.special_ids)
+    every = {window(ids, p) for ids in tokens.values() for p, t in enumerate(ids) if t not in special}
+    assert set(common_texts) <= every
+    common = embedder.embed(common_texts).mean(dim=0)
     for unit in eligible[:4]:
-        windows = [tokenizer.decode(tokens[c][max(0, p - WINDOW): p + WINDOW + 1], skip_special_tokens=True).strip()
-                   for c, p in examples[unit]]
-        want = scores.context_cluster_polysemanticity(embedder.embed(windows))
+        windows = [window(tokens[c], p) for c, p in examples[unit]]
+        # Each example counts by the unit's activation on it (its top and interval rows agree).
+        weights = torch.tensor([_max_value(run, unit, c) for c, _ in examples[unit]], dtype=torch.float64)
+        want = scores.context_cluster_polysemanticity(embedder.embed(windows), weights, common=common)
         assert clusters[unit].value == pytest.approx(want.score, abs=1e-6)
         assert clusters[unit].details["sizes"] == list(want.sizes)
     assert all(0.0 <= s.value <= 2.0 for s in clusters.values())
@@ -153,7 +173,13 @@ def test_comparisons_equal_brute_force(harvested: Run) -> None:
     acts, features, valid, context_ids = _activations(run)
     sae = files.read_dir(Path(run.model.location).parent / "sae")
     W_dec = sae.W_dec.detach()
-    x, y = acts[valid], features[valid]  # [T, 48], [T, 64]
+    # The harvest kept correlation sums over every corr_stride-th token of the corpus (contexts
+    # are numbered from 0 in order, so token t of context c is global token c * L + t).
+    stride = HarvestConfig.from_dict(run.config).corr_stride
+    assert stride > 1
+    C, L = valid.shape
+    counted = valid & (torch.arange(C * L).view(C, L) % stride == 0)
+    x, y = acts[counted], features[counted]  # [T, 48], [T, 64]
 
     r = torch.corrcoef(torch.cat([x, y], dim=1).T.double())[:48, 48:].nan_to_num(0.0)  # [48, 64]
     for table, matrix in ((_relations(HOOK, "correlation"), r), (_relations("feat", "correlation"), r.T)):
@@ -161,7 +187,7 @@ def test_comparisons_equal_brute_force(harvested: Run) -> None:
         for unit, kept in table.items():
             order = torch.sort(matrix[unit], descending=True, stable=True).indices[:RELATED].tolist()
             assert [o for o, _ in kept] == order
-            assert [v for _, v in kept] == pytest.approx(matrix[unit, order].tolist(), abs=1e-6)
+            assert [v for _, v in kept] == pytest.approx(matrix[unit, order].tolist(), abs=1e-5)
 
     row_of = {pk: i for i, pk in enumerate(context_ids)}
     fpn = _scores(HOOK, "features_per_neuron")
