@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.compute.correlation import FOLD_TOKENS, CorrelationAccumulator
+from workers.compute.correlation import FOLD_TOKENS, SPARSE_BELOW, CorrelationAccumulator
 
 
 def _pearson_brute_force(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -147,3 +147,22 @@ def test_harvest_pairs_each_sae_with_the_neurons_of_its_hook() -> None:
     assert correlation_pairs(runtimes, HarvestConfig(sources=sources, corr_stride=0), torch.device("cpu")) == []
     with pytest.raises(ValueError, match="correlation stride"):
         HarvestConfig(sources=sources, corr_stride=-1)
+
+
+def test_sparse_y_takes_the_sparse_path_and_agrees_with_dense() -> None:
+    """SAE-like y (a few non-zeros per row) in the float64 path: the non-zero-only cross sums equal
+    the dense product."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 7, generator=g)
+    y = torch.zeros(400, 300)
+    cols = torch.randint(0, 300, (400, 4), generator=g)
+    y.scatter_(1, cols, torch.rand(400, 4, generator=g) + 0.1)  # at most 4 of 300 per row: sparse
+    assert torch.count_nonzero(y) < SPARSE_BELOW * y.numel()
+    acc = CorrelationAccumulator(7, 300)
+    for start in range(0, 400, 100):
+        acc.update(x[start:start + 100], y[start:start + 100])
+    dense = x.double().T @ y.double()
+    assert torch.allclose(acc.sums()["sxy"], dense, rtol=1e-12, atol=1e-12)
+    expected = torch.corrcoef(torch.cat([x, y], dim=1).double().T)[:7, 7:]
+    varies = y.std(dim=0) > 0
+    assert torch.allclose(acc.correlation()[:, varies], expected[:, varies], atol=1e-9)

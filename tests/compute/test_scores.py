@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from workers.compute.scores import (
-    SPARSE_BELOW,
-    CorrelationAccumulator,
     context_cluster_polysemanticity,
     decoder_alignment,
     distinct_live_features,
@@ -244,69 +242,6 @@ def test_layer_superposition_counts_live_distinct_features_per_dimension() -> No
     assert layer_superposition(W_dec, torch.zeros(30, dtype=torch.bool)) == 0.0
 
 
-# ---------------------------------------------------------------- streaming correlation
-
-
-def _pearson_brute_force(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    full = torch.corrcoef(torch.cat([x, y], dim=1).T.to(torch.float64))  # [(n_x + n_y), (n_x + n_y)]
-    return torch.nan_to_num(full[: x.shape[1], x.shape[1] :], nan=0.0)
-
-
-def _activations(seed: int, T: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.relu(torch.randn(T, 9, generator=gen) * 2 - 1)  # sparse, ReLU-like features
-    x = y @ torch.randn(9, 5, generator=gen) + 0.3 * torch.randn(T, 5, generator=gen) + 4.0  # offset means
-    y[:, 7] = 0.0  # a dead feature
-    return x.float(), y.float()
-
-
-def test_streaming_correlation_equals_corrcoef() -> None:
-    x, y = _activations(7)
-    acc = CorrelationAccumulator(5, 9)
-    for start in range(0, len(x), 64):
-        acc.update(x[start : start + 64], y[start : start + 64])
-    r = acc.correlation()
-    assert torch.allclose(r, _pearson_brute_force(x, y), atol=1e-10)
-    assert (r[:, 7] == 0).all()
-
-
-def test_correlation_shards_merge_to_the_whole() -> None:
-    x, y = _activations(8)
-    whole = CorrelationAccumulator(5, 9)
-    whole.update(x, y)
-    first, second = CorrelationAccumulator(5, 9), CorrelationAccumulator(5, 9)
-    first.update(x[:250], y[:250])
-    second.update(x[250:], y[250:])
-    second = CorrelationAccumulator.from_state({k: v.clone() for k, v in second.state().items()})
-    first.merge(second)
-    assert first.n == whole.n
-    for k, v in whole.state().items():
-        assert torch.allclose(first.state()[k], v, rtol=1e-12, atol=0), k
-    assert torch.allclose(first.correlation(), whole.correlation(), atol=1e-12)
-
-
-def test_correlation_top_k_per_row() -> None:
-    x, y = _activations(9)
-    acc = CorrelationAccumulator(5, 9)
-    acc.update(x, y)
-    r = _pearson_brute_force(x, y)
-    for by_abs in (False, True):
-        values, indices = acc.top_k(3, by_abs=by_abs)
-        key = r.abs() if by_abs else r
-        for row in range(5):
-            want = sorted(range(9), key=lambda j: (-float(key[row, j]), j))[:3]
-            assert indices[row].tolist() == want
-            assert torch.allclose(values[row], r[row, want], atol=1e-10)
-
-
-def test_correlation_rejects_mismatched_shapes() -> None:
-    acc = CorrelationAccumulator(2, 3)
-    with pytest.raises(ValueError):
-        acc.update(torch.zeros(4, 2), torch.zeros(5, 3))
-    with pytest.raises(ValueError):
-        acc.merge(CorrelationAccumulator(3, 3))
-
-
 # ---------------------------------------------------------------- ground truth from a toy model
 
 
@@ -337,21 +272,3 @@ def test_features_per_neuron_recovers_a_toy_models_true_features() -> None:
         assert len(neuron_features(W)[k]) - 1.5 <= score <= len(neuron_features(W)[k]) + 0.5
         polysemantic += score > 2
     assert polysemantic >= 3  # sparse inputs: most neurons carry several features
-
-
-def test_sparse_features_take_the_sparse_path_and_agree_with_dense() -> None:
-    """SAE-like y (a few non-zeros per row): the non-zero-only cross sums equal the dense product."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(400, 7, generator=g)
-    y = torch.zeros(400, 300)
-    cols = torch.randint(0, 300, (400, 4), generator=g)
-    y.scatter_(1, cols, torch.rand(400, 4, generator=g) + 0.1)  # at most 4 of 300 per row: sparse
-    assert torch.count_nonzero(y) < SPARSE_BELOW * y.numel()
-    acc = CorrelationAccumulator(7, 300)
-    for start in range(0, 400, 100):
-        acc.update(x[start:start + 100], y[start:start + 100])
-    dense = x.double().T @ y.double()
-    assert torch.allclose(acc.sxy, dense, rtol=1e-12, atol=1e-12)
-    expected = torch.corrcoef(torch.cat([x, y], dim=1).double().T)[:7, 7:]
-    varies = y.std(dim=0) > 0
-    assert torch.allclose(acc.correlation()[:, varies], expected[:, varies], atol=1e-9)

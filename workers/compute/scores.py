@@ -6,7 +6,6 @@ against a brute force or against the ground truth of a toy model of superpositio
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -249,98 +248,3 @@ def layer_superposition(W_dec: torch.Tensor, live: torch.Tensor, *, threshold: f
     Above 1 means the layer stores more features than it has dimensions.
     """
     return int(distinct_live_features(W_dec, live, threshold=threshold).sum()) / W_dec.shape[1]
-
-
-# ---------------------------------------------------------------- streaming correlation
-
-
-# Below this share of non-zero entries in y (SAE features: k of d_sae), the cross sums are
-# computed from y's non-zeros only: T*k*n_x multiply-adds instead of T*n_y*n_x.
-SPARSE_BELOW = 0.05
-
-
-def _cross(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x.T @ y ([n_x, n_y]) for float64 x [T, n_x], y [T, n_y]."""
-    if y.numel() and int(torch.count_nonzero(y)) < SPARSE_BELOW * y.numel():
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product is exact
-            warnings.simplefilter("ignore", UserWarning)
-            sparse = y.T.contiguous().to_sparse_csr()  # [n_y, T]
-            return (sparse @ x).T  # [n_y, T] @ [T, n_x] -> [n_x, n_y]
-    return x.T @ y  # [n_x, T] @ [T, n_y]
-
-
-class CorrelationAccumulator:
-    """Pearson correlation between every x (neuron) and every y (feature), from running sums.
-
-    Keeps n, sum x, sum y, sum x^2, sum y^2 and sum xy ([n_x, n_y]) in float64; shards merge by
-    adding their sums, which agrees with one pass up to float64 rounding (the inputs are float32,
-    so each product is exact in float64).
-    """
-
-    def __init__(self, n_x: int, n_y: int) -> None:
-        self.n = 0
-        self.sx = torch.zeros(n_x, dtype=torch.float64)
-        self.sy = torch.zeros(n_y, dtype=torch.float64)
-        self.sxx = torch.zeros(n_x, dtype=torch.float64)
-        self.syy = torch.zeros(n_y, dtype=torch.float64)
-        self.sxy = torch.zeros(n_x, n_y, dtype=torch.float64)
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add T rows: x [T, n_x], y [T, n_y] (same tokens)."""
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x and y need the same rows (got {x.shape[0]} and {y.shape[0]})")
-        x, y = x.to(torch.float64), y.to(torch.float64)
-        self.n += x.shape[0]
-        self.sx += x.sum(dim=0)
-        self.sy += y.sum(dim=0)
-        self.sxx += (x * x).sum(dim=0)
-        self.syy += (y * y).sum(dim=0)
-        self.sxy += _cross(x, y)
-
-
-    def merge(self, other: CorrelationAccumulator) -> None:
-        """Add another shard's sums to these."""
-        if self.sxy.shape != other.sxy.shape:
-            raise ValueError(f"cannot merge {tuple(other.sxy.shape)} sums into {tuple(self.sxy.shape)}")
-        self.n += other.n
-        for name in ("sx", "sy", "sxx", "syy", "sxy"):
-            getattr(self, name).add_(getattr(other, name))
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """The sums as tensors (for a safetensors blob)."""
-        return {"n": torch.tensor([self.n], dtype=torch.int64), "sx": self.sx, "sy": self.sy,
-                "sxx": self.sxx, "syy": self.syy, "sxy": self.sxy}
-
-    @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor]) -> CorrelationAccumulator:
-        acc = cls(len(state["sx"]), len(state["sy"]))
-        acc.n = int(state["n"][0])
-        for name in ("sx", "sy", "sxx", "syy", "sxy"):
-            setattr(acc, name, state[name].to(torch.float64).clone())
-        return acc
-
-    def correlation(self) -> torch.Tensor:
-        """[n_x, n_y] Pearson r; 0 where x or y is constant (or no rows were seen)."""
-        n = max(self.n, 1)
-        cov = self.sxy - torch.outer(self.sx, self.sy) / n
-        var_x = (self.sxx - self.sx**2 / n).clamp_min(0.0)
-        var_y = (self.syy - self.sy**2 / n).clamp_min(0.0)
-        denom = torch.outer(var_x, var_y).sqrt()
-        # A relative floor: a variance that is float64 rounding of a constant must count as zero.
-        floor_x = 1e-12 * self.sxx.clamp_min(1e-300)
-        floor_y = 1e-12 * self.syy.clamp_min(1e-300)
-        ok = (var_x > floor_x)[:, None] & (var_y > floor_y)[None, :]
-        return torch.where(ok, cov / denom.clamp_min(1e-300), torch.zeros((), dtype=torch.float64)).clamp(-1.0, 1.0)
-
-    def top_k(self, k: int, *, by_abs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's k most correlated columns: (r [n_x, k], column indices [n_x, k]).
-
-        Ordered by r (or |r| with ``by_abs``), highest first; ties go to the lower index.
-        """
-        r = self.correlation()
-        key = r.abs() if by_abs else r
-        k = min(k, r.shape[1])
-        # A stable descending sort gives lower indices first on ties; topk does not promise that.
-        order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
-        return r.gather(1, order), order
-
