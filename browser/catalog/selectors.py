@@ -30,7 +30,8 @@ SCORE_HELP = {
     "density": "fraction of tokens where the unit fires above zero",
     "top_token_concentration": "share of top examples whose max token is the same string (1 = one token)",
     "context_cluster_polysemanticity": ("1 - cosine of the two 2-means centres of its example windows' MiniLM "
-                                        "embeddings (high = several meanings)"),
+                                        "embeddings, less the corpus's mean window, weighted by activation "
+                                        "(high = several meanings; compare units on one corpus)"),
     "features_per_neuron": ("effective number (exp entropy) of SAE features carrying the neuron on its interval "
                             "and random examples"),
     "neurons_per_feature": "effective number of neurons the feature's decoder direction is spread over",
