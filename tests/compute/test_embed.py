@@ -30,3 +30,15 @@ def test_minilm_embeddings_rank_a_fitting_label_first(tmp_path: Path) -> None:
     silent = ["add two cups of flour", "the train leaves at noon", "rain is expected tomorrow"]
     assert label_auc(embedder, "royalty: kings and queens", firing, silent) == 1.0
     assert label_auc(embedder, "cooking and weather", firing, silent) < 0.5
+
+
+@pytest.mark.slow
+def test_embeddings_keep_the_input_order_whatever_the_batching(tmp_path: Path) -> None:
+    """Texts are embedded sorted by length; each vector still lands at its text's position and
+    equals the text embedded alone."""
+    embedder = SentenceEmbedder(tmp_path)
+    texts = ["a much longer sentence about the king and his horses in the rain", "short", "a medium one",
+             "x", "another fairly long sentence, about bread and flour and ovens"]
+    together = embedder.embed(texts, batch_size=2)
+    for i, text in enumerate(texts):
+        assert torch.allclose(together[i], embedder.embed([text])[0], atol=1e-5), text

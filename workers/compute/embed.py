@@ -23,16 +23,26 @@ class SentenceEmbedder:
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """[N, d] unit vectors, on the CPU."""
+        """[N, d] unit vectors, on the CPU, in the order of ``texts``.
+
+        Texts go through the model sorted by length, so a batch pads little (padding is masked
+        out, so each vector is the same whatever its batch holds, up to float rounding).
+        """
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = []
-        for start in range(0, len(texts), batch_size):
-            enc = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                                 max_length=MAX_TOKENS, return_tensors="pt").to(self.device)
+        for start in range(0, len(order), batch_size):
+            chunk = [texts[i] for i in order[start:start + batch_size]]
+            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=MAX_TOKENS,
+                                 return_tensors="pt").to(self.device)
             hidden = self.model(**enc).last_hidden_state  # [B, T, d]
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, self.model.config.hidden_size)
+        if not out:
+            return torch.empty(0, self.model.config.hidden_size)
+        vectors = torch.empty(len(texts), out[0].shape[1])
+        vectors[torch.tensor(order)] = torch.cat(out)
+        return vectors
 
 
 def ranking_auc(positive: torch.Tensor, negative: torch.Tensor) -> float:

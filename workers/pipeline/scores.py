@@ -108,9 +108,10 @@ def scores_compute(*, run_id: int, progress: Progress) -> dict[str, int]:
     examples = {s.pk: _examples(run, s) for s in sources}
     results = {s.pk: SourceScores(s, dict(Unit.objects.filter(source=s).values_list("index", "pk")))
                for s in sources}
+    windows = Windows(run)
     for i, source in enumerate(sources):
         progress(i, len(sources), f"unit scores of {source.name}")
-        _unit_scores(run, results[source.pk], examples[source.pk])
+        _unit_scores(run, results[source.pk], examples[source.pk], windows)
     if run.model.kind == Model.Kind.TOY:
         for source in sources:
             _toy_features_per_neuron(run, results[source.pk], examples[source.pk])
@@ -139,7 +140,7 @@ def _context_tokens(context_ids: set[int]) -> dict[int, list[int]]:
 
 
 # ---- per-unit scores ---------------------------------------------------------------------------
-def _unit_scores(run: Run, result: SourceScores, examples: UnitExamples) -> None:
+def _unit_scores(run: Run, result: SourceScores, examples: UnitExamples, windows: Windows) -> None:
     source = result.source
     for pk_index, density, fire in _density_rows(run, result):
         result.rows.append((pk_index, DENSITY, density, {"fire_count": fire}))
@@ -154,7 +155,7 @@ def _unit_scores(run: Run, result: SourceScores, examples: UnitExamples) -> None
         if top:
             result.rows.append((unit, CONCENTRATION, share, {"token": token, "examples": len(top)}))
     if run.model.kind != Model.Kind.TOY:
-        _cluster_scores(run, source, result, examples, tokens)
+        _cluster_scores(run, source, result, examples, tokens, windows)
 
 
 def _density_rows(run: Run, result: SourceScores) -> Iterator[tuple[int, float, int]]:
@@ -178,20 +179,58 @@ def window_text(tokenizer: Any, ids: list[int], pos: int) -> str:
     return str(tokenizer.decode(ids[max(0, pos - WINDOW): pos + WINDOW + 1], skip_special_tokens=True)).strip()
 
 
-def _cluster_scores(run: Run, source: Source, result: SourceScores, examples: UnitExamples,
-                    tokens: dict[int, list[int]]) -> None:
-    from workers.compute.embed import SentenceEmbedder
+class Windows:
+    """MiniLM embeddings of example windows for one job, each (context, position) embedded once
+    however many units and sources share it, and the corpus's common component."""
 
-    tokenizer = loading.load_tokenizer(run.model.location, Path(settings.CACHE_DIR))
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._tokenizer: Any = None
+        self._embedder: Any = None
+        self._rows: dict[tuple[int, int], int] = {}
+        self._vectors: list[torch.Tensor] = []
+        self._common: torch.Tensor | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The run's model's tokenizer (loaded on first use: toy models have none)."""
+        if self._tokenizer is None:
+            self._tokenizer = loading.load_tokenizer(self.run.model.location, Path(settings.CACHE_DIR))
+        return self._tokenizer
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        if self._embedder is None:
+            from workers.compute.embed import SentenceEmbedder
+
+            self._embedder = SentenceEmbedder(Path(settings.CACHE_DIR), _device())
+        return self._embedder.embed(texts)
+
+    def vectors(self, keys: list[tuple[int, int]], tokens: dict[int, list[int]]) -> torch.Tensor:
+        """[N, d] embeddings of the windows around (context id, position) ``keys``."""
+        new = sorted({k for k in keys if k not in self._rows})
+        if new:
+            self._vectors.append(self._embed([window_text(self.tokenizer, tokens[c], p) for c, p in new]))
+            base = sum(len(v) for v in self._vectors[:-1])
+            self._rows.update({k: base + i for i, k in enumerate(new)})
+            self._vectors = [torch.cat(self._vectors)]
+        return self._vectors[0][[self._rows[k] for k in keys]]
+
+    def common(self) -> torch.Tensor | None:
+        if self._common is None:
+            windows = common_windows(self.run, self.tokenizer)
+            self._common = self._embed(windows).mean(dim=0) if windows else None
+        return self._common
+
+
+def _cluster_scores(run: Run, source: Source, result: SourceScores, examples: UnitExamples,
+                    tokens: dict[int, list[int]], windows: Windows) -> None:
     chosen = {u: _cluster_examples(examples, u) for u in examples.by_unit}
     chosen = {u: cp for u, cp in chosen.items() if len(cp[0]) >= MIN_CLUSTER_EXAMPLES}
     keys = sorted({(c, p) for cs, ps in chosen.values() for c, p in zip(cs, ps, strict=True)})
     if not keys:
         return
-    embedder = SentenceEmbedder(Path(settings.CACHE_DIR), _device())
-    vectors = embedder.embed([window_text(tokenizer, tokens[c], p) for c, p in keys])
-    windows = common_windows(run, tokenizer)
-    common = embedder.embed(windows).mean(dim=0) if windows else None
+    vectors = windows.vectors(keys, tokens)
+    common = windows.common()
     row = {key: i for i, key in enumerate(keys)}
     weight = _max_values(run, [result.units[u] for u in chosen])
     for unit, (cs, ps) in sorted(chosen.items()):
