@@ -56,6 +56,11 @@ def units_set_browse_fields(*, run: Run, rows: Iterable[tuple[int, str, dict[str
     copy_rows("unit_browse", ["unit_id", "top_token", "logit_effects"], ["int8", "text", "text"],
               ((unit_id, token[:100], json.dumps(effects)) for unit_id, token, effects in rows))
     with connection.cursor() as cursor:
+        # Lock the units first (in id order, as every other multi-unit writer), so the UPDATE's
+        # snapshot of the labels comes after any label write on them committed (see
+        # labels.services.unit_refresh_labels).
+        cursor.execute("SELECT u.id FROM catalog_unit u JOIN unit_browse b ON b.unit_id = u.id "
+                       "ORDER BY u.id FOR UPDATE OF u")
         cursor.execute(
             """
             UPDATE catalog_unit u

@@ -68,8 +68,15 @@ def _snapshot(label: Label) -> dict[str, Any]:
 
 
 def unit_refresh_labels(unit_id: int) -> None:
-    """Label count and the full-text search vector (top token + every label) of one unit."""
+    """Label count and the full-text search vector (top token + every label) of one unit.
+
+    The unit row is locked first, in its own statement: the UPDATE then reads the labels with a
+    snapshot taken after any other writer of this unit committed. (A single UPDATE that waits for
+    the row lock re-checks the row but aggregates the labels as of its start, so two concurrent
+    label writes, or a finalize and a label write, could each leave out the other's text.)
+    """
     with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM catalog_unit WHERE id = %s FOR UPDATE", [unit_id])
         cursor.execute(
             """
             UPDATE catalog_unit u
@@ -180,6 +187,10 @@ def labels_import(*, rows: Iterable[Mapping[str, Any]], user: Any, dry_run: bool
     if report.errors or dry_run:
         return report
     with transaction.atomic():
+        # Every unit locked up front in id order, as a finalize locks them: two multi-unit
+        # writers then wait for each other instead of deadlocking.
+        list(Unit.objects.select_for_update().filter(pk__in={u.pk for u, _ in clean}).order_by("pk")
+             .values_list("pk", flat=True))
         for unit, (text, tags, confidence) in clean:
             existed = Label.objects.filter(unit=unit, author=user).exists()
             label_save(unit=unit, user=user, text=text, tags=tags, confidence=confidence)
