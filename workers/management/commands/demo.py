@@ -13,9 +13,10 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from browser.catalog.models import Sae
+from browser.catalog.models import Sae, Score
 from browser.core import embedded
 from browser.corpora.models import Corpus
+from browser.runs.models import Run
 
 FIXTURE_CORPUS = Path(settings.BASE_DIR) / "fixtures" / "shakespeare-small.jsonl"
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
@@ -80,18 +81,33 @@ class Command(BaseCommand):
             call_command("import_corpus", str(FIXTURE_CORPUS), name="demo", tokenizer="minilm-l6")
         else:
             self.stdout.write("Corpus 'demo' is already imported.\n")
-        call_command("harvest", model="minilm-l6", corpus="demo", hooks="blocks.*.mlp.hook_post", k=32, wait=True)
         self._sae()
+        # One run for the neurons and the SAE's features: the harvest then keeps the correlation
+        # sums between the features and layer 3's neurons, which the score job turns into the
+        # comparison tables.
+        call_command("harvest", model="minilm-l6", corpus="demo", hooks="blocks.*.mlp.hook_post", saes=DEMO_SAE,
+                     k=32, wait=True)
+        self._score()
 
     def _sae(self) -> None:
         """A small TopK SAE on layer 3's neurons (400 steps of 512 tokens: about 40 s on 2 idle CPU cores,
-        held-out FVU about 0.35), then a harvest of its features (about 15 s)."""
+        held-out FVU about 0.35)."""
         if not Sae.objects.filter(source__model__name="minilm-l6", source__name=DEMO_SAE).exists():
             call_command("train_sae", model="minilm-l6", corpus="demo", hook="blocks.3.mlp.hook_post", name=DEMO_SAE,
                          width=2048, k=32, steps=400, batch_tokens=512, buffer_tokens=8192, reuse=4, wait=True)
         else:
             self.stdout.write(f"SAE {DEMO_SAE!r} is already trained.\n")
-        call_command("harvest", model="minilm-l6", corpus="demo", hooks="none", saes=DEMO_SAE, k=32, wait=True)
+
+    def _score(self) -> None:
+        """Every unit's scores and the neuron-feature comparisons (a few minutes on 2 CPU cores)."""
+        run = (Run.objects.filter(model__name="minilm-l6", corpus__name="demo", status=Run.Status.DONE,
+                                  sources__name=DEMO_SAE).order_by("-pk").first())
+        if run is None:
+            self.stdout.write("No finished demo run to score.\n")
+        elif Score.objects.filter(run=run).exists():
+            self.stdout.write(f"Run #{run.pk} is already scored.\n")
+        else:
+            call_command("score", run=run.pk, wait=True)
 
     def _stop(self, children: list[subprocess.Popen[bytes]]) -> None:
         for child in children:
