@@ -3,7 +3,6 @@ and the harvest of the neurons plus a 16,384-feature SAE against a bare forward 
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from django.conf import settings
 
 from fixtures.tiny_sae import random_sae
+from workers.bench import timing
 from workers.bench.harvest import CONTEXT_LENGTH, MODEL, make_batches
 from workers.compute import hooks, loading
 from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass
@@ -82,55 +82,44 @@ def bench_training(model: Any, arch: hooks.Architecture, opts: dict[str, Any], l
             "held_out_tokens": int(q["tokens"])}
 
 
-def _timed(run: Callable[[], None]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the
-    steadier measure of the work done."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    run()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def forward_encode_pass(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder,
-                        batches: list[TokenBatch]) -> tuple[float, float]:
-    """The same model, batches and stop layer, with a hook that only encodes."""
+def forward_encoder(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder) -> Callable[[TokenBatch], None]:
+    """The same model, batch and stop layer, with a hook that only encodes."""
     def encode_only(hook: str, acts: torch.Tensor) -> None:
         sae.encode(acts)
 
-    def run() -> None:
+    def run(batch: TokenBatch) -> None:
         with hooks.capture(model, arch, [HOOK], N_LAYERS, encode_only):
-            for batch in batches:
-                hooks.forward(model, batch.ids, batch.attention_mask)
+            hooks.forward(model, batch.ids, batch.attention_mask)
 
-    return _timed(run)
+    return run
 
 
-def harvest_with_sae(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder,
-                     batches: list[TokenBatch]) -> tuple[float, float]:
+def sae_harvester(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder) -> Callable[[TokenBatch], None]:
+    """Harvests one batch at a time (the layer's neurons and the SAE's latents) into accumulators
+    that live across the calls, as in a run."""
     runtimes = [SourceRuntime(HOOK, HOOK, D_MLP, 0),
                 SourceRuntime("sae", HOOK, sae.cfg.d_sae, 1 << 21, sae.encode, sparse=True)]
     accumulators = {rt.name: (SparseUnitAccumulator if rt.sparse else UnitAccumulator)(
         rt.n_units, k=32, samples=6, hist_stride=7, seed=0, unit_offset=rt.unit_offset) for rt in runtimes}
-    return _timed(lambda: harvest_pass(model, arch, N_LAYERS, runtimes, accumulators, batches, CONTEXT_LENGTH))
+    return lambda batch: harvest_pass(model, arch, N_LAYERS, runtimes, accumulators, [batch], CONTEXT_LENGTH)
 
 
 def bench_harvest(model: Any, arch: hooks.Architecture, opts: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Per batch, side by side (timing.paired): a forward pass that only encodes, and the harvest."""
     sae = random_sae(D_MLP, opts["harvest_width"], architecture="topk", k=32, seed=0, hook_name=HOOK)
     batches = make_batches(opts["harvest_tokens"])
     n = sum(int(b.attention_mask.sum()) for b in batches)
-    forward_encode_pass(model, arch, sae, batches[:1])  # warm up
-    bare, harvest = [], []
-    for r in range(opts["rounds"]):  # interleaved, so both see the same machine
-        bare.append(forward_encode_pass(model, arch, sae, batches))
-        harvest.append(harvest_with_sae(model, arch, sae, batches))
-        log.write(f"round {r + 1}: forward+encode {n / bare[-1][0]:.0f} tok/s, harvest {n / harvest[-1][0]:.0f} tok/s "
-                  f"(CPU time {bare[-1][1]:.1f} s vs {harvest[-1][1]:.1f} s)\n")
-    per_round = [b[0] / h[0] for b, h in zip(bare, harvest, strict=True)]
+    forward_encoder(model, arch, sae)(batches[0])  # warm up
+    results = []
+    for r in range(opts["rounds"]):
+        results.append(timing.paired(batches, forward_encoder(model, arch, sae), sae_harvester(model, arch, sae)))
+        log.write(f"round {r + 1}: forward+encode {n / results[-1].a_wall:.0f} tok/s, harvest "
+                  f"{n / results[-1].b_wall:.0f} tok/s, ratio {results[-1].ratio:.3f}\n")
+    measured = timing.Rounds(results)
+    forward_tps, harvest_tps = measured.tokens_per_s(n)
     return {"harvest_width": opts["harvest_width"], "harvest_tokens": n,
-            "forward_encode_tokens_per_s": round(n / min(b[0] for b in bare), 1),
-            "harvest_tokens_per_s": round(n / min(h[0] for h in harvest), 1),
-            # The median of the rounds' ratios: each round times both passes back to back, so a
-            # burst of load from other processes spoils one round, not the figure.
-            "harvest_vs_forward_encode": round(statistics.median(per_round), 3),
-            "harvest_vs_forward_encode_per_round": [round(r, 3) for r in per_round],
-            "harvest_vs_forward_encode_cpu": round(statistics.median(b[1] / h[1] for b, h in zip(bare, harvest,
-                                                                                                  strict=True)), 3)}
+            "forward_encode_tokens_per_s": round(forward_tps, 1), "harvest_tokens_per_s": round(harvest_tps, 1),
+            # The median of the rounds' ratios, each from batches timed side by side.
+            "harvest_vs_forward_encode": round(measured.ratio, 3),
+            "harvest_vs_forward_encode_per_round": measured.per_round(),
+            "harvest_vs_forward_encode_cpu": round(measured.cpu_ratio, 3)}
