@@ -8,7 +8,7 @@ server releases by itself when the holder's connection dies (a killed worker, a 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from browser.accounts import access
 from browser.core.blobs import blob_delete, blob_write
+from browser.core.models import Blob
 from browser.runs.models import Job, Run, Shard
 
 LOG_TAIL_CHARS = 20_000
@@ -177,10 +178,13 @@ def shard_heartbeat(*, shard: Shard, contexts_done: int) -> bool:
     return updated == 1
 
 
-def shard_complete(*, shard: Shard, partial: bytes) -> bool:
+def shard_complete(*, shard: Shard, partial: bytes, on_complete: Callable[[], None] | None = None) -> bool:
     """Store the shard's partial result and mark it done; True when every shard of the run is.
 
     The run row is locked so that exactly one completing shard sees the run finished.
+    ``on_complete`` runs in the same transaction, under that lock, once the shard is known to be
+    this worker's to complete (so it runs once per shard: if it raises, the shard stays claimed
+    and is redone).
     """
     with transaction.atomic():
         Run.objects.select_for_update().get(pk=shard.run_id)
@@ -192,7 +196,14 @@ def shard_complete(*, shard: Shard, partial: bytes) -> bool:
         if updated != 1:
             transaction.set_rollback(True)
             return False
+        if on_complete is not None:
+            on_complete()
         return not Shard.objects.filter(run_id=shard.run_id).exclude(status=Shard.Status.DONE).exists()
+
+
+def run_blob_key(run_id: int, name: str) -> str:
+    """The key of a run-level blob (deleted with the run)."""
+    return f"run-{run_id}-{name}"
 
 
 def run_progress(*, run: Run) -> int:
@@ -269,6 +280,8 @@ def run_delete(*, run: Run) -> None:
     """Delete a run with its shards, results and the shards' partial blobs (which a plain
     cascade would leave behind: shards point at blobs, not the other way round)."""
     ids = [i for i in Shard.objects.filter(run=run).values_list("partial_id", flat=True) if i]
+    ids += list(Blob.objects.filter(key__startswith=run_blob_key(run.pk, "")).exclude(
+        key__startswith=f"run-{run.pk}-shard-").values_list("pk", flat=True))
     with transaction.atomic():
         run.delete()
         blob_delete(blob_ids=ids)

@@ -16,6 +16,7 @@ from django.core.management.base import CommandError
 from django.db.models import Count
 
 from browser.catalog.models import Sae, Score, Source, UnitRelation
+from browser.core.models import Blob
 from browser.corpora.models import Context, Corpus
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
@@ -53,7 +54,7 @@ def harvested(db: None, tmp_path: Path) -> Run:
     files.write_dir(random_sae(48, 64, architecture="topk", k=8, seed=5, hook_name=HOOK), tmp_path / "sae")
     call_command("import_sae", str(tmp_path / "sae"), model="tiny", name="feat", stdout=io.StringIO())
     config = HarvestConfig(sources=neuron_sources([HOOK]) + sae_sources(tiny, ["feat"]), k=8,
-                           samples_per_interval=3, n_intervals=4, hist_stride=3, batch_size=8)
+                           samples_per_interval=3, n_intervals=4, hist_stride=3, batch_size=8, shard_contexts=8)
     run, _ = harvest_create(model=tiny, corpus=Corpus.objects.get(name="lines"), config=config)
     run_here(harvest_work, run.job, io.StringIO())  # type: ignore[arg-type]
     run.refresh_from_db()
@@ -177,6 +178,9 @@ def test_comparisons_equal_brute_force(harvested: Run) -> None:
     # are numbered from 0 in order, so token t of context c is global token c * L + t).
     stride = HarvestConfig.from_dict(run.config).corr_stride
     assert stride > 1
+    # Several shards, their sums merged into the run's one correlation blob as each completed.
+    assert run.n_shards >= 3, run.n_shards
+    assert Blob.objects.filter(key=f"run-{run.pk}-correlation").count() == 1
     C, L = valid.shape
     counted = valid & (torch.arange(C * L).view(C, L) % stride == 0)
     x, y = acts[counted], features[counted]  # [T, 48], [T, 64]
@@ -249,3 +253,11 @@ def test_refuses_unknown_and_unfinished_runs(harvested: Run) -> None:
     with pytest.raises(CommandError, match="not done"):
         call_command("score", run=harvested.pk, inline=True, stdout=io.StringIO())
     assert not Score.objects.exists()
+
+
+def test_deleting_a_run_deletes_its_correlation_blob(harvested: Run) -> None:
+    from browser.runs.services import run_delete
+
+    assert Blob.objects.filter(key=f"run-{harvested.pk}-correlation").exists()
+    run_delete(run=harvested)
+    assert not Blob.objects.filter(key__startswith=f"run-{harvested.pk}-").exists()

@@ -143,13 +143,22 @@ class CorrelationAccumulator:
         return acc
 
     def merge(self, other: CorrelationAccumulator) -> None:
-        """Add another shard's sums to these (as plain float64 sums)."""
+        """Add another shard's sums to these: added as plain float64 sums, then centred again on
+        this accumulator's shift (so ``state()`` stays small, centred values)."""
         if (self.n_x, self.n_y) != (other.n_x, other.n_y):
             raise ValueError(f"cannot merge {other.n_x}x{other.n_y} sums into {self.n_x}x{self.n_y}")
         mine, theirs = self.sums(), other.sums()
-        merged = {name: mine[name] + theirs[name] for name in _FIELDS}
-        merged["n"] = mine["n"] + theirs["n"]
-        self.__dict__.update(self.from_state(merged).__dict__)
+        n = int(mine["n"][0] + theirs["n"][0])
+        sx, sxx = mine["sx"] + theirs["sx"], mine["sxx"] + theirs["sxx"]
+        sy, syy = mine["sy"] + theirs["sy"], mine["syy"] + theirs["syy"]
+        syx = (mine["sxy"] + theirs["sxy"]).T.contiguous()
+        a = (self.shift if self.shift is not None else other.shift if other.shift is not None
+             else torch.zeros(self.n_x, dtype=torch.float64)).cpu()
+        self.n, self.shift = n, a
+        self.sx, self.sxx = sx - n * a, sxx - 2 * a * sx + n * a * a
+        self.sy, self.syy = sy, syy
+        self.syx = syx - torch.outer(sy, a)
+        self._buffer, self._buffered = None, 0
 
     # ---- results -----------------------------------------------------------------------------
     def correlation(self) -> torch.Tensor:

@@ -7,6 +7,7 @@ per-token values, and writes units, statistics and examples with COPY in one tra
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -27,7 +28,8 @@ from safetensors.torch import save as st_save
 
 from browser.catalog.models import Model, Source, Unit
 from browser.catalog.services import source_get_or_create, units_ensure
-from browser.core.blobs import blob_read
+from browser.core.blobs import blob_delete, blob_read, blob_write
+from browser.core.models import Blob
 from browser.corpora.models import Context, Corpus
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example
@@ -42,6 +44,7 @@ from browser.runs.services import (
     job_finish,
     job_log,
     job_start,
+    run_blob_key,
     run_claim_finalize,
     run_delete,
     run_lock,
@@ -222,11 +225,13 @@ def _claim_loop(run: Run, config: HarvestConfig, watcher: bool, on_all_done: Cal
         if shard is not None:
             loaded = loaded or load_for_run(run, config)
             _note(run, f"{worker_name()} took shard {shard.index} (attempt {shard.attempts})")
-            partial = _process_shard(run, shard, config, loaded, progress)
-            if partial is None:
+            result = _process_shard(run, shard, config, loaded, progress)
+            if result is None:
                 continue  # the claim was lost to another worker: its result will count, not ours
+            partial, correlations = result
             done += 1
-            all_done = shard_complete(shard=shard, partial=partial)
+            all_done = shard_complete(shard=shard, partial=partial,
+                                      on_complete=functools.partial(_merge_correlations, run.pk, correlations))
             run_progress(run=run)
             if all_done:
                 on_all_done(run.pk)
@@ -259,8 +264,10 @@ def _note(run: Run, line: str) -> None:
         job_log(job_id=run.job_id, line=line)
 
 
-def _process_shard(run: Run, shard: Shard, config: HarvestConfig, loaded: Loaded,
-                   progress: Callable[..., None] | None) -> bytes | None:
+def _process_shard(run: Run, shard: Shard, config: HarvestConfig, loaded: Loaded, progress: Callable[..., None] | None
+                   ) -> tuple[bytes, dict[str, dict[str, torch.Tensor]]] | None:
+    """(the accumulators' partial state, the correlation sums' states by pair prefix), or None
+    when the claim was lost."""
     accumulators = {rt.name: _accumulator(rt, config, loaded) for rt in loaded.runtimes}
     indices = list(range(shard.start, shard.end))
     counter = {"contexts": 0, "beat": time.monotonic()}
@@ -286,15 +293,13 @@ def _process_shard(run: Run, shard: Shard, config: HarvestConfig, loaded: Loaded
         _note(run, f"{worker_name()} lost its claim on shard {shard.index} (its lease expired)")
         return None
     tensors = {f"{name}/{key}": t for name, acc in accumulators.items() for key, t in acc.state().items()}
-    for pair in correlations:
-        tensors.update({f"{_corr_prefix(pair.neurons, pair.features)}/{key}": t
-                        for key, t in pair.accumulator.state().items()})
-    return st_save(tensors)
+    return st_save(tensors), {_corr_prefix(p.neurons, p.features): p.accumulator.state() for p in correlations}
 
 
 CORR_PREFIX = "correlation:"
-"""Partial tensors of correlation sums are named ``correlation:NEURONS|FEATURES/field`` (no source
-is named so: source names are hook names or SAE names, which have no ``|``)."""
+"""Tensors of correlation sums are named ``correlation:NEURONS|FEATURES/field`` in the run's
+correlation blob."""
+CORR_BLOB = "correlation"
 
 
 def _corr_prefix(neurons: str, features: str) -> str:
@@ -312,24 +317,36 @@ def correlation_pairs(runtimes: list[SourceRuntime], config: HarvestConfig,
             for rt in runtimes if rt.encode is not None and rt.hook in neurons]
 
 
+def _merge_correlations(run_id: int, states: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Add a completed shard's correlation sums into the run's one correlation blob (called under
+    the run's row lock, once per shard): the run stores one [neurons, features] table per pair,
+    however many shards it has."""
+    if not states:
+        return
+    key = run_blob_key(run_id, CORR_BLOB)
+    existing = Blob.objects.filter(key=key).first()
+    tensors = dict(st_load(blob_read(existing))) if existing is not None else {}
+    for prefix, state in states.items():
+        held = {k[len(prefix) + 1:]: t for k, t in tensors.items() if k.startswith(prefix + "/")}
+        merged = CorrelationAccumulator.from_state(state)
+        if held:
+            merged = CorrelationAccumulator.from_state(held)
+            merged.merge(CorrelationAccumulator.from_state(state))
+        tensors.update({f"{prefix}/{k}": t for k, t in merged.state().items()})
+    if existing is not None:
+        blob_delete(blob_ids=[existing.pk])
+    blob_write(key=key, data=st_save(tensors))
+
+
 def merged_correlation(run: Run, neurons: str, features: str) -> CorrelationAccumulator | None:
-    """The correlation sums of a finished run's neuron and SAE sources, merged over its shards
-    (None when the run kept none: an older run, or one harvested with corr_stride 0)."""
+    """The correlation sums of a run's neuron and SAE sources over all its shards (None when the
+    run kept none: an older run, or one harvested with corr_stride 0)."""
+    blob = Blob.objects.filter(key=run_blob_key(run.pk, CORR_BLOB)).first()
+    if blob is None:
+        return None
     prefix = _corr_prefix(neurons, features) + "/"
-    merged: CorrelationAccumulator | None = None
-    for shard in Shard.objects.filter(run=run).select_related("partial").order_by("index"):
-        if shard.partial is None:
-            return None
-        tensors = st_load(blob_read(shard.partial))
-        state = {key[len(prefix):]: t for key, t in tensors.items() if key.startswith(prefix)}
-        if not state:
-            return None
-        part = CorrelationAccumulator.from_state(state)
-        if merged is None:
-            merged = part
-        else:
-            merged.merge(part)
-    return merged
+    state = {k[len(prefix):]: t for k, t in st_load(blob_read(blob)).items() if k.startswith(prefix)}
+    return CorrelationAccumulator.from_state(state) if state else None
 
 
 class _ClaimLost(Exception):
