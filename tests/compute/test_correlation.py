@@ -93,6 +93,9 @@ def test_sparse_shards_merge_to_one_pass() -> None:
     b.update_sparse(x[1500:], y[1500:], valid[1500:])  # its own shift
     a.merge(CorrelationAccumulator.from_state(b.state()))
     assert torch.allclose(a.correlation(), whole.correlation(), atol=1e-5)
+    # what the run stores after the merge (centred again on a's shift, float32 cross sums)
+    assert torch.allclose(CorrelationAccumulator.from_state(a.state()).correlation(), whole.correlation(), atol=1e-5)
+    assert torch.equal(CorrelationAccumulator.from_state(a.state()).shift, a.shift)
 
 
 def test_transposed_swaps_rows_and_columns() -> None:
