@@ -188,7 +188,7 @@ def shard_complete(*, shard: Shard, partial: bytes, on_complete: Callable[[], No
     """
     with transaction.atomic():
         Run.objects.select_for_update().get(pk=shard.run_id)
-        blob = blob_write(key=f"run-{shard.run_id}-shard-{shard.index}-{shard.claim_token}", data=partial)
+        blob = blob_write(key=run_blob_key(shard.run_id, f"shard-{shard.index}-{shard.claim_token}"), data=partial)
         updated = Shard.objects.filter(
             pk=shard.pk, claim_token=shard.claim_token, status=Shard.Status.CLAIMED
         ).update(status=Shard.Status.DONE, partial=blob, contexts_done=shard.end - shard.start,
@@ -277,11 +277,10 @@ def run_mark(*, run: Run, status: str, error: str = "") -> None:
 
 
 def run_delete(*, run: Run) -> None:
-    """Delete a run with its shards, results and the shards' partial blobs (which a plain
-    cascade would leave behind: shards point at blobs, not the other way round)."""
-    ids = [i for i in Shard.objects.filter(run=run).values_list("partial_id", flat=True) if i]
-    ids += list(Blob.objects.filter(key__startswith=run_blob_key(run.pk, "")).exclude(
-        key__startswith=f"run-{run.pk}-shard-").values_list("pk", flat=True))
+    """Delete a run with its shards, results, the shards' partial blobs and the run's own blobs
+    (which a plain cascade would leave behind: shards point at blobs, not the other way round)."""
+    ids = {i for i in Shard.objects.filter(run=run).values_list("partial_id", flat=True) if i}
+    ids |= set(Blob.objects.filter(key__startswith=run_blob_key(run.pk, "")).values_list("pk", flat=True))
     with transaction.atomic():
         run.delete()
-        blob_delete(blob_ids=ids)
+        blob_delete(blob_ids=sorted(ids))

@@ -24,7 +24,7 @@ import torch
 
 from workers.compute import scores
 from workers.compute.sae.train import TrainConfig, train
-from workers.compute.toy import ToyConfig, sample_features, train_toy, true_features_per_neuron
+from workers.compute.toy import ToyConfig, sample_features, single_thread, train_toy, true_features_per_neuron
 
 N_FEATURES, N_HIDDEN, P = 20, 10, 0.003
 PER_NEURON = 2000
@@ -33,12 +33,8 @@ PER_NEURON = 2000
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def ranks(v: torch.Tensor) -> torch.Tensor:

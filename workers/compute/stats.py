@@ -148,14 +148,11 @@ class UnitAccumulator:
 
     def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int) -> None:
         """Token statistics of ``x`` [B, T, U] whose invalid rows hold zeros."""
-        # Reductions run over T (the middle dimension) first: on the CPU they vectorise along
-        # the units, several times faster than one reduction over all B*T rows (int32 above all).
-        # Fire counts as float sums of sign(x) >= 0 (exact below 2^24 per context): float
-        # reductions vectorise; bool and int32 ones run several times slower on two threads.
-        # Sums over T as a batched product with a row of ones (one read of x, vectorised and
-        # threaded), fire counts as float sums of (x > 0) written into a reused scratch buffer
-        # (exact below 2^24 per batch): a fresh 12 MB temporary per layer costs page faults, and
-        # bool or int reductions run several times slower on two threads.
+        # Sums over T first, as a batched product with a row of ones (one read of x, vectorised
+        # along the units and threaded); fire counts the same way over (x > 0) written as floats
+        # into a reused scratch buffer (exact below 2^24 per batch): a fresh 12 MB temporary per
+        # layer costs page faults, and bool or int32 reductions run several times slower on two
+        # threads.
         B = x.shape[0]
         if self._ones_t is None or self._ones_t.shape[0] < B or self._ones_t.shape[2] != x.shape[1]:
             self._ones_t = torch.ones(B, 1, x.shape[1], device=x.device)

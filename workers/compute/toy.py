@@ -203,7 +203,7 @@ def _eval_loss(
 
 
 @contextmanager
-def _single_thread() -> Iterator[None]:
+def single_thread() -> Iterator[None]:
     """Run torch on one thread: each step's tensors are small, and OpenMP's fork-join then costs
     more than it saves (measured here 40x slower with two threads on a busy two-core machine)."""
     before = torch.get_num_threads()
@@ -224,7 +224,7 @@ def train_toy_sweep(
     AdamW is elementwise. ``progress(step, steps)`` is called every 1000 steps.
     """
     _check_compatible(configs)
-    with _single_thread():
+    with single_thread():
         return _train(configs, progress)
 
 

@@ -327,11 +327,11 @@ def _merge_correlations(run_id: int, states: dict[str, dict[str, torch.Tensor]])
     existing = Blob.objects.filter(key=key).first()
     tensors = dict(st_load(blob_read(existing))) if existing is not None else {}
     for prefix, state in states.items():
-        held = {k[len(prefix) + 1:]: t for k, t in tensors.items() if k.startswith(prefix + "/")}
         merged = CorrelationAccumulator.from_state(state)
+        held = _pair_state(tensors, prefix)
         if held:
-            merged = CorrelationAccumulator.from_state(held)
-            merged.merge(CorrelationAccumulator.from_state(state))
+            merged, shard = CorrelationAccumulator.from_state(held), merged
+            merged.merge(shard)
         tensors.update({f"{prefix}/{k}": t for k, t in merged.state().items()})
     if existing is not None:
         blob_delete(blob_ids=[existing.pk])
@@ -344,9 +344,13 @@ def merged_correlation(run: Run, neurons: str, features: str) -> CorrelationAccu
     blob = Blob.objects.filter(key=run_blob_key(run.pk, CORR_BLOB)).first()
     if blob is None:
         return None
-    prefix = _corr_prefix(neurons, features) + "/"
-    state = {k[len(prefix):]: t for k, t in st_load(blob_read(blob)).items() if k.startswith(prefix)}
+    state = _pair_state(st_load(blob_read(blob)), _corr_prefix(neurons, features))
     return CorrelationAccumulator.from_state(state) if state else None
+
+
+def _pair_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """One pair's state out of the run's correlation blob (empty when it has none)."""
+    return {k[len(prefix) + 1:]: t for k, t in tensors.items() if k.startswith(prefix + "/")}
 
 
 class _ClaimLost(Exception):

@@ -188,7 +188,7 @@ class Windows:
         self._tokenizer: Any = None
         self._embedder: Any = None
         self._rows: dict[tuple[int, int], int] = {}
-        self._vectors: list[torch.Tensor] = []
+        self._vectors = torch.empty(0)
         self._common: torch.Tensor | None = None
 
     @property
@@ -209,11 +209,10 @@ class Windows:
         """[N, d] embeddings of the windows around (context id, position) ``keys``."""
         new = sorted({k for k in keys if k not in self._rows})
         if new:
-            self._vectors.append(self._embed([window_text(self.tokenizer, tokens[c], p) for c, p in new]))
-            base = sum(len(v) for v in self._vectors[:-1])
-            self._rows.update({k: base + i for i, k in enumerate(new)})
-            self._vectors = [torch.cat(self._vectors)]
-        return self._vectors[0][[self._rows[k] for k in keys]]
+            embedded = self._embed([window_text(self.tokenizer, tokens[c], p) for c, p in new])
+            self._rows.update({k: len(self._vectors) + i for i, k in enumerate(new)})
+            self._vectors = torch.cat([self._vectors, embedded]) if len(self._vectors) else embedded
+        return self._vectors[[self._rows[k] for k in keys]]
 
     def common(self) -> torch.Tensor | None:
         if self._common is None:
