@@ -23,9 +23,14 @@ def _data(seed: int, C: int = 40, T: int = 12, U: int = 9) -> tuple[torch.Tensor
     return acts, invalid
 
 
-def _accumulate(acts: torch.Tensor, invalid: torch.Tensor, contexts: list[int], batch: int) -> UnitAccumulator:
+# Both ways of computing a batch's statistics: the compiled CPU pass and torch's (other devices).
+PATHS = pytest.mark.parametrize("fused", [True, False], ids=["fused", "torch"])
+
+
+def _accumulate(acts: torch.Tensor, invalid: torch.Tensor, contexts: list[int], batch: int,
+                fused: bool | None) -> UnitAccumulator:
     T, U = acts.shape[1], acts.shape[2]
-    acc = UnitAccumulator(U, k=K, samples=S, hist_stride=STRIDE, seed=SEED, unit_offset=100)
+    acc = UnitAccumulator(U, k=K, samples=S, hist_stride=STRIDE, seed=SEED, unit_offset=100, fused=fused)
     for start in range(0, len(contexts), batch):
         ids = contexts[start : start + batch]
         idx = torch.tensor(ids)
@@ -48,23 +53,25 @@ def _compare(acc: UnitAccumulator, acts: torch.Tensor, invalid: torch.Tensor) ->
         assert g.random == w["random"]
 
 
+@PATHS
 @pytest.mark.parametrize("batch", [1, 4, 40])
-def test_single_pass_equals_brute_force(batch: int) -> None:
+def test_single_pass_equals_brute_force(batch: int, fused: bool) -> None:
     acts, invalid = _data(0)
-    _compare(_accumulate(acts, invalid, list(range(40)), batch), acts, invalid)
+    _compare(_accumulate(acts, invalid, list(range(40)), batch, fused), acts, invalid)
 
 
-def test_shards_merge_exactly_in_any_order() -> None:
+@PATHS
+def test_shards_merge_exactly_in_any_order(fused: bool) -> None:
     acts, invalid = _data(1)
     # Shard boundaries fall on batch boundaries (the pipeline rounds shards to whole batches),
     # so every batch's float32 sums are the same as in one pass.
     parts = [list(range(0, 12)), list(range(12, 28)), list(range(28, 40))]
-    states = [_accumulate(acts, invalid, part, 4).state() for part in parts]
+    states = [_accumulate(acts, invalid, part, 4, fused).state() for part in parts]
     merged = UnitAccumulator.from_state(states[2], seed=SEED, hist_stride=STRIDE, unit_offset=100)
     merged.merge_state(states[0])
     merged.merge_state(states[1])
     _compare(merged, acts, invalid)
-    single = _accumulate(acts, invalid, list(range(40)), 4).state()
+    single = _accumulate(acts, invalid, list(range(40)), 4, fused).state()
     for name, tensor in merged.state().items():
         assert torch.equal(tensor, single[name]), name
 
@@ -79,29 +86,70 @@ def test_histogram_bins_follow_the_float_grid() -> None:
     assert bins[-1] == len(edges) - 1
 
 
-def test_random_data_many_seeds() -> None:
+@PATHS
+def test_random_data_many_seeds(fused: bool) -> None:
     for seed in range(2, 6):
         acts, invalid = _data(seed, C=25, T=9, U=5)
-        _compare(_accumulate(acts, invalid, list(range(25)), 6), acts, invalid)
+        _compare(_accumulate(acts, invalid, list(range(25)), 6, fused), acts, invalid)
 
 
-def test_bulk_sketch_inserts_with_stale_thresholds_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+@PATHS
+def test_bulk_sketch_inserts_with_stale_thresholds_stay_exact(monkeypatch: pytest.MonkeyPatch, fused: bool) -> None:
     import workers.compute.stats as stats
 
     monkeypatch.setattr(stats, "PENDING_LIMIT", 7)  # flush after almost every batch, mid-warm-up
     acts, invalid = _data(7)
-    _compare(_accumulate(acts, invalid, list(range(40)), 3), acts, invalid)
+    _compare(_accumulate(acts, invalid, list(range(40)), 3, fused), acts, invalid)
 
 
-def test_accumulators_work_in_and_out_of_inference_mode() -> None:
+@PATHS
+def test_accumulators_work_in_and_out_of_inference_mode(fused: bool) -> None:
     """Reused buffers made inside inference mode must still take writes outside it (and back)."""
     from workers.compute import stats
 
     stats._SCRATCH.clear()  # made afresh inside inference mode below
     gen = torch.Generator().manual_seed(0)
-    acc = UnitAccumulator(6, k=2, samples=2, hist_stride=3, seed=0)
+    acc = UnitAccumulator(6, k=2, samples=2, hist_stride=3, seed=0, fused=fused)
     for i, mode in enumerate([True, False, True, False]):
         with torch.inference_mode(mode):
             acts = torch.randn(2, 5, 6, generator=gen)
             acc.update(Batch(acts, torch.tensor([2 * i, 2 * i + 1]), torch.zeros(2, 5, dtype=torch.bool), 10 * i))
     assert int(acc.state()["n_tokens"]) == 40
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fused_pass_equals_torch_passes(threads: int) -> None:
+    """The compiled pass splits the units between threads: any split gives torch's state."""
+    gen = torch.Generator().manual_seed(3)
+    acts = torch.randn(24, 16, 37, generator=gen) * torch.exp(torch.randn(1, 1, 37, generator=gen))
+    invalid = torch.rand(24, 16, generator=gen) < 0.1
+    invalid[5] = True  # a context without a valid token
+    states = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for fused in (True, False):
+            acc = UnitAccumulator(37, k=3, samples=2, hist_stride=5, seed=1, unit_offset=7, fused=fused)
+            for start in range(0, 24, 8):
+                idx = torch.arange(start, start + 8)
+                acc.update(Batch(acts[idx], idx, invalid[idx], start * 16 + 3))
+            states.append(acc.state())
+    finally:
+        torch.set_num_threads(previous)
+    fused_state, torch_state = states
+    for name in torch_state:
+        if name == "total":  # float32 sums in another order, then 2^-16 fixed point per context
+            assert (fused_state[name] - torch_state[name]).abs().max() <= 24
+        else:
+            assert torch.equal(fused_state[name], torch_state[name]), name
+    assert int(torch_state["fire"].sum()) > 0
+
+
+def test_without_numba_the_torch_passes_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.compute import stats
+
+    monkeypatch.setattr(stats, "_kernels", lambda: None)  # as where numba can't be imported
+    acts, invalid = _data(0)
+    acc = _accumulate(acts, invalid, list(range(40)), 4, fused=None)
+    assert acc.fused is False
+    _compare(acc, acts, invalid)

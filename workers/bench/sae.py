@@ -110,6 +110,7 @@ def bench_harvest(model: Any, arch: hooks.Architecture, opts: dict[str, Any], lo
     batches = make_batches(opts["harvest_tokens"])
     n = sum(int(b.attention_mask.sum()) for b in batches)
     forward_encoder(model, arch, sae)(batches[0])  # warm up
+    sae_harvester(model, arch, sae)(batches[0])
     results = []
     for r in range(opts["rounds"]):
         results.append(timing.paired(batches, forward_encoder(model, arch, sae), sae_harvester(model, arch, sae)))

@@ -16,9 +16,14 @@ Dense activations stay on their device; only these small states ever move to the
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # Histogram bins come from the top 11 bits of a positive float32 (8 exponent + 2 mantissa bits):
 # [2^e (1 + j/4), 2^e (1 + (j+1)/4)). Bin 0 holds everything below 2^-20 (zero and negatives).
@@ -33,8 +38,10 @@ MASK32 = (1 << 32) - 1
 # shards merged in finalize give bit-identical means to a single pass.
 FIXED_SCALE = 1 << 16
 EMPTY_KEY = -1
-# Sketch candidates buffered before a bulk insert (a few MB).
-PENDING_LIMIT = 200_000
+# Sketch candidates buffered before a bulk insert (about 1 MB): larger batches of inserts
+# cost no less per candidate (measured from 8k to 200k), and every buffered one is memory that
+# a short run does not touch and a long one does.
+PENDING_LIMIT = 32_768
 # Top-k keys of this many times k contexts wait before one merge.
 TOP_PENDING_FACTOR = 4
 TOP_PENDING_MAX = 512
@@ -97,9 +104,12 @@ class UnitAccumulator:
     """The mergeable state of ``n_units`` units; see the module docstring."""
 
     def __init__(self, n_units: int, *, k: int, samples: int, hist_stride: int, seed: int,
-                 unit_offset: int = 0, device: torch.device | str = "cpu") -> None:
+                 unit_offset: int = 0, device: torch.device | str = "cpu", fused: bool | None = None) -> None:
         self.n_units, self.k, self.samples, self.hist_stride, self.seed = n_units, k, samples, hist_stride, seed
         dev = torch.device(device)
+        # One compiled pass per batch on the CPU (workers.compute.kernels), torch's passes
+        # elsewhere; None: decided at the first batch (numba is imported then, if at all).
+        self.fused = fused if dev.type == "cpu" else False
         self.units = torch.arange(n_units, device=dev, dtype=torch.int64) + unit_offset
         self.n_tokens = torch.zeros((), dtype=torch.int64, device=dev)
         self.fire = torch.zeros(n_units, dtype=torch.int64, device=dev)
@@ -116,17 +126,27 @@ class UnitAccumulator:
         self.sk_val = torch.zeros((slots, samples), device=dev)
         # Sketch candidates wait here and are inserted in bulk: one large sort costs far less
         # than many small ones. Thresholds read while they wait are stale (too permissive),
-        # which only admits extra candidates; the insert still keeps exactly the lowest s.
-        self._pending: list[tuple[torch.Tensor, ...]] = []
+        # which only admits extra candidates; the insert still keeps exactly the lowest s. They
+        # wait in buffers that grow once and are reused, not in small tensors kept alive between
+        # the forward pass's large temporaries (that fragments the heap: RSS grew ~4 MB a batch).
+        self._pending: tuple[torch.Tensor, ...] = ()
         self._pending_n = 0
-        self._top_pending: list[torch.Tensor] = []
+        # Top-k keys of the last few batches wait in the columns after the first k of this
+        # buffer (which hold a copy of top_key while merging).
+        self._top_buf: torch.Tensor | None = None
         self._top_pending_n = 0
+        self._candidates: tuple[torch.Tensor, ...] = ()
         # Reused buffers of the dense token statistics (see _token_stats).
         self._hist_t: torch.Tensor | None = None
         self._ones_t: torch.Tensor | None = None
 
     # ---- per batch -------------------------------------------------------------------------
     def update(self, batch: Batch) -> None:
+        if self.fused is None:
+            self.fused = _kernels() is not None
+        if self.fused:
+            self._update_fused(batch)
+            return
         B, T, U = batch.acts.shape
         x = batch.acts.float().reshape(B * T, U)  # [B, T, U] -> [B*T, U]
         invalid_rows = batch.invalid.reshape(-1).nonzero().squeeze(1)
@@ -146,6 +166,30 @@ class UnitAccumulator:
         self._merge_top(ctx_max.T.contiguous(), batch.contexts)
         self._sketch(ctx_max, batch.contexts)
 
+    def _update_fused(self, batch: Batch) -> None:
+        """The whole update in one compiled pass over the batch (CPU only; see kernels)."""
+        kernels = _kernels()
+        assert kernels is not None, "the fused pass needs numba"
+        B, T, U = batch.acts.shape
+        x = batch.acts.float().reshape(B * T, U).contiguous()
+        valid = ~batch.invalid.reshape(-1)
+        self.n_tokens += int(valid.sum())
+        threads = torch.get_num_threads()
+        kernels.set_threads(threads)
+        chunk = -(-U // threads)  # each thread's units
+        if not self._candidates or self._candidates[0].numel() < B * U:  # at most one per (context, unit)
+            with torch.inference_mode(False):
+                self._candidates = (*(torch.empty(B * U, dtype=torch.int64) for _ in range(3)), torch.empty(B * U))
+        found = torch.zeros(-(-U // chunk), dtype=torch.int64)
+        args = [x, x.view(torch.int32), valid, T, batch.contexts, self.units, self.seed,
+                (-batch.first_token) % self.hist_stride, self.hist_stride, HIST_KEY_LO - 1, N_HIST_BINS,
+                OCTAVE_LO, N_OCTAVES, chunk, self.fire, self.total, self.max, self._hist_table(x.device),
+                self.sk_pri[:, self.samples - 1], self._top_slots(B), *self._candidates, found]
+        kernels.batch_stats(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
+        for c, n in enumerate(found.tolist()):
+            if n:
+                self._queue_candidates(tuple(t[c * B * chunk : c * B * chunk + n] for t in self._candidates))
+
     def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int) -> None:
         """Token statistics of ``x`` [B, T, U] whose invalid rows hold zeros."""
         # Sums over T first, as a batched product with a row of ones (one read of x, vectorised
@@ -159,7 +203,7 @@ class UnitAccumulator:
         ones = self._ones_t[:B]
         positive = torch.gt(x, 0, out=_scratch(x.numel(), x.device).view(x.shape))
         self.fire += torch.bmm(ones, positive).sum(0)[0].long()  # [B, 1, U] -> [U]
-        self.total += _fixed(torch.bmm(ones, x).sum(0)[0])
+        self.total += _fixed(torch.bmm(ones, x)[:, 0]).sum(0)  # fixed point per context
         flat = x.view(-1, x.shape[2])
         self.n_tokens += flat.shape[0] - invalid_rows.numel()
         offset = (-first_token) % self.hist_stride
@@ -172,11 +216,14 @@ class UnitAccumulator:
         """Count ``x`` [N, U] into the bins: a scatter of ones along the bins of a [bins, U]
         table (the layout where the scatter runs over units in parallel), folded into the
         unit-major ``hist`` when the state is read."""
+        bins = hist_bins(x).long()  # [N, U]
+        self._hist_table(x.device).scatter_add_(0, bins, self._ones.view(1, 1).expand_as(bins))
+
+    def _hist_table(self, device: torch.device) -> torch.Tensor:
         if self._hist_t is None:
             with torch.inference_mode(False):  # a normal tensor: updated in place in any mode
-                self._hist_t = torch.zeros(N_HIST_BINS, self.n_units, dtype=torch.int64, device=x.device)
-        bins = hist_bins(x).long()  # [N, U]
-        self._hist_t.scatter_add_(0, bins, self._ones.view(1, 1).expand_as(bins))
+                self._hist_t = torch.zeros(N_HIST_BINS, self.n_units, dtype=torch.int64, device=device)
+        return self._hist_t
 
     def _fold_hist(self) -> None:
         if self._hist_t is not None:
@@ -185,18 +232,30 @@ class UnitAccumulator:
 
     def _merge_top(self, values: torch.Tensor, contexts: torch.Tensor) -> None:
         """values [U, B] (-inf where not firing), contexts [B]."""
-        self._top_pending.append(top_keys(values, contexts.unsqueeze(0).expand_as(values)))
-        self._top_pending_n += values.shape[1]
-        if self._top_pending_n >= min(TOP_PENDING_FACTOR * self.k, TOP_PENDING_MAX):
+        self._top_slots(values.shape[1]).copy_(top_keys(values, contexts.unsqueeze(0).expand_as(values)))
+
+    def _top_slots(self, n: int) -> torch.Tensor:
+        """A [U, n] view of the top-k buffer to write one batch's keys into (merging the waiting
+        ones first when it is full)."""
+        width = self.k + max(min(TOP_PENDING_FACTOR * self.k, TOP_PENDING_MAX), n)
+        if self._top_buf is None or self._top_buf.shape[1] < width:
             self._flush_top()
+            with torch.inference_mode(False):  # a normal tensor: written in any mode
+                self._top_buf = torch.empty(self.n_units, width, dtype=torch.int64, device=self.top_key.device)
+        elif self.k + self._top_pending_n + n > self._top_buf.shape[1]:
+            self._flush_top()
+        start = self.k + self._top_pending_n
+        self._top_pending_n += n
+        return self._top_buf[:, start : start + n]
 
     def _flush_top(self) -> None:
         """Merge the waiting keys into the top-k: one top-k over several batches' keys costs less
         than one per batch. Unsorted while streaming (half the cost); state() sorts once. Keys
         are unique (they hold the context), so the kept set is the same either way."""
-        if self._top_pending:
-            merged = torch.cat([self.top_key, *self._top_pending], 1)
-            self._top_pending, self._top_pending_n = [], 0
+        if self._top_pending_n and self._top_buf is not None:
+            merged = self._top_buf[:, : self.k + self._top_pending_n]
+            merged[:, : self.k] = self.top_key
+            self._top_pending_n = 0
             self.top_key = torch.topk(merged, self.k, dim=1, sorted=False).values
 
     def _sketch(self, ctx_max: torch.Tensor, contexts: torch.Tensor) -> None:
@@ -209,15 +268,29 @@ class UnitAccumulator:
         b_idx, u_idx = keep.nonzero(as_tuple=True)
         if b_idx.numel() == 0:
             return
-        self._pending.append((slot[b_idx, u_idx], pri[b_idx, u_idx], contexts[b_idx], ctx_max[b_idx, u_idx]))
-        self._pending_n += b_idx.numel()
+        self._queue_candidates((slot[b_idx, u_idx], pri[b_idx, u_idx], contexts[b_idx], ctx_max[b_idx, u_idx]))
+
+    def _queue_candidates(self, candidates: tuple[torch.Tensor, ...]) -> None:
+        """(slot, priority, context, value) of sketch candidates, in ascending context order
+        per slot (copied: they may be views of reused buffers)."""
+        end = self._pending_n + candidates[0].numel()
+        if not self._pending or self._pending[0].numel() < end:
+            with torch.inference_mode(False):  # normal tensors: written in any mode
+                grown = tuple(torch.empty(max(end, 2 * self._pending_n, 1 << 14), dtype=t.dtype, device=t.device)
+                              for t in candidates)
+            for new, old in zip(grown, self._pending, strict=False):
+                new[: self._pending_n] = old[: self._pending_n]
+            self._pending = grown
+        for buffer, part in zip(self._pending, candidates, strict=True):
+            buffer[self._pending_n : end] = part
+        self._pending_n = end
         if self._pending_n >= PENDING_LIMIT:
             self._flush_sketch()
 
     def _flush_sketch(self) -> None:
-        if self._pending:
-            slot, pri, ctx, val = (torch.cat(parts) for parts in zip(*self._pending, strict=True))
-            self._pending, self._pending_n = [], 0
+        if self._pending_n:
+            slot, pri, ctx, val = (t[: self._pending_n] for t in self._pending)
+            self._pending_n = 0
             self._sketch_insert(slot, pri, ctx, val)
 
     def _sketch_insert(self, slot: torch.Tensor, pri: torch.Tensor, ctx: torch.Tensor, val: torch.Tensor) -> None:
@@ -302,6 +375,18 @@ class UnitAccumulator:
                   unit_offset=unit_offset)
         acc.merge_state(state)
         return acc
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    """The compiled CPU pass (imports numba: only in processes that harvest on the CPU), or None
+    where numba can't be imported (a NumPy it does not support yet): torch's passes run then."""
+    try:
+        from workers.compute import kernels
+    except ImportError as exc:
+        log.warning("numba is unavailable (%s): CPU statistics fall back to torch's passes", exc)
+        return None
+    return kernels
 
 
 _SCRATCH: dict[torch.device, torch.Tensor] = {}

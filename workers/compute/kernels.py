@@ -1,0 +1,106 @@
+"""One fused pass for the dense statistics of a batch on the CPU (numba).
+
+On the CPU, torch computes each statistic of :class:`~workers.compute.stats.UnitAccumulator` in
+its own pass over the [tokens, units] activations: the fire comparison and its count, the sums,
+the context maxima, the histogram's scatter, then the top-k keys and the sketch's hash over
+[contexts, units]. Those are a dozen memory-bound passes plus temporaries, about 6 ms per MiniLM
+layer of 2,048 tokens, where the forward pass of that layer takes about 45. :func:`batch_stats`
+reads each activation once, in the batch's own memory, and produces all of them; the units are
+split between threads, so every thread owns its units' counters and nothing is reduced after.
+
+The results are the accumulator's, bit for bit (the context sums are added in token order, so
+they may differ from torch's in the last float32 bits before the fixed-point rounding). The torch
+path stays for other devices (a GPU does those passes in a fraction of its forward pass) and for
+machines without numba; tests hold both paths to the brute force. This module imports numba
+(about 70 MB of LLVM), so the accumulator imports it on its first CPU batch only.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+MASK31 = (1 << 31) - 1
+MASK32 = (1 << 32) - 1
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads (at most numba's pool size) in this thread's kernel calls."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+
+
+@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one flat kernel signature
+                hist_offset, hist_stride, hist_lo, n_bins, octave_lo, n_octaves, chunk,
+                fire, total, unit_max, hist_t, sk_last, keys,
+                cand_slot, cand_pri, cand_ctx, cand_val, cand_n):
+    """Statistics of one batch; see the module docstring.
+
+    Inputs: ``x`` [B*T, U] float32 and ``bits`` (the same memory as int32), ``valid`` [B*T],
+    ``contexts`` [B] (global indices), ``units`` [U] (global ids, for the sketch's hash),
+    ``sk_last`` [U*n_octaves] the last held priority of each sketch slot.
+    Added to: ``fire`` and ``total`` (fixed point, 2^-16, per context) [U] int64, ``hist_t``
+    [n_bins, U] int64 (rows with ``(r - hist_offset) % hist_stride == 0``), maximum into
+    ``unit_max`` [U].
+    Written: ``keys`` [U, B] top-k keys (-1 where the context does not fire), ``ctx_max``
+    [B, U] (-inf where it does not fire), and the sketch candidates of the units of chunk
+    ``c`` in ``cand_*[c * B * chunk:]`` (``cand_n[c]`` of them).
+    """
+    N, U = x.shape
+    B = N // T
+    n_chunks = (U + chunk - 1) // chunk
+    for c in prange(n_chunks):
+        u0 = c * chunk
+        u1 = min(U, u0 + chunk)
+        n = u1 - u0
+        fired = np.zeros(n, np.int32)
+        s = np.empty(n, np.float32)
+        m = np.empty(n, np.float32)
+        m_bits = m.view(np.int32)
+        found = 0
+        base = c * B * chunk
+        for b in range(B):
+            s[:] = 0.0
+            m[:] = -np.inf
+            for t in range(T):
+                r = b * T + t
+                if not valid[r]:
+                    continue
+                row = x[r, u0:u1]
+                for j in range(n):
+                    v = row[j]
+                    s[j] += v
+                    fired[j] += v > 0
+                    m[j] = max(m[j], v)
+                if (r - hist_offset) % hist_stride == 0:
+                    row_bits = bits[r, u0:u1]
+                    for j in range(n):
+                        k = min(max((row_bits[j] >> 21) - hist_lo, 0), n_bins - 1)
+                        hist_t[k, u0 + j] += 1
+            ctx = contexts[b]
+            for j in range(n):
+                u = u0 + j
+                v = m[j]
+                total[u] += np.int64(np.round(np.float64(s[j]) * 65536.0))
+                unit_max[u] = max(unit_max[u], v)
+                if v > 0:
+                    keys[u, b] = (np.int64(m_bits[j]) << 32) | (MASK32 - ctx)
+                    # The sketch: this (context, unit)'s hash priority against the last one
+                    # held in its octave's slot (see stats.priority and stats.octave).
+                    p = (ctx * 0x9E3779B1 + units[u] * 0x85EBCA77 + seed) & MASK31
+                    p = ((p ^ (p >> 15)) * 0x2C1B3C6D) & MASK31
+                    p = ((p ^ (p >> 12)) * 0x297A2D39) & MASK31
+                    p = p ^ (p >> 15)
+                    slot = u * n_octaves + min(max((m_bits[j] >> 23) - octave_lo, 0), n_octaves - 1)
+                    if p <= sk_last[slot]:
+                        cand_slot[base + found] = slot
+                        cand_pri[base + found] = p
+                        cand_ctx[base + found] = ctx
+                        cand_val[base + found] = v
+                        found += 1
+                else:
+                    keys[u, b] = -1
+        for j in range(n):
+            fire[u0 + j] += fired[j]
+        cand_n[c] = found
