@@ -8,14 +8,16 @@ layer of 2,048 tokens, where the forward pass of that layer takes about 45. :fun
 reads each activation once, in the batch's own memory, and produces all of them; the units are
 split between threads, so every thread owns its units' counters and nothing is reduced after.
 
-The results are the accumulator's, bit for bit (the context sums are added in token order, so
-they may differ from torch's in the last float32 bits before the fixed-point rounding). The torch
-path stays for other devices (a GPU does those passes in a fraction of its forward pass) and for
+The state it leaves equals the torch path's exactly, except that each context's float32 sum is
+added in token order and may differ from torch's in its last bits before the fixed-point
+rounding. The torch path stays for other devices (a GPU does those passes in a fraction of its forward pass) and for
 machines without numba; tests hold both paths to the brute force. This module imports numba
 (about 70 MB of LLVM), so the accumulator imports it on its first CPU batch only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -30,7 +32,17 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
-@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def _compiled(function: Callable[..., None]) -> Callable[..., None]:
+    """Compiled on first call; the machine code is cached next to this file (or in the user's
+    cache directory, or $NUMBA_CACHE_DIR). Where no such place is writable (a read-only install
+    without a home directory), numba refuses to cache: then each process compiles (~5 s)."""
+    try:
+        return njit(parallel=True, boundscheck=False, nogil=True, cache=True)(function)
+    except RuntimeError:
+        return njit(parallel=True, boundscheck=False, nogil=True)(function)
+
+
+@_compiled
 def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one flat kernel signature
                 hist_offset, hist_stride, hist_lo, n_bins, octave_lo, n_octaves, chunk,
                 fire, total, unit_max, hist_t, sk_last, keys,
@@ -43,9 +55,9 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
     Added to: ``fire`` and ``total`` (fixed point, 2^-16, per context) [U] int64, ``hist_t``
     [n_bins, U] int64 (rows with ``(r - hist_offset) % hist_stride == 0``), maximum into
     ``unit_max`` [U].
-    Written: ``keys`` [U, B] top-k keys (-1 where the context does not fire), ``ctx_max``
-    [B, U] (-inf where it does not fire), and the sketch candidates of the units of chunk
-    ``c`` in ``cand_*[c * B * chunk:]`` (``cand_n[c]`` of them).
+    Written: ``keys`` [U, B] top-k keys (-1 where the context does not fire), and the sketch
+    candidates of the units of chunk ``c`` in ``cand_*[c * B * chunk:]`` (``cand_n[c]`` of
+    them, in context order).
     """
     N, U = x.shape
     B = N // T

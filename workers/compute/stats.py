@@ -380,7 +380,8 @@ class UnitAccumulator:
 @functools.cache
 def _kernels() -> ModuleType | None:
     """The compiled CPU pass (imports numba: only in processes that harvest on the CPU), or None
-    where numba can't be imported (a NumPy it does not support yet): torch's passes run then."""
+    where numba can't be imported (missing, or refusing a NumPy newer than it supports): torch's
+    passes run then."""
     try:
         from workers.compute import kernels
     except ImportError as exc:
