@@ -446,40 +446,46 @@ class UnitSummary:
 
 
 def summarize(state: dict[str, torch.Tensor], *, n_intervals: int) -> list[UnitSummary]:
-    """Per-unit results of a (merged) state, on the CPU."""
+    """Per-unit results of a (merged) state, on the CPU.
+
+    Read from the sketch's used slots only (``sk_rows``, ascending, so each unit's octaves are
+    contiguous and in ascending order): most of the dense [units x octaves x s] sketch is empty.
+    """
     n_tokens = int(state["n_tokens"])
     n_units = state["top_key"].shape[0]
-    sketch = UnitAccumulator.dense_sketch(state)
-    s = sketch["sk_pri"].shape[1]
-    pri = sketch["sk_pri"].view(n_units, N_OCTAVES, s)
-    ctx = sketch["sk_ctx"].view(n_units, N_OCTAVES, s)
-    val = sketch["sk_val"].view(n_units, N_OCTAVES, s)
-    nonempty = pri[:, :, 0] < EMPTY_PRIORITY  # [U, NB]
-    # The highest n_intervals non-empty octaves of each unit.
-    from_top = nonempty.flip(1).cumsum(1).flip(1)
-    chosen = (nonempty & (from_top <= n_intervals)).tolist()
-    # Random firing examples: the s lowest (priority, context) over every octave.
-    flat_pri, flat_ctx, flat_val = pri.reshape(n_units, -1), ctx.reshape(n_units, -1), val.reshape(n_units, -1)
-    order = torch.sort(flat_ctx, dim=1, stable=True).indices
-    order = order.gather(1, torch.sort(flat_pri.gather(1, order), dim=1, stable=True).indices)[:, :s]
-    rand_ok = (flat_pri.gather(1, order) < EMPTY_PRIORITY).tolist()
-    rand_ctx, rand_val = flat_ctx.gather(1, order).tolist(), flat_val.gather(1, order).tolist()
+    rows, pri, ctx, val = state["sk_rows"], state["sk_pri"], state["sk_ctx"], state["sk_val"]
+    s = int(state["sk_shape"][1])
+    unit, bucket = (rows // N_OCTAVES).tolist(), (rows % N_OCTAVES).tolist()
+    # The highest n_intervals used octaves of each unit: its last n_intervals rows.
+    unit_t = rows // N_OCTAVES
+    unit_end = torch.bincount(unit_t, minlength=n_units).cumsum(0)
+    chosen_rows = ((unit_end[unit_t] - 1 - torch.arange(rows.numel())) < n_intervals).nonzero().squeeze(1).tolist()
     filled = (pri < EMPTY_PRIORITY).tolist()
     ctx_l, val_l = ctx.tolist(), val.tolist()
+    intervals: list[list[tuple[int, list[tuple[int, float]]]]] = [[] for _ in range(n_units)]
+    for r in reversed(chosen_rows):  # highest octave first
+        intervals[unit[r]].append(
+            (bucket[r], [(ctx_l[r][j], val_l[r][j]) for j in range(s) if filled[r][j]]))
+    # Random firing examples: each unit's s lowest (priority, context) over all its octaves.
+    held = (pri < EMPTY_PRIORITY).reshape(-1)
+    e_unit = unit_t.repeat_interleave(s)[held]
+    e_pri, e_ctx, e_val = pri.reshape(-1)[held], ctx.reshape(-1)[held], val.reshape(-1)[held]
+    order = torch.sort(e_ctx, stable=True).indices
+    order = order[torch.sort(e_pri[order], stable=True).indices]
+    order = order[torch.sort(e_unit[order], stable=True).indices]
+    first = order[_rank_in_group(e_unit[order]) < s]
+    random: list[list[tuple[int, float]]] = [[] for _ in range(n_units)]
+    for u, c, v in zip(e_unit[first].tolist(), e_ctx[first].tolist(), e_val[first].tolist(), strict=True):
+        random[u].append((c, v))
     top_val, top_ctx = (t.tolist() for t in decode_top_keys(state["top_key"]))
     hist = state["hist"].view(n_units, N_HIST_BINS).tolist()
     fire, total, mx = state["fire"].tolist(), state["total"].tolist(), state["max"].tolist()
     out = []
     for u in range(n_units):
-        intervals = [
-            (b, [(ctx_l[u][b][j], val_l[u][b][j]) for j in range(s) if filled[u][b][j]])
-            for b in range(N_OCTAVES - 1, -1, -1) if chosen[u][b]
-        ]
         out.append(UnitSummary(
             n_tokens=n_tokens, fire_count=fire[u], mean=total[u] / FIXED_SCALE / n_tokens if n_tokens else 0.0,
             max=mx[u], hist=hist[u],
             top=[(c, v) for c, v in zip(top_ctx[u], top_val[u], strict=True) if c >= 0],
-            intervals=intervals,
-            random=[(c, v) for c, v, ok in zip(rand_ctx[u], rand_val[u], rand_ok[u], strict=True) if ok],
+            intervals=intervals[u], random=random[u],
         ))
     return out

@@ -14,6 +14,7 @@ import pickle
 import socket
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -454,17 +455,19 @@ Chosen = dict[str, dict[int, dict[int, list[tuple[int, int, int, float]]]]]
 
 def _chosen(summaries: dict[str, list[UnitSummary]]) -> Chosen:
     """Per source, context and unit: (kind, bucket, rank, max value) of every example to write."""
+    top, interval, random = int(Example.Kind.TOP), int(Example.Kind.INTERVAL), int(Example.Kind.RANDOM)
     chosen: Chosen = {}
     for name, units in summaries.items():
-        by_ctx: dict[int, dict[int, list[tuple[int, int, int, float]]]] = {}
+        by_ctx: dict[int, dict[int, list[tuple[int, int, int, float]]]] = defaultdict(dict)
         for u, s in enumerate(units):
-            entries = [(ctx, Example.Kind.TOP, 0, rank, v) for rank, (ctx, v) in enumerate(s.top)]
-            entries += [(ctx, Example.Kind.INTERVAL, bucket, rank, v)
-                        for bucket, members in s.intervals for rank, (ctx, v) in enumerate(members)]
-            entries += [(ctx, Example.Kind.RANDOM, 0, rank, v) for rank, (ctx, v) in enumerate(s.random)]
-            for ctx, kind, bucket, rank, value in entries:
-                by_ctx.setdefault(ctx, {}).setdefault(u, []).append((kind, bucket, rank, value))
-        chosen[name] = by_ctx
+            for rank, (ctx, v) in enumerate(s.top):
+                by_ctx[ctx].setdefault(u, []).append((top, 0, rank, v))
+            for bucket, members in s.intervals:
+                for rank, (ctx, v) in enumerate(members):
+                    by_ctx[ctx].setdefault(u, []).append((interval, bucket, rank, v))
+            for rank, (ctx, v) in enumerate(s.random):
+                by_ctx[ctx].setdefault(u, []).append((random, 0, rank, v))
+        chosen[name] = dict(by_ctx)
     return chosen
 
 
