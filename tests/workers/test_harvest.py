@@ -187,6 +187,11 @@ def test_harvest_command_runs_and_does_not_recompute(minilm: Model, corpus: Corp
                  stdout=out)
     assert "done" in out.getvalue()
     assert Unit.objects.filter(source__name="blocks.0.mlp.hook_post", stats_run__isnull=False).count() == 1536
+    # The job says what finalize is doing; its last words count what the commit wrote.
+    run = Run.objects.get()
+    n_examples = Example.objects.filter(run=run).count()
+    assert run.job is not None
+    assert run.job.message == f"finalizing: writing 1,536 units' statistics and {n_examples:,} examples"
     again = io.StringIO()
     call_command("harvest", model="minilm-l6", corpus="lines", hooks="blocks.0.mlp.hook_post", k=8, inline=True,
                  stdout=again)

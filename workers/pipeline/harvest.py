@@ -411,13 +411,20 @@ def finalize(*, run_id: int, progress: Callable[..., None]) -> Run:
 
 def _finalize(run: Run, progress: Callable[..., None]) -> Run:
     config = HarvestConfig.from_dict(run.config)
+    # Each phase names itself on the job (the bar's text), forced past the throttle.
+    progress(run.contexts_total, run.contexts_total, f"finalizing: merging {run.n_shards} shard state(s)", force=True)
     summaries = {name: summarize(state, n_intervals=config.n_intervals)
                  for name, state in merged_states(run, config).items()}
     loaded = load_for_run(run, config)
     sources = {s.name: s for s in run.sources.all()}
     with tempfile.TemporaryFile() as spool:
-        top_tokens = _spool_examples(run, config, loaded, summaries, spool, progress)
+        top_tokens, n_examples = _spool_examples(run, config, loaded, summaries, spool, progress)
         effects = _logit_effects(run, loaded, sources)
+        n_units = sum(len(units) for units in summaries.values())
+        # Progress can't be reported from inside the transaction (its row would stay locked and
+        # unseen until the commit): the last message says what the commit writes.
+        progress(run.contexts_total, run.contexts_total,
+                 f"finalizing: writing {n_units:,} units' statistics and {n_examples:,} examples", force=True)
         with transaction.atomic():
             # A crash before the WAL reaches disk loses only this commit, and the run is then
             # finalized again: no need to wait for the flush of a large bulk load.
@@ -472,9 +479,10 @@ def _chosen(summaries: dict[str, list[UnitSummary]]) -> Chosen:
 
 
 def _spool_examples(run: Run, config: HarvestConfig, loaded: Loaded, summaries: dict[str, list[UnitSummary]],
-                    spool: BinaryIO, progress: Callable[..., None]) -> dict[tuple[str, int], str]:
+                    spool: BinaryIO, progress: Callable[..., None]) -> tuple[dict[tuple[str, int], str], int]:
     """Second pass over the chosen contexts; pickle example rows (one list per batch) into
-    ``spool`` with the source name and unit index in place of the unit id. Returns top tokens."""
+    ``spool`` with the source name and unit index in place of the unit id. Returns the top
+    tokens and how many rows were spooled."""
     chosen = _chosen(summaries)
     contexts = sorted({ctx for by_ctx in chosen.values() for ctx in by_ctx})
     context_ids = dict(Context.objects.filter(corpus=run.corpus, index__in=contexts).values_list("index", "id"))
@@ -482,14 +490,15 @@ def _spool_examples(run: Run, config: HarvestConfig, loaded: Loaded, summaries: 
     tokens = run.corpus.tokenizer.tokens
     top_tokens: dict[tuple[str, int], str] = {}
     token_ids: dict[int, list[int]] = {}
-    seen = {"contexts": 0}
+    seen = {"contexts": 0, "rows": 0}
     pending: list[tuple[Any, ...]] = []
 
     def on_batch(n: int) -> None:
         seen["contexts"] += n
+        seen["rows"] += len(pending)
         pickle.dump(pending, spool)
         pending.clear()
-        progress(seen["contexts"], len(contexts), "second pass over the chosen contexts")
+        progress(seen["contexts"], len(contexts), "finalizing: second pass over the chosen contexts")
 
     def batches() -> Iterator[TokenBatch]:
         for batch in _batches(run.corpus, contexts, loaded, config):
@@ -511,9 +520,10 @@ def _spool_examples(run: Run, config: HarvestConfig, loaded: Loaded, summaries: 
                     top_tokens[(pairs.source, unit)] = tokens[ids[max_pos[i]]]
                 pending.append((pairs.source, unit, kind, bucket, rank, context_ids[ctx], value, max_pos[i],
                                 values_bytes))
+    seen["rows"] += len(pending)
     pickle.dump(pending, spool)
     spool.seek(0)
-    return top_tokens
+    return top_tokens, seen["rows"]
 
 
 def _unspool(spool: BinaryIO, sources: dict[str, Source],
