@@ -455,9 +455,9 @@ def summarize(state: dict[str, torch.Tensor], *, n_intervals: int) -> list[UnitS
     n_units = state["top_key"].shape[0]
     rows, pri, ctx, val = state["sk_rows"], state["sk_pri"], state["sk_ctx"], state["sk_val"]
     s = int(state["sk_shape"][1])
-    unit, bucket = (rows // N_OCTAVES).tolist(), (rows % N_OCTAVES).tolist()
-    # The highest n_intervals used octaves of each unit: its last n_intervals rows.
     unit_t = rows // N_OCTAVES
+    unit, bucket = unit_t.tolist(), (rows % N_OCTAVES).tolist()
+    # The highest n_intervals used octaves of each unit: its last n_intervals rows.
     unit_end = torch.bincount(unit_t, minlength=n_units).cumsum(0)
     chosen_rows = ((unit_end[unit_t] - 1 - torch.arange(rows.numel())) < n_intervals).nonzero().squeeze(1).tolist()
     filled = (pri < EMPTY_PRIORITY).tolist()
