@@ -3,7 +3,7 @@
 On the CPU, torch computes each statistic of :class:`~workers.compute.stats.UnitAccumulator` in
 its own pass over the [tokens, units] activations: the fire comparison and its count, the sums,
 the context maxima, the histogram's scatter, then the top-k keys and the sketch's hash over
-[contexts, units]. Those are a dozen memory-bound passes plus temporaries, about 6 ms per MiniLM
+[contexts, units] and its bulk inserts. Those are a dozen memory-bound passes plus temporaries, about 6 ms per MiniLM
 layer of 2,048 tokens, where the forward pass of that layer takes about 45. :func:`batch_stats`
 reads each activation once, in the batch's own memory, and produces all of them; the units are
 split between threads, so every thread owns its units' counters and nothing is reduced after.
@@ -45,19 +45,21 @@ def _compiled(function: Callable[..., None]) -> Callable[..., None]:
 @_compiled
 def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one flat kernel signature
                 hist_offset, hist_stride, hist_lo, n_bins, octave_lo, n_octaves, chunk,
-                fire, total, unit_max, hist_t, sk_last, keys,
-                cand_slot, cand_pri, cand_ctx, cand_val, cand_n):
+                fire, total, unit_max, hist_t, keys, sk_pri, sk_ctx, sk_val):
     """Statistics of one batch; see the module docstring.
 
     Inputs: ``x`` [B*T, U] float32 and ``bits`` (the same memory as int32), ``valid`` [B*T],
-    ``contexts`` [B] (global indices), ``units`` [U] (global ids, for the sketch's hash),
-    ``sk_last`` [U*n_octaves] the last held priority of each sketch slot.
+    ``contexts`` [B] (global indices, ascending), ``units`` [U] (global ids, for the sketch's
+    hash).
     Added to: ``fire`` and ``total`` (fixed point, 2^-16, per context) [U] int64, ``hist_t``
     [n_bins, U] int64 (rows with ``(r - hist_offset) % hist_stride == 0``), maximum into
     ``unit_max`` [U].
-    Written: ``keys`` [U, B] top-k keys (-1 where the context does not fire), and the sketch
-    candidates of the units of chunk ``c`` in ``cand_*[c * B * chunk:]`` (``cand_n[c]`` of
-    them, in context order).
+    Written: ``keys`` [U, B] top-k keys (-1 where the context does not fire).
+    Inserted into: the sketch ``sk_pri``, ``sk_ctx``, ``sk_val`` [U*n_octaves, s], each slot's
+    entries in ascending priority. A context enters its slot when its priority is below the last
+    held one, after every held entry of equal priority: the lower context wins a tie, as in the
+    torch path's bulk insert (stats.UnitAccumulator._sketch_insert). A thread owns its units'
+    slots, so the inserts need no locks and no buffers.
     """
     N, U = x.shape
     B = N // T
@@ -70,8 +72,7 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
         s = np.empty(n, np.float32)
         m = np.empty(n, np.float32)
         m_bits = m.view(np.int32)
-        found = 0
-        base = c * B * chunk
+        last = sk_pri.shape[1] - 1
         for b in range(B):
             s[:] = 0.0
             m[:] = -np.inf
@@ -98,21 +99,24 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
                 unit_max[u] = max(unit_max[u], v)
                 if v > 0:
                     keys[u, b] = (np.int64(m_bits[j]) << 32) | (MASK32 - ctx)
-                    # The sketch: this (context, unit)'s hash priority against the last one
-                    # held in its octave's slot (see stats.priority and stats.octave).
+                    # The sketch: this (context, unit)'s hash priority (stats.priority) into its
+                    # octave's slot (stats.octave), by insertion into the sorted row.
                     p = (ctx * 0x9E3779B1 + units[u] * 0x85EBCA77 + seed) & MASK31
                     p = ((p ^ (p >> 15)) * 0x2C1B3C6D) & MASK31
                     p = ((p ^ (p >> 12)) * 0x297A2D39) & MASK31
                     p = p ^ (p >> 15)
                     slot = u * n_octaves + min(max((m_bits[j] >> 23) - octave_lo, 0), n_octaves - 1)
-                    if p <= sk_last[slot]:
-                        cand_slot[base + found] = slot
-                        cand_pri[base + found] = p
-                        cand_ctx[base + found] = ctx
-                        cand_val[base + found] = v
-                        found += 1
+                    if p < sk_pri[slot, last]:
+                        i = last
+                        while i > 0 and sk_pri[slot, i - 1] > p:
+                            sk_pri[slot, i] = sk_pri[slot, i - 1]
+                            sk_ctx[slot, i] = sk_ctx[slot, i - 1]
+                            sk_val[slot, i] = sk_val[slot, i - 1]
+                            i -= 1
+                        sk_pri[slot, i] = p
+                        sk_ctx[slot, i] = ctx
+                        sk_val[slot, i] = v
                 else:
                     keys[u, b] = -1
         for j in range(n):
             fire[u0 + j] += fired[j]
-        cand_n[c] = found

@@ -135,7 +135,6 @@ class UnitAccumulator:
         # buffer (which hold a copy of top_key while merging).
         self._top_buf: torch.Tensor | None = None
         self._top_pending_n = 0
-        self._candidates: tuple[torch.Tensor, ...] = ()
         # Reused buffers of the dense token statistics (see _token_stats).
         self._hist_t: torch.Tensor | None = None
         self._ones_t: torch.Tensor | None = None
@@ -177,18 +176,11 @@ class UnitAccumulator:
         threads = torch.get_num_threads()
         kernels.set_threads(threads)
         chunk = -(-U // threads)  # each thread's units
-        if not self._candidates or self._candidates[0].numel() < B * U:  # at most one per (context, unit)
-            with torch.inference_mode(False):
-                self._candidates = (*(torch.empty(B * U, dtype=torch.int64) for _ in range(3)), torch.empty(B * U))
-        found = torch.zeros(-(-U // chunk), dtype=torch.int64)
         args = [x, x.view(torch.int32), valid, T, batch.contexts, self.units, self.seed,
                 (-batch.first_token) % self.hist_stride, self.hist_stride, HIST_KEY_LO - 1, N_HIST_BINS,
                 OCTAVE_LO, N_OCTAVES, chunk, self.fire, self.total, self.max, self._hist_table(x.device),
-                self.sk_pri[:, self.samples - 1], self._top_slots(B), *self._candidates, found]
+                self._top_slots(B), self.sk_pri, self.sk_ctx, self.sk_val]
         kernels.batch_stats(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
-        for c, n in enumerate(found.tolist()):
-            if n:
-                self._queue_candidates(tuple(t[c * B * chunk : c * B * chunk + n] for t in self._candidates))
 
     def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int) -> None:
         """Token statistics of ``x`` [B, T, U] whose invalid rows hold zeros."""
