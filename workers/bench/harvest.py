@@ -210,7 +210,8 @@ def run(*, tokens: int = 40_960, rounds: int = 3, location: str = MODEL, device:
     rss_10k, rss_40k = (peak_rss_mb(n, location, device) for n in rss_tokens)
     log.write("measuring COPY throughput...\n")
     return {
-        "model": location, "device": device, "units": setup.n_units, "layers": setup.n_layers, "k": 32, "tokens": n, "context_length": CONTEXT_LENGTH, "batch_size": BATCH,
+        "model": location, "device": device, "units": setup.n_units, "layers": setup.n_layers, "k": 32,
+        "tokens": n, "context_length": CONTEXT_LENGTH, "batch_size": BATCH,
         "threads": torch.get_num_threads(), "rounds": rounds,
         "bare_tokens_per_s": round(bare_tps, 1), "harvest_tokens_per_s": round(harvest_tps, 1),
         # The median of the rounds' ratios, each from batches timed side by side.

@@ -2,17 +2,19 @@
 
 On the CPU, torch computes each statistic of :class:`~workers.compute.stats.UnitAccumulator` in
 its own pass over the [tokens, units] activations: the fire comparison and its count, the sums,
-the context maxima, the histogram's scatter, then the top-k keys and the sketch's hash over
-[contexts, units] and its bulk inserts. Those are a dozen memory-bound passes plus temporaries, about 6 ms per MiniLM
-layer of 2,048 tokens, where the forward pass of that layer takes about 45. :func:`batch_stats`
-reads each activation once, in the batch's own memory, and produces all of them; the units are
-split between threads, so every thread owns its units' counters and nothing is reduced after.
+the context maxima, the histogram's scatter, then the top-k keys, the sketch's hash over
+[contexts, units] and its bulk inserts. Those are a dozen memory-bound passes plus temporaries,
+about 6 ms per MiniLM layer of 2,048 tokens, where the forward pass of that layer takes about 45.
+:func:`batch_stats` reads each activation once, in the batch's own memory, and does all of it;
+the units are split between threads, so every thread owns its units' counters and sketch slots
+and nothing is reduced after.
 
 The state it leaves equals the torch path's exactly, except that each context's float32 sum is
 added in token order and may differ from torch's in its last bits before the fixed-point
-rounding. The torch path stays for other devices (a GPU does those passes in a fraction of its forward pass) and for
-machines without numba; tests hold both paths to the brute force. This module imports numba
-(about 70 MB of LLVM), so the accumulator imports it on its first CPU batch only.
+rounding. The torch path stays for other devices (a GPU does those passes in a fraction of its
+forward pass) and for machines without numba; tests hold both paths to the brute force and to
+each other. This module imports numba (about 70 MB of LLVM), so the accumulator imports it on
+its first CPU batch only.
 """
 
 from __future__ import annotations

@@ -38,9 +38,9 @@ MASK32 = (1 << 32) - 1
 # shards merged in finalize give bit-identical means to a single pass.
 FIXED_SCALE = 1 << 16
 EMPTY_KEY = -1
-# Sketch candidates buffered before a bulk insert (about 1 MB): larger batches of inserts
-# cost no less per candidate (measured from 8k to 200k), and every buffered one is memory that
-# a short run does not touch and a long one does.
+# Sketch candidates buffered before a bulk insert on the torch path (about 1 MB; the compiled
+# CPU pass inserts directly): larger batches of inserts cost no less per candidate (measured
+# from 8k to 200k), and every buffered one is memory a short run does not touch and a long one does.
 PENDING_LIMIT = 32_768
 # Top-k keys of this many times k contexts wait before one merge.
 TOP_PENDING_FACTOR = 4
@@ -128,7 +128,7 @@ class UnitAccumulator:
         # than many small ones. Thresholds read while they wait are stale (too permissive),
         # which only admits extra candidates; the insert still keeps exactly the lowest s. They
         # wait in buffers that grow once and are reused, not in small tensors kept alive between
-        # the forward pass's large temporaries (that fragments the heap: RSS grew ~4 MB a batch).
+        # the forward pass's large temporaries (that fragmented the heap: RSS grew ~4 MB a batch).
         self._pending: tuple[torch.Tensor, ...] = ()
         self._pending_n = 0
         # Top-k keys of the last few batches wait in the columns after the first k of this
