@@ -191,7 +191,7 @@ def test_harvest_command_runs_and_does_not_recompute(minilm: Model, corpus: Corp
     run = Run.objects.get()
     n_examples = Example.objects.filter(run=run).count()
     assert run.job is not None
-    assert run.job.message == f"finalizing: writing 1,536 units' statistics and {n_examples:,} examples"
+    assert run.job.message == f"finalizing: writing {n_examples:,} examples of 1,536 units"
     again = io.StringIO()
     call_command("harvest", model="minilm-l6", corpus="lines", hooks="blocks.0.mlp.hook_post", k=8, inline=True,
                  stdout=again)

@@ -424,7 +424,7 @@ def _finalize(run: Run, progress: Callable[..., None]) -> Run:
         # Progress can't be reported from inside the transaction (its row would stay locked and
         # unseen until the commit): the last message says what the commit writes.
         progress(run.contexts_total, run.contexts_total,
-                 f"finalizing: writing {n_units:,} units' statistics and {n_examples:,} examples", force=True)
+                 f"finalizing: writing {n_examples:,} examples of {n_units:,} units", force=True)
         with transaction.atomic():
             # A crash before the WAL reaches disk loses only this commit, and the run is then
             # finalized again: no need to wait for the flush of a large bulk load.
