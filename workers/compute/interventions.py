@@ -1,0 +1,168 @@
+"""Interventions: change units during a forward pass (ablate, clamp, scale, steer), at the same
+hook points as the harvest (``blocks.{i}.mlp.hook_post``, ``blocks.{i}.hook_resid_post``).
+
+Every edit is written as a change of the hook's tensor ``x`` along one direction ``d``:
+``x + (a' - a) d``. For a neuron (or a residual dimension) ``d`` is the basis vector, so the
+other coordinates are untouched and, at ``mlp.hook_post``, the MLP's output moves by
+``(a' - a)`` times the neuron's output direction (the down projection's column). For an SAE
+feature ``a`` is the feature's activation on ``x`` and ``d`` its decoder row in the hook's scale:
+the SAE's reconstruction error passes through untouched. Steering adds ``c d`` without reading
+``a``. All edits of one hook are computed from the unedited ``x`` and summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from workers.compute import hooks
+from workers.compute.sae.model import SparseAutoencoder
+
+OPS = ("zero", "mean", "clamp", "scale", "steer")
+"""zero: a' = 0; mean: a' = value (the unit's mean from its harvest); clamp: a' = value;
+scale: a' = value * a; steer: add value * d (a is not read)."""
+
+
+class InterventionError(ValueError):
+    """An edit that cannot be applied (unknown op, index out of range, two edits of one unit)."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One unit's change. ``sae`` is None for a neuron (a coordinate of the hook's tensor)."""
+
+    hook: str
+    """Hook point, e.g. blocks.3.mlp.hook_post."""
+    index: int
+    """Neuron or feature index."""
+    op: str
+    """One of OPS."""
+    value: float = 0.0
+    """Clamp value, mean, scale factor or steering coefficient (unused by zero)."""
+    sae: SparseAutoencoder | None = None
+    """The SAE whose feature ``index`` is edited; None for a neuron."""
+    positions: tuple[int, ...] | None = None
+    """Absolute token positions (prompt and generated tokens counted from 0); None: every position."""
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise InterventionError(f"unknown intervention {self.op!r}; one of {', '.join(OPS)}")
+        width = self.sae.cfg.d_sae if self.sae is not None else None
+        if self.index < 0 or (width is not None and self.index >= width):
+            raise InterventionError(f"unit index {self.index} out of range")
+        if not torch.isfinite(torch.tensor(self.value)):
+            raise InterventionError(f"the value of an intervention must be finite (got {self.value})")
+
+
+@dataclass
+class Intervention:
+    """A set of edits, applied to the batch rows ``rows`` (None: every row).
+
+    ``offset`` is the absolute position of the first token of the next forward call: a generation
+    loop that feeds one token at a time with a KV cache sets it before each call.
+    """
+
+    edits: Sequence[Edit]
+    rows: slice | None = None
+    offset: int = 0
+    by_hook: dict[str, list[Edit]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        seen: set[tuple[str, int, int]] = set()
+        self.by_hook = {}
+        for edit in self.edits:
+            key = (edit.hook, id(edit.sae), edit.index)
+            if key in seen:
+                raise InterventionError(f"unit {edit.index} at {edit.hook} is edited twice")
+            seen.add(key)
+            self.by_hook.setdefault(edit.hook, []).append(edit)
+
+    def apply(self, hook: str, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] -> the edited copy (x itself when nothing applies)."""
+        rows = self.rows if self.rows is not None else slice(None)
+        part = x[rows]  # [b, T, D]
+        delta = torch.zeros_like(part)
+        for edit in self.by_hook.get(hook, []):
+            delta += _delta(edit, part) * _position_mask(edit, part.shape[1], self.offset, part)
+        out = x.clone()
+        out[rows] = part + delta
+        return out
+
+
+def _position_mask(edit: Edit, length: int, offset: int, like: torch.Tensor) -> torch.Tensor:
+    """[1, T, 1] of ones at the edit's positions within this call's window [offset, offset + T)."""
+    if edit.positions is None:
+        return torch.ones(1, length, 1, dtype=like.dtype, device=like.device)
+    mask = torch.zeros(1, length, 1, dtype=like.dtype, device=like.device)
+    for p in edit.positions:
+        if offset <= p < offset + length:
+            mask[0, p - offset, 0] = 1
+    return mask
+
+
+def _delta(edit: Edit, x: torch.Tensor) -> torch.Tensor:
+    """(a' - a) d for every token of x [b, T, D]."""
+    if edit.sae is None:
+        if edit.index >= x.shape[-1]:
+            raise InterventionError(f"neuron {edit.index} out of range for {edit.hook} (width {x.shape[-1]})")
+        a = x[..., edit.index : edit.index + 1]  # [b, T, 1]
+        direction = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+        direction[edit.index] = 1
+        return (_target(edit, a) - a) * direction
+    sae = edit.sae
+    normalized, undo = sae.normalize(x.to(sae.W_dec.dtype))
+    # The decoder row in the hook's scale: decode() divides by the normalization's per-token scale.
+    direction = sae.W_dec[edit.index].detach() / (undo[0] if undo is not None else 1.0)  # [(b, T, ) D]
+    if edit.op == "steer":
+        return (edit.value * direction).to(x.dtype).expand_as(x)
+    a = sae.activate(sae.pre_acts(normalized))[..., edit.index : edit.index + 1]  # [b, T, 1]
+    return ((_target(edit, a) - a) * direction).to(x.dtype)
+
+
+def _target(edit: Edit, a: torch.Tensor) -> torch.Tensor:
+    """a' for the activation a [b, T, 1]."""
+    if edit.op == "zero":
+        return torch.zeros_like(a)
+    if edit.op in ("mean", "clamp"):
+        return torch.full_like(a, edit.value)
+    if edit.op == "scale":
+        return a * edit.value
+    return a + edit.value  # steer a neuron: its coordinate moves by c
+
+
+@contextmanager
+def applied(model: nn.Module, arch: hooks.Architecture, n_layers: int, intervention: Intervention) -> Iterator[None]:
+    """Install the intervention's hooks (removed on exit, whatever happens)."""
+    layers = arch.layers(model)
+    handles = []
+
+    def pre_hook(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (intervention.apply(name, args[0]), *args[1:])
+
+        return hook
+
+    def post_hook(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (intervention.apply(name, output[0]), *output[1:])
+            return intervention.apply(name, output)
+
+        return hook
+
+    try:
+        for name in intervention.by_hook:
+            layer, kind = hooks.parse_hook(name, n_layers)
+            if kind == "mlp.hook_post":
+                handles.append(arch.mlp_out(layers[layer]).register_forward_pre_hook(pre_hook(name)))
+            else:
+                handles.append(layers[layer].register_forward_hook(post_hook(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
