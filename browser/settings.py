@@ -29,18 +29,24 @@ CSRF_TRUSTED_ORIGINS = env_list("BROWSER_CSRF_TRUSTED_ORIGINS", [])
 
 _database = env_database_url("DATABASE_URL")
 _redis = env_redis_url("REDIS_URL")
-EMBEDDED = _database is None or _redis is None
-if EMBEDDED and env_bool("BROWSER_EMBEDDED_AUTOSTART", True):
-    _endpoints = embedded.ensure(DATA_DIR)
-    if _database is None:
-        from browser.core.env import parse_database_url
-
-        _database = parse_database_url("embedded database", _endpoints.database_url)
-    _redis = _redis or _endpoints.redis_url
-if _database is None or _redis is None:
+# The embedded servers for the URLs left unset. Importing the settings starts nothing: only their
+# ports are read (or chosen and remembered); they start when a process first needs them (see
+# browser/core/embedded.py), and `manage.py embedded stop` stops them.
+EMBEDDED_SERVERS = tuple(name for name, url in (("postgres", _database), ("redis", _redis)) if url is None)
+EMBEDDED = bool(EMBEDDED_SERVERS)
+if EMBEDDED and not env_bool("BROWSER_EMBEDDED_AUTOSTART", True):
     raise ImproperlyConfigured("set DATABASE_URL and REDIS_URL, or allow BROWSER_EMBEDDED_AUTOSTART")
+EMBEDDED_ENDPOINTS = embedded.endpoints(DATA_DIR) if EMBEDDED else None
+if EMBEDDED_ENDPOINTS is not None:
+    from browser.core.env import parse_database_url
+
+    _database = _database or parse_database_url("embedded database", EMBEDDED_ENDPOINTS.database_url)
+    _redis = _redis or EMBEDDED_ENDPOINTS.redis_url
+assert _database is not None and _redis is not None
 
 DATABASES = {"default": _database.django()}
+if EMBEDDED:
+    DATABASES["default"]["ENGINE"] = "browser.core.embedded_db"  # starts the servers on first connection
 REDIS_URL = _redis
 
 INSTALLED_APPS = [
@@ -113,6 +119,11 @@ STATICFILES_DIRS = [BASE_DIR / "browser" / "static"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Uploads larger than this are refused (a corpus file goes through the CLI, not the web).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("BROWSER_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
+# Work a web request asks a worker for (try your own text, steering): a sign-in, this rate per user,
+# this long a wait, and a queued task not started within the expiry is discarded, never run.
+BROWSER_COMPUTE_RATE = env_str("BROWSER_COMPUTE_RATE", "30/min")
+BROWSER_COMPUTE_WAIT_S = env_int("BROWSER_COMPUTE_WAIT_S", 20, minimum=1, maximum=300)
+BROWSER_COMPUTE_EXPIRES_S = env_int("BROWSER_COMPUTE_EXPIRES_S", 30, minimum=1, maximum=3600)
 
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("BROWSER_SSL_REDIRECT", True)

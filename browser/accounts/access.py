@@ -34,6 +34,11 @@ def can_read(user: Any) -> bool:
     return role_of(user) is not None or bool(settings.BROWSER_ANONYMOUS_READ)
 
 
+def can_compute(user: Any) -> bool:
+    """Make a worker compute on request (try your own text, steering): any signed-in user."""
+    return role_of(user) is not None
+
+
 def can_label(user: Any) -> bool:
     return has_role(user, Role.ANNOTATOR)
 

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from browser.api.compute import CanCompute, ComputeThrottle
 from browser.catalog.models import Model
 from browser.catalog.page_selectors import compare, jobs_with_progress, overview, toy_view, unit_detail
 from browser.catalog.probe import ProbeError, probe_unit
@@ -374,8 +375,12 @@ class UnitDetailApi(APIView):
 
 
 class UnitProbeApi(APIView):
+    permission_classes = [CanCompute]
+    throttle_classes = [ComputeThrottle]
+
     @extend_schema(request=ProbeInputSerializer, responses={200: ProbeSerializer, 422: OpenApiTypes.OBJECT},
-                   summary="The unit's per-token activations on your own text (computed by a worker)")
+                   summary="The unit's per-token activations on your own text (computed by a worker; "
+                           "signed-in users, throttled at BROWSER_COMPUTE_RATE)")
     def post(self, request: Request, model: str, source: str, index: int) -> Response:
         unit = unit_get(model_name=model, source_name=source, index=index)
         data = ProbeInputSerializer(data=request.data)

@@ -6,15 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from celery.exceptions import TimeoutError as CeleryTimeout
-from django.conf import settings
 from django.utils.safestring import SafeString
 
+from browser.api.compute import ComputeError, compute_call
 from browser.catalog.models import Source, Unit
 from browser.examples.selectors import Vocab, render_tokens, vocab_for
 
 MAX_CHARS = 2000
-WAIT_S = float(getattr(settings, "PROBE_WAIT_S", 20.0))  # a cold worker loads the model first
 
 
 class ProbeError(ValueError):
@@ -40,11 +38,9 @@ def _result(unit: Unit, vocab: Vocab, data: dict[str, list[float] | list[int] | 
                        float(values.max()) if values.size else 0.0, render_tokens(ids, values, max_pos, vocab, scale))
 
 
-def probe_unit(*, unit: Unit, text: str, wait_s: float = WAIT_S) -> ProbeResult:
-    """Queue the unit's activations on ``text`` on the gpu queue and wait for them."""
-    from workers.celery import app
-    from workers.cli import workers_alive
-
+def probe_unit(*, unit: Unit, text: str, wait_s: float | None = None) -> ProbeResult:
+    """Queue the unit's activations on ``text`` on the gpu queue and wait for them (the compute
+    rules of browser/api/compute.py: the caller has checked the user and the throttle)."""
     text = text.strip()
     if not text:
         raise ProbeError("Type some text first.")
@@ -52,17 +48,8 @@ def probe_unit(*, unit: Unit, text: str, wait_s: float = WAIT_S) -> ProbeResult:
         raise ProbeError(f"At most {MAX_CHARS} characters, please.")
     if unit.source.kind == Source.Kind.SAE and not hasattr(unit.source, "sae"):
         raise ProbeError("This SAE source has no stored weights to encode with.")
-    if not workers_alive(timeout=1.0):
-        raise ProbeError("No worker is running, so nothing can compute activations now. "
-                         "Start one with `celery -A workers worker -Q gpu,default --pool solo`.")
-    result = app.send_task("workers.tasks.probe_unit", args=[unit.pk, text])  # routed to the gpu queue
     try:
-        data = result.get(timeout=wait_s)
-    except CeleryTimeout:
-        raise ProbeError(f"No answer within {wait_s:.0f} s: the workers are busy (or loading the model). "
-                         "Try again in a moment.") from None
-    except Exception as exc:  # the task's own error, re-raised by Celery
-        raise ProbeError(f"The worker could not compute it: {exc}") from None
-    finally:
-        result.forget()
+        data = compute_call("workers.tasks.probe_unit", [unit.pk, text], wait_s=wait_s)
+    except ComputeError as exc:
+        raise ProbeError(str(exc)) from None
     return _result(unit, vocab_for(unit.source.model), data)

@@ -8,6 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
+from browser.api.compute import compute_refusal
 from browser.catalog.models import Model, Source
 from browser.catalog.page_selectors import compare as compare_units
 from browser.catalog.page_selectors import overview, toy_view, unit_detail
@@ -74,12 +75,17 @@ def unit_probe(request: HttpRequest, model: str, source: str, index: int) -> Htt
     unit = unit_get(model_name=model, source_name=source, index=index)
     text = request.POST.get("text", "")
     context: dict[str, Any] = {"unit": unit, "text": text, "d": unit_detail(unit)}
-    try:
-        context["probe"] = probe_unit(unit=unit, text=text)
-    except ProbeError as exc:
-        context["probe_error"] = str(exc)
+    status = 200
+    refusal = compute_refusal(request)
+    if refusal is not None:
+        status, context["probe_error"] = refusal
+    else:
+        try:
+            context["probe"] = probe_unit(unit=unit, text=text)
+        except ProbeError as exc:
+            status, context["probe_error"] = 422, str(exc)
     context["label_panel"] = label_panel(request, unit, context["d"].labels)
-    return render(request, "catalog/unit.html", context, status=200 if "probe" in context else 422)
+    return render(request, "catalog/unit.html", context, status=status)
 
 
 def compare(request: HttpRequest) -> HttpResponse:

@@ -14,6 +14,7 @@ from django.test import Client
 from browser.catalog.models import Unit
 from browser.catalog.services import source_get_or_create, units_ensure
 from fixtures.tiny import build_tiny_bert
+from tests.conftest import Cast
 from workers.compute import hooks, loading
 from workers.pipeline.models import model_register
 
@@ -32,7 +33,8 @@ def _expected(location: str, index: int) -> list[float]:
     return out[HOOK][0, :, index].tolist()
 
 
-def test_try_your_own_text(worker: subprocess.Popen[bytes], tmp_path: Path, client: Client) -> None:
+def test_try_your_own_text(worker: subprocess.Popen[bytes], tmp_path: Path, client: Client, cast: Cast) -> None:
+    client.force_login(cast.outsider)  # making a worker compute needs a sign-in (any role)
     location = str(build_tiny_bert(tmp_path / "tiny"))
     model = model_register(location=location, name="tiny")
     units_ensure(source=source_get_or_create(model=model, name=HOOK, hook_point=HOOK, layer=1, kind="neurons",
