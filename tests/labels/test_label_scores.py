@@ -19,7 +19,7 @@ from tests.conftest import Cast
 from tests.workers.test_harvest import _harvest, corpus, tiny  # noqa: F401 (fixtures)
 from workers.compute import hooks
 from workers.pipeline import label_scores as ls
-from workers.pipeline.probe import loaded_model
+from workers.pipeline.loader import loaded_model
 
 pytestmark = pytest.mark.slow
 SOURCE = "blocks.0.mlp.hook_post"

@@ -20,6 +20,7 @@ from workers.bench import timing
 from workers.compute import hooks, loading, tokenize
 from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass, make_batch
 from workers.compute.stats import UnitAccumulator
+from workers.pipeline.loader import device_for
 
 MODEL = "minilm-l6"
 CONTEXT_LENGTH = 64
@@ -54,12 +55,6 @@ class Setup:
         """Wait for the device, so that a timed call ends when its work does."""
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def make_batches(n_tokens: int, location: str = MODEL) -> list[TokenBatch]:
@@ -182,7 +177,7 @@ def add_arguments(parser: Any) -> None:
 def main(opts: dict[str, Any], log: Any) -> dict[str, Any]:
     if opts["tokens"] < 1024:
         raise ValueError("--tokens must be at least 1024")
-    device = resolve_device(opts["device"])
+    device = device_for(opts["device"])
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device here")
     return run(tokens=opts["tokens"], rounds=opts["rounds"], location=opts["model"], device=device, log=log)

@@ -24,7 +24,7 @@ from browser.examples.models import Example
 from browser.labels.models import Label
 from workers.compute import hooks
 from workers.compute.embed import SentenceEmbedder, label_auc
-from workers.pipeline.probe import loaded_model, loaded_sae
+from workers.pipeline.loader import device_for, model_on, source_sae
 
 NAME, VERSION = "label_auc", 1
 SAMPLE_CONTEXTS = 256
@@ -50,9 +50,9 @@ def _sample(corpus_id: int, seed: int) -> list[Context]:
 @torch.inference_mode()
 def _max_activations(source: Source, contexts: list[Context], special: set[int]) -> torch.Tensor:
     """[C, n_units] each unit's max over the real, non-special tokens of each context."""
-    model, device = source.model, "cuda" if torch.cuda.is_available() else "cpu"
-    torch_model, arch, _ = loaded_model(model.location, model.config.get("model_type", model.architecture), device)
-    encode = loaded_sae(source.pk, source.sae.weights_id, device).encode if source.kind == Source.Kind.SAE else None
+    device = device_for()
+    torch_model, arch, _ = model_on(source.model, device)
+    encode = source_sae(source, device).encode if source.kind == Source.Kind.SAE else None
     out = []
     for start in range(0, len(contexts), BATCH):
         rows = [decode_tokens(bytes(c.tokens)) for c in contexts[start:start + BATCH]]
@@ -65,7 +65,7 @@ def _max_activations(source: Source, contexts: list[Context], special: set[int])
         mask = valid.long()
         valid &= ~torch.isin(ids, torch.tensor(sorted(special) or [-1]))
         captured: dict[str, torch.Tensor] = {}
-        with hooks.capture(torch_model, arch, [source.hook_point], model.n_layers, captured.__setitem__):
+        with hooks.capture(torch_model, arch, [source.hook_point], source.model.n_layers, captured.__setitem__):
             hooks.forward(torch_model, ids.to(device), mask.to(device))
         acts = captured[source.hook_point]
         acts = encode(acts) if encode is not None else acts  # [B, L, n_units]
@@ -82,8 +82,7 @@ def label_scores(*, source_id: int, force: bool = False, seed: int = 0,
     counts = {"scored": 0, "too_dense": 0}
     if not labels:
         return counts
-    tokenizer = loaded_model(source.model.location, source.model.config.get("model_type", source.model.architecture),
-                             "cpu")[2]
+    tokenizer = model_on(source.model, "cpu")[2]
     special = set(source.model.tokenizer.special_ids) if source.model.tokenizer else set()
     run = labels[0].unit.stats_run
     assert run is not None  # _stale_labels keeps harvested units only

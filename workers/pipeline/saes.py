@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,13 @@ from django.db import transaction
 
 from browser.catalog.models import Model, Sae, Source, Unit, UnitRelation
 from browser.catalog.services import source_get_or_create, unit_relations_replace, units_ensure
-from browser.core.blobs import blob_read, blob_write
+from browser.core.blobs import blob_write
 from workers.compute import hooks
 from workers.compute.config import SourceConfig
 from workers.compute.harvest import SourceRuntime
 from workers.compute.sae import files, relations
 from workers.compute.sae.model import SparseAutoencoder
+from workers.pipeline.loader import sae_on
 
 NEAREST = 8  # nearest features kept per feature
 ALIGNED = 5  # neurons kept per feature, and features per neuron
@@ -80,14 +80,8 @@ def sae_import(*, model: Model, path: Path, name: str, hook: str = "") -> Sae:
 
 
 def sae_load(sae_row: Sae) -> SparseAutoencoder:
-    """The SAE's module on the CPU (cached per worker by id and checksum)."""
-    return _load(sae_row.pk, sae_row.weights.sha256)
-
-
-@lru_cache(maxsize=8)
-def _load(sae_id: int, sha256: str) -> SparseAutoencoder:
-    row = Sae.objects.select_related("weights").get(pk=sae_id)
-    return files.from_bytes(files.saelens_config(row.cfg), blob_read(row.weights)).eval()
+    """The SAE's module on the CPU (cached per worker by the loader)."""
+    return sae_on(sae_row, "cpu")
 
 
 def sae_export(*, sae_row: Sae, path: Path) -> None:
@@ -181,7 +175,7 @@ def sae_source_check(model: Model, config: SourceConfig) -> Source:
 
 def sae_runtime(config: SourceConfig, unit_offset: int, device: torch.device) -> SourceRuntime:
     """The harvest's view of an SAE source: its latents, encoded from the hook's activations."""
-    sae = sae_load(Sae.objects.select_related("weights").get(pk=int(config.sae_id or 0))).to(device)
+    sae = sae_on(Sae.objects.get(pk=int(config.sae_id or 0)), str(device))
     return SourceRuntime(config.name, config.hook, sae.cfg.d_sae, unit_offset, encode=sae.encode, sparse=True)
 
 

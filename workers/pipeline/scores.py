@@ -44,7 +44,7 @@ from workers.compute import comparison, hooks, loading, scores
 from workers.compute.config import HarvestConfig
 from workers.compute.harvest import make_batch
 from workers.pipeline.harvest import merged_correlation
-from workers.pipeline.probe import loaded_model, loaded_sae
+from workers.pipeline.loader import device_for, model_on, sae_on, source_sae
 
 VERSION = 2
 """2: the context-cluster score removes the corpus's common component and weights by activation."""
@@ -202,7 +202,7 @@ class Windows:
         if self._embedder is None:
             from workers.compute.embed import SentenceEmbedder
 
-            self._embedder = SentenceEmbedder(Path(settings.CACHE_DIR), _device())
+            self._embedder = SentenceEmbedder(Path(settings.CACHE_DIR), device_for())
         return self._embedder.embed(texts)
 
     def vectors(self, keys: list[tuple[int, int]], tokens: dict[int, list[int]]) -> torch.Tensor:
@@ -270,10 +270,6 @@ def _max_values(run: Run, unit_ids: list[int]) -> dict[tuple[int, int], float]:
         for unit_id, context_id, value in rows.values_list("unit_id", "context_id", "max_value"):
             out[(unit_id, context_id)] = value
     return out
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ---- toy models: features per neuron from the true dictionary ---------------------------------
@@ -365,8 +361,8 @@ class _PairPass:
 
     def __init__(self, run: Run, neurons: Source, sae_source: Source, examples: UnitExamples) -> None:
         self.run_row, self.neurons, self.sae_source = run, neurons, sae_source
-        self.device = _device()
-        self.sae = loaded_sae(sae_source.pk, sae_source.sae.weights_id, self.device)
+        self.device = device_for()
+        self.sae = source_sae(sae_source, self.device)
         self.W_dec = self.sae.W_dec.detach().float().cpu()  # [F, N]
         member_ids = {u: examples.contexts(u, (Example.Kind.INTERVAL, Example.Kind.RANDOM))
                       for u in range(neurons.n_units)}
@@ -382,8 +378,7 @@ class _PairPass:
 
     def run(self, progress: Progress) -> None:
         model = self.run_row.model
-        torch_model, arch, tokenizer = loaded_model(model.location, model.config.get("model_type", model.architecture),
-                                                    self.device)
+        torch_model, arch, tokenizer = model_on(model, self.device)
         indices = sorted(self.owners)
         config = HarvestConfig.from_dict(self.run_row.config)
         special = set(self.run_row.corpus.tokenizer.special_ids) if config.exclude_special else set()
@@ -425,10 +420,10 @@ class _PairPass:
 # ---- layer superposition ------------------------------------------------------------------------
 def _superposition(run: Run, source: Source) -> int:
     """Live distinct features per dimension of an SAE's layer, stored in ``Sae.quality``."""
-    sae_row = Sae.objects.select_related("weights").get(source=source)
+    sae_row = Sae.objects.get(source=source)
     fired = dict(UnitStats.objects.filter(run=run, unit__source=source).values_list("unit__index", "fire_count"))
     live = torch.tensor([fired.get(i, 0) > 0 for i in range(source.n_units)])
-    W_dec = loaded_sae(source.pk, sae_row.weights_id, "cpu").W_dec.detach()
+    W_dec = sae_on(sae_row, "cpu").W_dec.detach()
     distinct = scores.distinct_live_features(W_dec, live)
     quality = {**sae_row.quality, "superposition": {
         "value": int(distinct.sum()) / W_dec.shape[1], "distinct_live": int(distinct.sum()), "live": int(live.sum()),
