@@ -293,7 +293,9 @@ def test_causal_lm_sae_has_logit_effects_and_loss_recovered(db: None, tmp_path: 
     # Through the MLP's down projection (GPT-2's Conv1D: [d_mlp, d_model]), the final norm's
     # weight and the unembedding.
     direction = sae.W_dec[feature].detach() @ torch_model.transformer.h[1].mlp.c_proj.weight.detach()
-    logits = torch_model.lm_head.weight.detach() @ (direction * torch_model.transformer.ln_f.weight.detach())
+    # ln_f is a LayerNorm: it removes the direction's mean before scaling by its weight.
+    logits = torch_model.lm_head.weight.detach() @ ((direction - direction.mean())
+                                                    * torch_model.transformer.ln_f.weight.detach())
     unit = Unit.objects.get(source=row.source, index=feature)
     assert [t for t, _ in unit.logit_effects["up"]] == torch.topk(logits, 10).indices.tolist()
     assert [t for t, _ in unit.logit_effects["down"]] == torch.topk(-logits, 10).indices.tolist()

@@ -1,8 +1,10 @@
-"""Hook points per architecture, and a forward pass that stops after the deepest hooked layer.
+"""Hook points, and a forward pass that stops after the deepest hooked point.
 
-Hook names follow TransformerLens/SAELens: ``blocks.{i}.mlp.hook_post`` is the input of the
-MLP's down projection (one value per neuron), ``blocks.{i}.hook_resid_post`` the residual stream
-after block ``i``.
+Hook names follow TransformerLens/SAELens, per block ``i``: ``blocks.{i}.hook_resid_pre`` (the
+block's input), ``hook_resid_mid`` (the residual stream between attention and MLP),
+``mlp.hook_in`` (the MLP's input, after its pre-norm where it has one: what a transcoder reads),
+``mlp.hook_post`` (the input of the MLP's down projection, one value per neuron) and
+``hook_resid_post`` (the block's output). Where each lives in a model: ``architectures``.
 """
 
 from __future__ import annotations
@@ -10,121 +12,36 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-HOOK_RE = re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|hook_resid_post)$")
+from workers.compute.architectures import ARCHITECTURES, Architecture, HookError, architecture_for, dims
 
+__all__ = ["ARCHITECTURES", "KINDS", "Architecture", "HookError", "architecture_for", "capture", "dims",
+           "expand_hooks", "forward", "hook_points", "parse_hook", "splice"]
 
-class HookError(ValueError):
-    """An unknown hook point or architecture; the message lists the valid ones."""
+# Hook kinds in the order a block computes them: the deepest hooked one stops the forward pass.
+KINDS = ("hook_resid_pre", "hook_resid_mid", "mlp.hook_in", "mlp.hook_post", "hook_resid_post")
+HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in KINDS) + r")$")
 
 
 class _StopForward(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """Where a transformers architecture keeps its parts. The accessors take ``Any``: submodules
-    are found by attribute, which torch's typing cannot follow."""
-
-    name: str
-    causal: bool
-    layers: Callable[[Any], Sequence[nn.Module]]
-    # The module whose input is `mlp.hook_post` (the MLP's down projection).
-    mlp_out: Callable[[Any], nn.Module]
-    # [d_mlp, d_model]: the output direction of each neuron.
-    neuron_directions: Callable[[Any], torch.Tensor]
-    final_norm: Callable[[Any], nn.Module | None]
-    unembed: Callable[[Any], torch.Tensor | None]
-    n_layers_key: str = "num_hidden_layers"
-    d_model_key: str = "hidden_size"
-    d_mlp_key: str = "intermediate_size"
-
-
-def _linear_out_dirs(linear: Any) -> torch.Tensor:
-    return linear.weight.detach().T  # nn.Linear stores [out, in]: [d_model, d_mlp] -> [d_mlp, d_model]
-
-
-_LLAMA = Architecture(
-    name="llama",
-    causal=True,
-    layers=lambda m: m.model.layers,
-    mlp_out=lambda layer: layer.mlp.down_proj,
-    neuron_directions=lambda layer: _linear_out_dirs(layer.mlp.down_proj),
-    final_norm=lambda m: m.model.norm,
-    unembed=lambda m: m.lm_head.weight.detach(),
-)
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "bert": Architecture(
-        name="bert",
-        causal=False,
-        layers=lambda m: m.encoder.layer,
-        mlp_out=lambda layer: layer.output.dense,
-        neuron_directions=lambda layer: _linear_out_dirs(layer.output.dense),
-        final_norm=lambda m: None,
-        unembed=lambda m: None,
-    ),
-    "gpt2": Architecture(
-        name="gpt2",
-        causal=True,
-        layers=lambda m: m.transformer.h,
-        mlp_out=lambda layer: layer.mlp.c_proj,
-        # GPT-2's Conv1D stores [in, out]: already [d_mlp, d_model].
-        neuron_directions=lambda layer: layer.mlp.c_proj.weight.detach(),
-        final_norm=lambda m: m.transformer.ln_f,
-        unembed=lambda m: m.lm_head.weight.detach(),
-        n_layers_key="n_layer",
-        d_model_key="n_embd",
-        d_mlp_key="n_inner",
-    ),
-    "gpt_neox": Architecture(
-        name="gpt_neox",
-        causal=True,
-        layers=lambda m: m.gpt_neox.layers,
-        mlp_out=lambda layer: layer.mlp.dense_4h_to_h,
-        neuron_directions=lambda layer: _linear_out_dirs(layer.mlp.dense_4h_to_h),
-        final_norm=lambda m: m.gpt_neox.final_layer_norm,
-        unembed=lambda m: m.embed_out.weight.detach(),
-    ),
-}
-
-
-def architecture_for(model_type: str) -> Architecture:
-    try:
-        return ARCHITECTURES[model_type]
-    except KeyError:
-        supported = ", ".join(sorted(ARCHITECTURES))
-        raise HookError(f"unsupported architecture {model_type!r}; supported: {supported}") from None
-
-
-def dims(config: Any, arch: Architecture) -> tuple[int, int, int]:
-    """(n_layers, d_model, d_mlp) from a transformers config."""
-    n_layers = int(getattr(config, arch.n_layers_key))
-    d_model = int(getattr(config, arch.d_model_key))
-    d_mlp = getattr(config, arch.d_mlp_key, None) or 4 * d_model
-    return n_layers, d_model, int(d_mlp)
-
-
 def hook_points(n_layers: int) -> list[str]:
-    return [f"blocks.{i}.{kind}" for i in range(n_layers) for kind in ("mlp.hook_post", "hook_resid_post")]
+    return [f"blocks.{i}.{kind}" for i in range(n_layers) for kind in KINDS]
 
 
 def parse_hook(name: str, n_layers: int) -> tuple[int, str]:
     """(layer, kind) of a hook name; a clear error listing valid names otherwise."""
     match = HOOK_RE.match(name)
     if not match or int(match.group(1)) >= n_layers:
-        raise HookError(
-            f"unknown hook point {name!r}; valid: blocks.{{i}}.mlp.hook_post and blocks.{{i}}.hook_resid_post "
-            f"for i in 0..{n_layers - 1} (e.g. blocks.0.mlp.hook_post)"
-        )
+        kinds = ", ".join(f"blocks.{{i}}.{kind}" for kind in KINDS)
+        raise HookError(f"unknown hook point {name!r}; valid: {kinds} for i in 0..{n_layers - 1} "
+                        f"(e.g. blocks.0.mlp.hook_post)")
     return int(match.group(1)), match.group(2)
 
 
@@ -144,7 +61,44 @@ def expand_hooks(pattern: str, n_layers: int) -> list[str]:
             chosen.append(part)
     if not chosen:
         raise HookError("no hook points given")
-    return sorted(set(chosen), key=lambda name: (parse_hook(name, n_layers)[0], name))
+    return sorted(set(chosen), key=lambda name: _depth(parse_hook(name, n_layers)))
+
+
+def _depth(parsed: tuple[int, str]) -> tuple[int, int]:
+    return parsed[0], KINDS.index(parsed[1])
+
+
+def _site(arch: Architecture, block: nn.Module, name: str, kind: str) -> tuple[nn.Module, bool]:
+    """(module, whether the activation is its input) where a hook kind is read in a block."""
+    if kind == "hook_resid_post":
+        return block, False
+    if kind == "hook_resid_pre":
+        return block, True
+    if kind == "mlp.hook_post":
+        return arch.mlp_out(block), True
+    if kind == "mlp.hook_in":
+        return arch.mlp(block), True
+    module = arch.resid_mid(block)
+    if module is None:
+        raise HookError(f"{name} does not exist in this model: its blocks are parallel (attention and MLP "
+                        f"both read hook_resid_pre, as in Pythia); hook hook_resid_pre or mlp.hook_in instead")
+    return module, True
+
+
+def _input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    return args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
+
+
+def _output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _sites(model: nn.Module, arch: Architecture, names: Sequence[str], n_layers: int
+           ) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, from_input) per hook, in the order the forward pass reaches them."""
+    parsed = sorted(((name, parse_hook(name, n_layers)) for name in names), key=lambda item: _depth(item[1]))
+    layers = arch.layers(model)
+    return [(name, *_site(arch, layers[layer], name, kind)) for name, (layer, kind) in parsed]
 
 
 @contextmanager
@@ -155,30 +109,58 @@ def capture(
 
     The hook of the deepest point raises to stop the forward pass there (see :func:`forward`).
     """
-    parsed = [(name, *parse_hook(name, n_layers)) for name in names]
-    deepest = max(parsed, key=lambda item: (item[1], item[2] == "hook_resid_post"))[0]
-    layers = arch.layers(model)
+    sites = _sites(model, arch, names, n_layers)
+    deepest = sites[-1][0]
     handles = []
 
     def make(name: str, from_input: bool) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any = None) -> None:
-            value = args[0] if from_input else (output[0] if isinstance(output, tuple) else output)
-            sink(name, value)
+        def pre_hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+            sink(name, _input(args, kwargs))
             if name == deepest:
                 raise _StopForward
 
-        return hook
+        def post_hook(module: nn.Module, args: Any, output: Any) -> None:
+            sink(name, _output(output))
+            if name == deepest:
+                raise _StopForward
+
+        return pre_hook if from_input else post_hook
 
     try:
-        for name, layer, kind in parsed:
-            if kind == "mlp.hook_post":
-                handles.append(arch.mlp_out(layers[layer]).register_forward_pre_hook(make(name, True)))
+        for name, module, from_input in sites:
+            if from_input:
+                handles.append(module.register_forward_pre_hook(make(name, True), with_kwargs=True))
             else:
-                handles.append(layers[layer].register_forward_hook(make(name, False)))
+                handles.append(module.register_forward_hook(make(name, False)))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def splice(model: nn.Module, arch: Architecture, hook: str, n_layers: int,
+           replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace the activation at ``hook`` by ``replace(activation)`` for the whole forward pass."""
+    [(_, module, from_input)] = _sites(model, arch, [hook], n_layers)
+
+    def pre_hook(module: nn.Module, args: Any, kwargs: Any) -> Any:
+        if args:
+            return (replace(args[0]), *args[1:]), kwargs
+        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+        return args, {**kwargs, key: replace(kwargs[key])}
+
+    def post_hook(module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (replace(output[0]), *output[1:])
+        return replace(output)
+
+    handle = (module.register_forward_pre_hook(pre_hook, with_kwargs=True) if from_input
+              else module.register_forward_hook(post_hook))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:

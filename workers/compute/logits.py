@@ -1,5 +1,13 @@
 """Logit effects: the tokens a unit's output direction pushes up and down most, through the
-unembedding (the direct path; the final norm's elementwise weight is folded in)."""
+final norm and the unembedding (the direct path).
+
+The final norm acts on the direction as it does on the residual stream, with its normalising
+scale (1/std or 1/rms of the token) frozen: LayerNorm removes the direction's mean and multiplies
+by its weight, RMSNorm only multiplies (Gemma's by 1 + weight). The frozen scale is positive and
+the same for every direction, so the ranking is exact; its bias is no effect of the direction.
+Gemma's final logit soft-capping (``cap * tanh(logits / cap)``) is monotone and applies to the
+whole logit, not to one direction's share of it: effects are reported before it.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +29,11 @@ def logit_effects(model: nn.Module, arch: Architecture, directions: torch.Tensor
     if unembed is None:
         return [{} for _ in range(directions.shape[0])]
     norm = arch.final_norm(model)
-    scale = getattr(norm, "weight", None)
     with torch.inference_mode():
         W_U = unembed.float()  # [vocab, d_model]
         out: list[dict[str, Any]] = []
         for start in range(0, directions.shape[0], CHUNK):
-            d = directions[start : start + CHUNK].float().to(W_U.device)
-            if scale is not None:
-                d = d * scale.detach().float()
+            d = arch.through_norm(norm, directions[start : start + CHUNK].float().to(W_U.device))
             logits = d @ W_U.T  # [chunk, vocab]
             up = torch.topk(logits, top, dim=1)
             down = torch.topk(-logits, top, dim=1)

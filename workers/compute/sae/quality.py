@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
 
-from workers.compute.hooks import Architecture, parse_hook
+from workers.compute import hooks
+from workers.compute.hooks import Architecture
 from workers.compute.sae.model import SparseAutoencoder
 
 
@@ -46,24 +46,8 @@ def reconstruction_quality(sae: SparseAutoencoder, chunks: Iterable[torch.Tensor
 def splice(model: nn.Module, arch: Architecture, hook: str, n_layers: int,
            replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Replace the activation at ``hook`` by ``replace(activation)`` for the whole forward pass."""
-    layer, kind = parse_hook(hook, n_layers)
-    block = arch.layers(model)[layer]
-    if kind == "mlp.hook_post":
-        def pre_hook(module: nn.Module, args: Any) -> Any:
-            return (replace(args[0]), *args[1:])
-
-        handle = arch.mlp_out(block).register_forward_pre_hook(pre_hook)
-    else:
-        def post_hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if isinstance(output, tuple):
-                return (replace(output[0]), *output[1:])
-            return replace(output)
-
-        handle = block.register_forward_hook(post_hook)
-    try:
+    with hooks.splice(model, arch, hook, n_layers, replace):
         yield
-    finally:
-        handle.remove()
 
 
 def _next_token_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
