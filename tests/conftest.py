@@ -136,3 +136,11 @@ def cast(db: None) -> Cast:
 def _fast_password_hashing(settings: object) -> None:
     """Tests create many users; the production hasher is slow on purpose."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the embedded PostgreSQL and Redis if this session started them (the embedded default,
+    with DATABASE_URL/REDIS_URL unset); servers that were already running are left alone."""
+    from browser.core import embedded
+
+    embedded.stop_started()

@@ -1,7 +1,6 @@
-"""Celery app, tasks and the compute core (``workers.compute``: plain torch, no Django)."""
+"""Celery app, tasks and the compute core (``workers.compute``: plain torch, no Django).
 
-from __future__ import annotations
-
-from workers.celery import app as celery_app
-
-__all__ = ["celery_app"]
+Importing this package imports nothing else, so ``workers.compute`` loads without Django or
+Celery. The Celery app lives in ``workers.celery``: Django loads it when it starts
+(``WorkersConfig.ready``), and ``celery -A workers`` finds it there by itself.
+"""

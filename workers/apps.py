@@ -1,6 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
+
+
+def _start_embedded(**_: Any) -> None:
+    from browser.core import embedded
+
+    embedded.ensure_configured()
 
 
 class WorkersConfig(AppConfig):
@@ -8,3 +16,13 @@ class WorkersConfig(AppConfig):
 
     name = "workers"
     label = "workers"
+
+    def ready(self) -> None:
+        # The Celery app, configured from the settings, for every task sent from this process
+        # (tasks are `shared_task`s: without the app they would bind to Celery's default one).
+        from celery.signals import worker_init
+
+        import workers.celery  # noqa: F401
+
+        # A worker needs its broker before anything touches the database.
+        worker_init.connect(_start_embedded, weak=False)

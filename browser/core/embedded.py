@@ -5,6 +5,12 @@ With ``DATABASE_URL`` and ``REDIS_URL`` unset, the product starts its own Postgr
 directory, on loopback ports chosen once and remembered there. A running server is reused;
 ``stop`` shuts both down cleanly. Several processes may call :func:`ensure` at once: a file lock
 serialises them.
+
+Nothing starts on import. The settings only read (or choose and remember) the ports with
+:func:`endpoints`; :func:`ensure_configured` starts the servers the settings point at when a
+process first needs them: its first database connection (the ``browser.core.embedded_db``
+backend), a Celery worker's start, gunicorn's start. :func:`stop_started` stops what this process
+started (the test suite calls it when it ends); ``manage.py embedded stop`` stops them by hand.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ PG_USER = "postgres"
 # postgres refuses to run as root; when we are root it runs as this system user.
 PG_SYSTEM_USER = "embedded_postgres"
 START_TIMEOUT_S = 60
+# Servers this process started: (data dir, "postgres" | "redis").
+_started: set[tuple[Path, str]] = set()
+_configured: dict[str, bool] = {"done": False}
 
 
 class EmbeddedError(RuntimeError):
@@ -157,6 +166,7 @@ def start_postgres(data_dir: Path) -> str:
         options = f"-h 127.0.0.1 -p {port} -k '' -c max_connections=300 -c fsync=on"
         _pg("pg_ctl", ["-D", str(pgdata), "-l", str(pgdata / "server.log"), "-o", options, "-w", "-t", "60", "start"], user)
         port_file.write_text(str(port))
+        _started.add((data_dir, "postgres"))
     port = _remembered_port(port_file)
     assert port is not None
     _ensure_database(port)
@@ -174,7 +184,10 @@ def stop_postgres(data_dir: Path) -> None:
     pgdata = data_dir / "postgres"
     if not (pgdata / "postmaster.pid").exists():
         return
-    _pg("pg_ctl", ["-D", str(pgdata), "-m", "fast", "-w", "stop"], _run_as())
+    user = _run_as()
+    if user:
+        _make_traversable(data_dir)  # a parent may have lost its x bit since (pytest's basetemp does)
+    _pg("pg_ctl", ["-D", str(pgdata), "-m", "fast", "-w", "stop"], user)
 
 
 def redis_running(data_dir: Path) -> bool:
@@ -210,6 +223,7 @@ def start_redis(data_dir: Path) -> str:
             capture_output=True,
         )
         port_file.write_text(str(port))
+        _started.add((data_dir, "redis"))
         _wait_for(lambda: redis_running(data_dir), "Redis", redis_dir / "redis.log")
     return f"redis://127.0.0.1:{_remembered_port(port_file)}/0"
 
@@ -234,13 +248,78 @@ def _wait_for(ready: object, what: str, log: Path) -> None:
     raise EmbeddedError(f"{what} did not come up within {START_TIMEOUT_S} s; log:\n{tail}")
 
 
-def ensure(data_dir: Path) -> Endpoints:
-    """Start whatever is not running and return the endpoints of both servers."""
+def ensure(data_dir: Path, *, postgres: bool = True, redis: bool = True) -> Endpoints:
+    """Start whatever is not running (of the servers asked for) and return the endpoints of both."""
     with _locked(data_dir):
-        return Endpoints(database_url=start_postgres(data_dir), redis_url=start_redis(data_dir))
+        remembered = _remembered_endpoints(data_dir)
+        return Endpoints(
+            database_url=start_postgres(data_dir) if postgres else remembered.database_url,
+            redis_url=start_redis(data_dir) if redis else remembered.redis_url,
+        )
+
+
+def _reserved_port(path: Path) -> int:
+    port = _remembered_port(path)
+    if port is None:
+        port = _free_port()
+        path.write_text(str(port))
+    return port
+
+
+def _remembered_endpoints(data_dir: Path) -> Endpoints:
+    pg_port = _reserved_port(data_dir / "postgres.port")
+    redis_port = _reserved_port(data_dir / "redis.port")
+    return Endpoints(database_url=f"postgresql://{PG_USER}@127.0.0.1:{pg_port}/{DB_NAME}",
+                     redis_url=f"redis://127.0.0.1:{redis_port}/0")
+
+
+def endpoints(data_dir: Path) -> Endpoints:
+    """Where the servers are (or will be) listening, without starting them: the remembered ports,
+    or free ones chosen now and remembered for when they start."""
+    with _locked(data_dir):
+        return _remembered_endpoints(data_dir)
+
+
+def ensure_configured() -> None:
+    """Start the embedded servers that the Django settings point at, once per process.
+
+    A no-op when both URLs are configured. Raises :class:`EmbeddedError` if a server had to move
+    to another port than the one the settings read (another program took it in between).
+    """
+    if _configured["done"]:
+        return
+    from django.conf import settings
+
+    wanted = set(getattr(settings, "EMBEDDED_SERVERS", ()))
+    if wanted:
+        got = ensure(Path(settings.DATA_DIR), postgres="postgres" in wanted, redis="redis" in wanted)
+        expected = settings.EMBEDDED_ENDPOINTS
+        for name, url in (("postgres", got.database_url), ("redis", got.redis_url)):
+            if name in wanted and url != getattr(expected, "database_url" if name == "postgres" else "redis_url"):
+                raise EmbeddedError(f"the embedded {name} had to start at {url} (its port was taken); "
+                                    "run the command again to use it")
+    _configured["done"] = True
+
+
+def status(data_dir: Path) -> dict[str, bool]:
+    return {"postgres": pg_running(data_dir), "redis": redis_running(data_dir)}
 
 
 def stop(data_dir: Path) -> None:
     with _locked(data_dir):
         stop_redis(data_dir)
         stop_postgres(data_dir)
+    _started.difference_update({(data_dir, "postgres"), (data_dir, "redis")})
+    _configured["done"] = False
+
+
+def stop_started() -> list[str]:
+    """Stop the servers this process started (and only those); what was stopped, for a message."""
+    stopped = []
+    for data_dir, name in sorted(_started):
+        with _locked(data_dir):
+            (stop_postgres if name == "postgres" else stop_redis)(data_dir)
+        stopped.append(f"{name} ({data_dir})")
+    _started.clear()
+    _configured["done"] = False
+    return stopped

@@ -53,3 +53,37 @@ def test_manage_py_runs_on_the_embedded_servers(tmp_path: Path) -> None:
         assert listed.stdout.split()[-2:] == ["ready", "True"], listed.stdout + listed.stderr
     finally:
         embedded.stop(data_dir)
+
+
+def test_database_commands_start_the_servers_and_embedded_stop_stops_them(tmp_path: Path) -> None:
+    """Item 18: a command that needs the database starts the servers; `manage.py embedded stop`
+    (documented in the README) stops them."""
+    data_dir = tmp_path / "data"
+    try:
+        status = _manage(data_dir, "embedded", "status")
+        assert status.returncode == 0 and "postgres: stopped" in status.stdout, status.stdout + status.stderr
+        shown = _manage(data_dir, "showmigrations", "core")
+        assert shown.returncode == 0, shown.stderr
+        assert embedded.pg_running(data_dir) and embedded.redis_running(data_dir)
+        status = _manage(data_dir, "embedded", "status")
+        assert "postgres: running" in status.stdout and "redis: running" in status.stdout, status.stdout
+        stopped = _manage(data_dir, "embedded", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert not embedded.pg_running(data_dir) and not embedded.redis_running(data_dir)
+        assert "postgres: stopped" in stopped.stdout and "redis: stopped" in stopped.stdout
+    finally:
+        embedded.stop(data_dir)
+
+
+def test_test_suite_stops_the_servers_it_started(tmp_path: Path) -> None:
+    """Item 18: a test session on the embedded default leaves no server running when it ends."""
+    data_dir = tmp_path / "data"
+    test_id = f"{ROOT / 'tests' / 'accounts' / 'test_accounts.py'}::test_tokens_are_stored_hashed_and_revocable"
+    try:
+        ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],
+                             cwd=ROOT, env=_env(data_dir), capture_output=True, text=True, timeout=600)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        assert (data_dir / "postgres" / "PG_VERSION").exists()  # the session did start them
+        assert not embedded.pg_running(data_dir) and not embedded.redis_running(data_dir)
+    finally:
+        embedded.stop(data_dir)
