@@ -65,5 +65,12 @@ def can_cancel_job(user: Any, job: Any) -> bool:
     return can_curate(user)
 
 
+def can_see_job_details(user: Any, job: Any) -> bool:
+    """A job's error (a traceback) and log name paths and internals: its creator and curators only."""
+    if job is not None and job.created_by_id is not None and job.created_by_id == getattr(user, "id", None):
+        return role_of(user) is not None
+    return can_curate(user)
+
+
 def can_manage_tokens(user: Any, owner: Any) -> bool:
     return role_of(user) is not None and (user.pk == owner.pk or has_role(user, Role.ADMIN))

@@ -1,4 +1,5 @@
-"""Runs and jobs over the API: everyone sees progress; creators and curators cancel."""
+"""Runs and jobs over the API: everyone sees progress; creators and curators cancel, and only they
+see a job's error (a traceback) and log."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from browser.accounts import access
 from browser.api.pagination import NewestFirstPagination
 from browser.api.permissions import ReadOrCurate
 from browser.runs.models import Job, Run
@@ -44,6 +46,17 @@ class JobSerializer(serializers.ModelSerializer):
     def get_created_by(self, job: Job) -> str | None:
         return job.created_by.username if job.created_by else None
 
+    def to_representation(self, job: Job) -> dict[str, Any]:
+        data = super().to_representation(job)
+        if not access.can_see_job_details(_user(self.context), job):
+            data.update(error="", log_tail=[])
+        return data
+
+
+def _user(context: dict[str, Any]) -> Any:
+    request = context.get("request")
+    return getattr(request, "user", None)
+
 
 class RunSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name")
@@ -56,6 +69,12 @@ class RunSerializer(serializers.ModelSerializer):
         model = Run
         fields = ["id", "status", "model", "corpus", "sources", "config", "config_hash", "contexts_total",
                   "contexts_done", "percent", "n_shards", "shards", "error", "job", "created", "finished"]
+
+    def to_representation(self, run: Run) -> dict[str, Any]:
+        data = super().to_representation(run)
+        if not access.can_see_job_details(_user(self.context), run.job if run.job_id else run):
+            data["error"] = ""
+        return data
 
     def get_sources(self, run: Run) -> list[str]:
         return [s.name for s in run.sources.all()]
@@ -89,7 +108,8 @@ class JobCancel(APIView):
         job = get_object_or_404(Job, pk=pk)
         if not request.user.is_authenticated:
             self.permission_denied(request, message="sign in (or send an API token) to cancel a job")
-        return Response(JobSerializer(job_cancel(job_id=job.pk, user=request.user)).data)
+        job = job_cancel(job_id=job.pk, user=request.user)
+        return Response(JobSerializer(job, context={"request": request}).data)
 
 
 class RunRequestSerializer(serializers.Serializer):
@@ -116,19 +136,19 @@ class RunList(ListAPIView):
     serializer_class = RunSerializer
     pagination_class = NewestFirstPagination
     permission_classes = [ReadOrCurate]
-    queryset = Run.objects.select_related("model", "corpus").prefetch_related("sources").all()
+    queryset = Run.objects.select_related("model", "corpus", "job").prefetch_related("sources").all()
 
     @extend_schema(request=RunRequestSerializer, responses={202: JobSerializer})
     def post(self, request: Request) -> Response:
         data = RunRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job = harvest_request_create(user=request.user, request=dict(data.validated_data))
-        return Response(JobSerializer(job).data, status=202)
+        return Response(JobSerializer(job, context={"request": request}).data, status=202)
 
 
 class RunDetail(RetrieveAPIView):
     serializer_class = RunSerializer
-    queryset = Run.objects.select_related("model", "corpus").prefetch_related("sources").all()
+    queryset = Run.objects.select_related("model", "corpus", "job").prefetch_related("sources").all()
 
     def get_object(self) -> Any:
         return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
