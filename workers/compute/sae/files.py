@@ -1,8 +1,13 @@
-"""SAE files: read SAELens and EleutherAI sparsify directories, write the SAELens layout.
+"""SAE files: read SAELens, EleutherAI sparsify, Gemma Scope and circuit-tracer layouts, write SAELens.
 
 SAELens: ``cfg.json`` + ``sae_weights.safetensors`` (W_enc [d_in, d_sae], b_enc, W_dec
 [d_sae, d_in], b_dec, and threshold for JumpReLU). sparsify: ``cfg.json`` (k, num_latents, d_in)
-+ ``sae.safetensors`` (encoder.weight [d_sae, d_in], encoder.bias, W_dec, b_dec). Everything is
++ ``sae.safetensors`` (encoder.weight [d_sae, d_in], encoder.bias, W_dec, b_dec). Gemma Scope:
+``params.npz`` (Gemma 2) or ``params.safetensors`` (Gemma Scope 2, lower-case ``w_enc``/``w_dec``)
+with W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold and no cfg: a JumpReLU that
+encodes ``pre = x @ W_enc + b_enc``, ``f = (pre > threshold) * relu(pre)``, without subtracting
+b_dec from the input. circuit-tracer transcoders: one ``layer_N.safetensors`` per layer (W_enc
+[d_sae, d_in], W_dec, b_enc, b_dec, ``activation_function.threshold`` for JumpReLU). Everything is
 checked (keys, shapes, finite values) before an SAE is returned.
 """
 
@@ -12,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -21,6 +27,10 @@ from workers.compute.sae.model import SaeConfig, SparseAutoencoder, tensor_shape
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
+GEMMA_SCOPE_NPZ = "params.npz"
+GEMMA_SCOPE_2 = "params.safetensors"
+# Layouts whose dictionaries are transcoders (they read one place and write another).
+TRANSCODER_FORMATS = ("circuit_tracer",)
 
 
 class SaeFileError(ValueError):
@@ -28,10 +38,20 @@ class SaeFileError(ValueError):
 
 
 def detect_format(path: Path) -> str:
+    """saelens, sparsify, gemma_scope, gemma_scope_2 or circuit_tracer (a transcoder layer file)."""
+    if path.is_file() and path.name == GEMMA_SCOPE_NPZ:
+        return "gemma_scope"
+    if path.is_file() and path.suffix == ".safetensors":
+        return "circuit_tracer"
     if not path.is_dir():
-        raise SaeFileError(f"{path} is not a directory (expected cfg.json and {SAELENS_WEIGHTS} or {SPARSIFY_WEIGHTS})")
+        raise SaeFileError(f"{path} is not a directory (expected cfg.json and {SAELENS_WEIGHTS} or "
+                           f"{SPARSIFY_WEIGHTS}, or Gemma Scope's {GEMMA_SCOPE_NPZ})")
+    if (path / GEMMA_SCOPE_NPZ).is_file():
+        return "gemma_scope"
+    if (path / GEMMA_SCOPE_2).is_file():
+        return "gemma_scope_2"
     if not (path / "cfg.json").is_file():
-        raise SaeFileError(f"{path} holds no cfg.json")
+        raise SaeFileError(f"{path} holds no cfg.json (nor Gemma Scope's {GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_2})")
     if (path / SAELENS_WEIGHTS).is_file():
         return "saelens"
     if (path / SPARSIFY_WEIGHTS).is_file():
@@ -40,15 +60,23 @@ def detect_format(path: Path) -> str:
 
 
 def read_dir(path: Path, hook_name: str = "") -> SparseAutoencoder:
-    """Read an SAELens or sparsify directory (``hook_name`` overrides or supplies the hook)."""
+    """Read an SAE directory or file of any known layout (``hook_name`` overrides or supplies the hook)."""
+    return read_any(path, hook_name)[0]
+
+
+def read_any(path: Path, hook_name: str = "") -> tuple[SparseAutoencoder, str]:
+    """(the SAE, its layout name); transcoders come back in the SAE's shape, their layout says what they are."""
     fmt = detect_format(path)
+    if fmt in {"gemma_scope", "gemma_scope_2"}:
+        file = path if path.is_file() else path / (GEMMA_SCOPE_NPZ if fmt == "gemma_scope" else GEMMA_SCOPE_2)
+        tensors = _read_npz(file) if fmt == "gemma_scope" else _read_tensors(file)
+        return build(*_from_gemma_scope(tensors, hook_name)), fmt
+    if fmt == "circuit_tracer":
+        return build(*_from_circuit_tracer(_read_tensors(path), hook_name)), fmt
     cfg = _read_json(path / "cfg.json")
     if fmt == "saelens":
-        config = saelens_config(cfg, hook_name)
-        tensors = _read_tensors(path / SAELENS_WEIGHTS)
-    else:
-        config, tensors = _from_sparsify(cfg, _read_tensors(path / SPARSIFY_WEIGHTS), hook_name)
-    return build(config, tensors)
+        return build(saelens_config(cfg, hook_name), _read_tensors(path / SAELENS_WEIGHTS)), fmt
+    return build(*_from_sparsify(cfg, _read_tensors(path / SPARSIFY_WEIGHTS), hook_name)), fmt
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -66,6 +94,60 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         return st_load(path.read_bytes())
     except (OSError, SafetensorError, ValueError) as exc:
         raise SaeFileError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def _read_npz(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: torch.from_numpy(np.array(data[key])) for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise SaeFileError(f"{path} is not a readable .npz file ({exc})") from None
+
+
+def _from_gemma_scope(tensors: dict[str, torch.Tensor], hook_name: str) -> tuple[SaeConfig, dict[str, torch.Tensor]]:
+    """Gemma Scope's JumpReLU (b_dec is not subtracted from the input); Gemma Scope 2 writes w_enc, w_dec."""
+    named = {("W_" + key[2:]) if key.startswith("w_") else key: value for key, value in tensors.items()}
+    if "affine_skip_connection" in named:
+        raise SaeFileError("unsupported Gemma Scope file: it is a transcoder with an affine skip connection")
+    scaling = named.pop("scaling_factor", None)
+    if scaling is not None and not bool(torch.all(scaling == 1)):
+        raise SaeFileError("unsupported Gemma Scope file: it has a scaling_factor other than 1")
+    missing = [key for key in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold") if key not in named]
+    if missing:
+        raise SaeFileError(f"Gemma Scope weights are missing {', '.join(missing)}")
+    if named["W_enc"].ndim != 2:
+        raise SaeFileError(f"W_enc must be a matrix [d_in, d_sae] (got shape {list(named['W_enc'].shape)})")
+    d_in, d_sae = (int(n) for n in named["W_enc"].shape)
+    config = _config(architecture="jumprelu", d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False,
+                     hook_name=hook_name)
+    return config, {key: named[key] for key in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+
+
+def _from_circuit_tracer(tensors: dict[str, torch.Tensor], hook_name: str) -> tuple[SaeConfig, dict[str, torch.Tensor]]:
+    """A circuit-tracer transcoder layer: W_enc is stored [d_sae, d_in]; JumpReLU when it has a threshold."""
+    if "W_skip" in tensors:
+        raise SaeFileError("unsupported transcoder: it has a skip connection (W_skip)")
+    missing = [key for key in ("W_enc", "W_dec", "b_enc", "b_dec") if key not in tensors]
+    if missing:
+        raise SaeFileError(f"transcoder weights are missing {', '.join(missing)}")
+    if tensors["W_enc"].ndim != 2:
+        raise SaeFileError(f"W_enc must be a matrix [d_sae, d_in] (got shape {list(tensors['W_enc'].shape)})")
+    d_sae, d_in = (int(n) for n in tensors["W_enc"].shape)
+    converted = {"W_enc": tensors["W_enc"].T, "W_dec": tensors["W_dec"], "b_enc": tensors["b_enc"],
+                 "b_dec": tensors["b_dec"]}
+    threshold = tensors.get("activation_function.threshold")
+    if threshold is not None:
+        converted["threshold"] = threshold
+    config = _config(architecture="jumprelu" if threshold is not None else "relu", d_in=d_in, d_sae=d_sae,
+                     apply_b_dec_to_input=False, hook_name=hook_name)
+    return config, converted
+
+
+def _config(**fields: Any) -> SaeConfig:
+    try:
+        return SaeConfig(**fields)
+    except ValueError as exc:
+        raise SaeFileError(str(exc)) from None
 
 
 def _int(cfg: dict[str, Any], key: str, where: str) -> int:
