@@ -21,11 +21,8 @@ import torch
 from torch import nn
 
 from workers.compute import hooks
+from workers.compute.ops import OPS
 from workers.compute.sae.model import SparseAutoencoder
-
-OPS = ("zero", "mean", "clamp", "scale", "steer")
-"""zero: a' = 0; mean: a' = value (the unit's mean from its harvest); clamp: a' = value;
-scale: a' = value * a; steer: add value * d (a is not read)."""
 
 
 class InterventionError(ValueError):
