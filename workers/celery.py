@@ -35,6 +35,8 @@ ROUTES = {
     "workers.tasks.score_labels": "gpu",
     "workers.tasks.score_run": "gpu",
     "workers.tasks.try_text": "default",
+    "workers.tasks_steer.steer_prompt": "gpu",
+    "workers.tasks_steer.score_interventions": "gpu",
 }
 _prefix = {"value": ""}
 
@@ -62,6 +64,7 @@ def _configured_prefix() -> str:
 
 configure_queues(_configured_prefix())
 app.autodiscover_tasks(["workers"])
+app.autodiscover_tasks(["workers"], related_name="tasks_steer")
 
 
 def _resume() -> None:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from django.urls import path
 
-from browser.catalog import apis
+from browser.catalog import apis, steer_apis
 
 urlpatterns = [
     path("overview/", apis.OverviewApi.as_view(), name="api-overview"),
+    path("steer/", steer_apis.SteerApi.as_view(), name="api-steer"),
     path("overview/jobs/", apis.JobsApi.as_view(), name="api-overview-jobs"),
     path("models/", apis.ModelListApi.as_view(), name="api-models"),
     path("models/<str:model>/toy/", apis.ToyApi.as_view(), name="api-toy"),
