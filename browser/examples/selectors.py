@@ -12,8 +12,7 @@ from django.utils.safestring import SafeString, mark_safe
 from browser.catalog.models import Model, Tokenizer, Unit
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
-
-OCTAVE_LO_EXP = -20  # sketch buckets are octaves [2^(b-20), 2^(b-19))
+from workers.compute import grid
 
 
 @dataclass(frozen=True)
@@ -110,8 +109,7 @@ def unit_examples(unit: Unit, *, kinds: tuple[int, ...] = (0, 1, 2), top_limit: 
 
 
 def interval_range(bucket: int) -> tuple[float, float]:
-    low = 2.0 ** (bucket + OCTAVE_LO_EXP)
-    return low, low * 2
+    return grid.octave_range(bucket)
 
 
 def histogram_svg(stats: UnitStats, width: int = 420, height: int = 90) -> SafeString:
@@ -119,7 +117,7 @@ def histogram_svg(stats: UnitStats, width: int = 420, height: int = 90) -> SafeS
     counts = np.frombuffer(bytes(stats.hist), dtype="<i8")[1:]
     nonzero = np.nonzero(counts)[0]
     if nonzero.size == 0:
-        return mark_safe('<p class="empty">The unit never fired above 2^-20.</p>')
+        return mark_safe(f'<p class="empty">The unit never fired above 2^{grid.LOWEST_EXPONENT}.</p>')
     lo, hi = int(nonzero[0]), int(nonzero[-1]) + 1
     shown = counts[lo:hi]
     bar_w = width / len(shown)
@@ -129,8 +127,9 @@ def histogram_svg(stats: UnitStats, width: int = 420, height: int = 90) -> SafeS
         f'height="{c / top * height:.1f}"><title>{int(c)}</title></rect>'
         for i, c in enumerate(shown.tolist())
     )
-    # counts[i] is bin i + 1, whose float32 key is 428 + i: exponent (key >> 2) - 127.
-    low, high = 2.0 ** (((428 + lo) >> 2) - 127), 2.0 ** (((428 + hi) >> 2) - 126)
+    # counts[i] is bin i + 1; the caption names the octaves the bars span.
+    low = grid.hist_bin_lower_edge(lo + 1)
+    high = grid.hist_bin_upper_edge(hi)
     every = "every token" if stats.hist_stride == 1 else f"one token in {stats.hist_stride}"
     label = f"activations from about {low:.3g} to {high:.3g} (log scale, {every})"
     return mark_safe(f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '

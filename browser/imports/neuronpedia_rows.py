@@ -34,14 +34,8 @@ import numpy as np
 from browser.examples.models import Example
 from browser.examples.services import ExampleRow, StatsRow
 from browser.imports.neuronpedia_format import NpActivation, NpFeature
+from workers.compute.grid import HIST_KEY_LO, N_HIST_BINS, N_OCTAVES, OCTAVE_LO
 
-# The run's bin grid, as defined in workers.compute.stats (which the web side may not import):
-# the top 11 bits of a positive float32 (8 exponent + 2 mantissa bits), bin 0 below 2^-20.
-HIST_KEY_LO = (127 - 20) * 4
-N_HIST_BINS = 2 + 40 * 4
-# Interval buckets are octaves [2^e, 2^(e+1)) for e in -20..19 (OCTAVE_LO_EXP in the selectors).
-OCTAVE_LO = 127 - 20
-N_OCTAVES = 40
 FLOAT16_MAX = 65504.0
 
 

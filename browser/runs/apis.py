@@ -20,6 +20,7 @@ from browser.runs.models import Job, Run
 from browser.runs.requests import harvest_request_create
 from browser.runs.selectors import job_eta, job_log_tail, job_percent
 from browser.runs.services import job_cancel
+from workers.compute.config import DEFAULT_HOOKS, MAX_BATCH, MAX_K, harvest_default
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -117,18 +118,19 @@ class RunRequestSerializer(serializers.Serializer):
 
     model = serializers.CharField(max_length=100)
     corpus = serializers.CharField(max_length=100)
-    hooks = serializers.CharField(max_length=500, default="blocks.*.mlp.hook_post",
+    hooks = serializers.CharField(max_length=500, default=DEFAULT_HOOKS,
                                   help_text="comma-separated hook points or globs, or 'none'")
     saes = serializers.ListField(child=serializers.CharField(max_length=100), max_length=64, default=list)
-    k = serializers.IntegerField(min_value=1, max_value=1024, default=32)
-    batch_size = serializers.IntegerField(min_value=1, max_value=4096, default=32)
-    shard_contexts = serializers.IntegerField(min_value=1, max_value=10_000_000, default=2048)
-    device = serializers.RegexField(r"^(auto|cpu|cuda(:\d+)?)$", default="auto")
-    dtype = serializers.ChoiceField(["float32", "bfloat16", "float16"], default="float32")
-    seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
+    k = serializers.IntegerField(min_value=1, max_value=MAX_K, default=harvest_default("k"))
+    batch_size = serializers.IntegerField(min_value=1, max_value=MAX_BATCH, default=harvest_default("batch_size"))
+    shard_contexts = serializers.IntegerField(min_value=1, max_value=10_000_000,
+                                              default=harvest_default("shard_contexts"))
+    device = serializers.RegexField(r"^(auto|cpu|cuda(:\d+)?)$", default=harvest_default("device"))
+    dtype = serializers.ChoiceField(["float32", "bfloat16", "float16"], default=harvest_default("dtype"))
+    seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=harvest_default("seed"))
     include_special = serializers.BooleanField(default=False)
     corr_stride = serializers.IntegerField(
-        min_value=0, max_value=1000, default=4,
+        min_value=0, max_value=1000, default=harvest_default("corr_stride"),
         help_text="correlation sums (SAE latents x neurons of their hook) over every n-th token; 0: none")
 
 

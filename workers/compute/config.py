@@ -10,6 +10,8 @@ from typing import Any
 CONFIG_VERSION = 1
 MAX_K = 1024
 MAX_BATCH = 4096
+DEFAULT_HOOKS = "blocks.*.mlp.hook_post"
+"""What a harvest hooks when it is not told: every layer's MLP neurons."""
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,9 @@ class HarvestConfig:
         for key in ("device", "batch_size", "shard_contexts"):
             data.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def harvest_default(name: str) -> Any:
+    """The default of one ``HarvestConfig`` field: the command line, the API and requests read
+    their defaults here, so they cannot drift apart."""
+    return next(f.default for f in fields(HarvestConfig) if f.name == name)

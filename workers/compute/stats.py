@@ -23,15 +23,11 @@ from types import ModuleType
 
 import torch
 
+from workers.compute import grid
+from workers.compute.grid import HIST_KEY_LO, N_HIST_BINS, N_OCTAVES, OCTAVE_LO
+
 log = logging.getLogger(__name__)
 
-# Histogram bins come from the top 11 bits of a positive float32 (8 exponent + 2 mantissa bits):
-# [2^e (1 + j/4), 2^e (1 + (j+1)/4)). Bin 0 holds everything below 2^-20 (zero and negatives).
-HIST_KEY_LO = (127 - 20) * 4
-N_HIST_BINS = 2 + 40 * 4
-# Sketch buckets are octaves [2^e, 2^(e+1)) for e in -20..19.
-OCTAVE_LO = 127 - 20
-N_OCTAVES = 40
 MASK31 = (1 << 31) - 1
 MASK32 = (1 << 32) - 1
 # Sums are kept in fixed point (int64, 2^-16 steps) so that they add up the same in any order:
@@ -55,12 +51,7 @@ def hist_bins(x: torch.Tensor) -> torch.Tensor:
 
 def hist_bin_lower_edges() -> list[float]:
     """The lower edge of every bin (bin 0 starts at -inf)."""
-    edges = [float("-inf")]
-    for b in range(1, N_HIST_BINS):
-        key = HIST_KEY_LO - 1 + b
-        exponent, quarter = (key >> 2) - 127, key & 3
-        edges.append(2.0**exponent * (1 + quarter / 4) if b > 1 else 0.0)
-    return edges
+    return [grid.hist_bin_lower_edge(b) for b in range(N_HIST_BINS)]
 
 
 def octave(values: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,14 @@ from typing import Any
 
 from browser.corpora.models import Corpus
 from browser.runs.models import Run
-from workers.compute.config import HarvestConfig
+from workers.compute.config import DEFAULT_HOOKS, HarvestConfig
 from workers.compute.hooks import expand_hooks
 from workers.pipeline.harvest import HarvestInputError, harvest_create, neuron_sources
 from workers.pipeline.models import model_get_or_register
 from workers.pipeline.saes import sae_sources
+
+# Config fields a request may set by name (the rest have their HarvestConfig defaults).
+REQUEST_FIELDS = ("k", "batch_size", "shard_contexts", "device", "dtype", "seed", "corr_stride")
 
 
 def harvest_from_request(request: Mapping[str, Any], user: Any = None) -> tuple[Run, bool]:
@@ -22,13 +25,10 @@ def harvest_from_request(request: Mapping[str, Any], user: Any = None) -> tuple[
     if corpus is None:
         names = ", ".join(Corpus.objects.values_list("name", flat=True)) or "none"
         raise HarvestInputError(f"no corpus named {request['corpus']!r} (imported: {names})")
-    hooks = request.get("hooks", "blocks.*.mlp.hook_post")
+    hooks = request.get("hooks", DEFAULT_HOOKS)
     neurons = () if hooks == "none" else neuron_sources(expand_hooks(hooks, model.n_layers))
     saes = sae_sources(model, [name.strip() for name in request.get("saes", []) if name.strip()])
-    config = HarvestConfig(
-        sources=neurons + saes, k=request.get("k", 32), batch_size=request.get("batch_size", 32),
-        shard_contexts=request.get("shard_contexts", 2048), device=request.get("device", "auto"),
-        dtype=request.get("dtype", "float32"), seed=request.get("seed", 0),
-        exclude_special=not request.get("include_special", False), corr_stride=request.get("corr_stride", 4),
-    )
+    settings = {name: request[name] for name in REQUEST_FIELDS if name in request}
+    config = HarvestConfig(sources=neurons + saes, exclude_special=not request.get("include_special", False),
+                           **settings)
     return harvest_create(model=model, corpus=corpus, config=config, user=user)

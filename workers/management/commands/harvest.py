@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from browser.runs.models import Run
 from workers.cli import follow, run_here, workers_alive
+from workers.compute.config import DEFAULT_HOOKS, harvest_default
 from workers.compute.hooks import HookError
 from workers.compute.loading import ModelLoadError
 from workers.pipeline.harvest import HarvestInputError
@@ -22,19 +23,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--model", required=True, help="a registered model or packaged alias")
         parser.add_argument("--corpus", required=True, help="the name of an imported corpus")
-        parser.add_argument("--hooks", default="blocks.*.mlp.hook_post",
+        parser.add_argument("--hooks", default=DEFAULT_HOOKS,
                             help="comma-separated hook points or globs (default: every MLP's neurons); none: no neurons")
         parser.add_argument("--saes", default="", help="comma-separated names of registered SAEs whose features "
                                                         "to harvest in the same forward pass")
-        parser.add_argument("--k", type=int, default=32, help="top contexts per unit")
-        parser.add_argument("--batch-size", type=int, default=32)
-        parser.add_argument("--shard-contexts", type=int, default=2048, help="contexts per shard")
-        parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-        parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (GPU)")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--k", type=int, default=harvest_default("k"), help="top contexts per unit")
+        parser.add_argument("--batch-size", type=int, default=harvest_default("batch_size"))
+        parser.add_argument("--shard-contexts", type=int, default=harvest_default("shard_contexts"),
+                            help="contexts per shard")
+        parser.add_argument("--device", default=harvest_default("device"), help="auto, cpu or cuda[:N]")
+        parser.add_argument("--dtype", default=harvest_default("dtype"), help="float32, bfloat16 or float16 (GPU)")
+        parser.add_argument("--seed", type=int, default=harvest_default("seed"))
         parser.add_argument("--include-special", action="store_true",
                             help="keep BOS/EOS/PAD/CLS/SEP positions in statistics and examples")
-        parser.add_argument("--corr-stride", type=int, default=4,
+        parser.add_argument("--corr-stride", type=int, default=harvest_default("corr_stride"),
                             help="correlation sums between each SAE's latents and the neurons of its hook over "
                                  "every n-th token (1: every token, 0: none)")
         parser.add_argument("--wait", action="store_true", help="show a progress bar until the run is done")
