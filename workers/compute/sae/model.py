@@ -97,9 +97,12 @@ class SparseAutoencoder(nn.Module):
             scale = (self.cfg.d_in**0.5) / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             return x * scale, (scale, torch.zeros_like(scale))
         if mode == "layer_norm":
+            # As SAELens: the unbiased std, eps added to it (not to the variance); decoding
+            # multiplies back by the std alone.
             mu = x.mean(-1, keepdim=True)
-            std = (x - mu).pow(2).mean(-1, keepdim=True).add(LAYER_NORM_EPS).sqrt()
-            return (x - mu) / std, (1 / std, mu)
+            centred = x - mu
+            std = centred.std(-1, keepdim=True)
+            return centred / (std + LAYER_NORM_EPS), (1 / std, mu)
         return x, None
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
