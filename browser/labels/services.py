@@ -12,7 +12,7 @@ from django.db import IntegrityError, connection, transaction
 
 from browser.accounts import access
 from browser.catalog.models import Unit
-from browser.catalog.uids import unit_by_uid
+from browser.catalog.uids import storable, unit_by_uid
 from browser.labels.models import Label, LabelRevision
 
 MAX_TEXT = 2000
@@ -34,8 +34,8 @@ def clean_text(text: Any) -> str:
         raise ValidationError({"text": "a label needs some text"})
     if len(text) > MAX_TEXT:
         raise ValidationError({"text": f"a label is at most {MAX_TEXT} characters (this one has {len(text)})"})
-    if "\x00" in text:
-        raise ValidationError({"text": "a label cannot contain the NUL character"})
+    if not storable(text):
+        raise ValidationError({"text": "a label cannot contain the NUL character or a lone surrogate"})
     return text
 
 
@@ -46,8 +46,10 @@ def clean_tags(tags: Any) -> list[str]:
         tags = [t for t in (s.strip() for s in tags.split(",")) if t]
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ValidationError({"tags": "tags are a list of strings"})
-    if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG or "\x00" in t for t in tags):
+    if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG for t in tags):
         raise ValidationError({"tags": f"at most {MAX_TAGS} tags of at most {MAX_TAG} characters"})
+    if not all(storable(t) for t in tags):
+        raise ValidationError({"tags": "a tag cannot contain the NUL character or a lone surrogate"})
     return list(dict.fromkeys(t.strip() for t in tags if t.strip()))
 
 
