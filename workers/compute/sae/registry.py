@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 TABLE = Path(__file__).with_name("releases.json")
+WHEEL_MEMBER = "sae_lens/pretrained_saes.yaml"
 
 # What each SAELens conversion format stores in the SAE's folder of the repo. None is SAELens's
 # own layout. Formats missing here are listed in the table but cannot be imported yet.
@@ -24,11 +25,14 @@ FORMAT_FILES: dict[str | None, tuple[str, ...]] = {
     None: ("cfg.json", "sae_weights.safetensors"),
     "gemma_2": ("params.npz",),
     "gemma_2_transcoder": ("params.npz",),
+    "gemma_3": ("params.safetensors",),
 }
 TRANSCODER_FORMATS = {"gemma_2_transcoder", "mwhanna_transcoder", "mntss_clt_layer_transcoder"}
-# Gemma Scope's repos name the site in the repo id; the layer is in the folder (layer_12/...).
+# Gemma Scope names the site in the repo id, Gemma Scope 2 in the folder; the layer is in the folder.
 GEMMA_SCOPE_HOOKS = {"-res": "blocks.{layer}.hook_resid_post", "-mlp": "blocks.{layer}.hook_mlp_out",
                      "-att": "blocks.{layer}.attn.hook_z", "-transcoders": "blocks.{layer}.mlp.hook_in"}
+GEMMA_SCOPE_2_HOOKS = {"resid_post": "blocks.{layer}.hook_resid_post", "mlp_out": "blocks.{layer}.hook_mlp_out",
+                       "attn_out": "blocks.{layer}.attn.hook_z", "transcoder": "blocks.{layer}.mlp.hook_in"}
 
 
 class RegistryError(LookupError):
@@ -57,7 +61,8 @@ class RegistryEntry:
 
     @property
     def supported(self) -> bool:
-        return self.conversion_func in FORMAT_FILES
+        # Gemma Scope 2's cross-layer transcoders keep one file per layer group, not params.safetensors.
+        return self.conversion_func in FORMAT_FILES and "clt" not in self.path
 
     def files(self) -> list[str]:
         """The repo files to fetch for this SAE (empty when its format is not supported)."""
@@ -68,9 +73,11 @@ class RegistryEntry:
         """The hook point when the table alone tells it (Gemma Scope, ids that are hook names)."""
         if "hook_name" in self.config_overrides:
             return str(self.config_overrides["hook_name"])
-        if self.conversion_func in {"gemma_2", "gemma_2_transcoder"}:
+        if self.conversion_func in {"gemma_2", "gemma_2_transcoder", "gemma_3"}:
             layer = re.search(r"layer_(\d+)", self.path)
-            site = next((hook for key, hook in GEMMA_SCOPE_HOOKS.items() if key in self.repo_id), "")
+            sites, named = ((GEMMA_SCOPE_2_HOOKS, self.path.split("/")[0]) if self.conversion_func == "gemma_3"
+                            else (GEMMA_SCOPE_HOOKS, self.repo_id))
+            site = next((hook for key, hook in sites.items() if key in named), "")
             return site.format(layer=layer.group(1)) if layer and site else ""
         return self.sae_id if re.fullmatch(r"blocks\.\d+\.[A-Za-z_.]+", self.sae_id) else ""
 
@@ -96,6 +103,31 @@ def table_from_yaml(text: str) -> dict[str, Any]:
             "saes": [[str(s["id"]), str(s["path"]), s.get("neuronpedia")] for s in spec["saes"]],
         }
     return releases
+
+
+def read_yaml_source(location: str) -> str:
+    """pretrained_saes.yaml's text from a file, an sae-lens wheel (read inside, not installed) or a URL."""
+    if location.startswith(("http://", "https://")):
+        from urllib.request import urlopen
+
+        try:
+            with urlopen(location, timeout=60) as response:  # noqa: S310  # the user's own URL, http(s) only
+                return str(response.read().decode())
+        except OSError as exc:
+            raise RegistryError(f"could not fetch {location} ({exc})") from None
+    path = Path(location).expanduser()
+    if path.suffix == ".whl":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as wheel:
+                return wheel.read(WHEEL_MEMBER).decode()
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise RegistryError(f"{path} is not an sae-lens wheel holding {WHEEL_MEMBER} ({exc})") from None
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise RegistryError(f"cannot read {path} ({exc})") from None
 
 
 def dump_table(releases: dict[str, Any], source: str) -> str:

@@ -10,10 +10,12 @@ from workers.pipeline.models import model_register
 
 
 class Command(BaseCommand):
-    help = "Register a model: a packaged alias (" + ", ".join(PACKAGED) + "), a local directory, a .gguf file or a hub id."
+    help = ("Register a model: a packaged alias (" + ", ".join(PACKAGED) + "), a local directory, a .gguf file or a "
+            "hub id ORG/NAME (read from the local Hugging Face cache, HF_HUB_CACHE or HF_HOME, and downloaded only "
+            "when missing and online).")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("location", help="packaged alias, local path or hub id")
+        parser.add_argument("location", help="packaged alias, local path or hub id (e.g. google/gemma-2-2b)")
         parser.add_argument("--name", help="the model's name in the browser (default: from the location)")
 
     def handle(self, *args: Any, **opts: Any) -> None:

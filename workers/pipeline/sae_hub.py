@@ -1,0 +1,83 @@
+"""SAEs by name: an SAELens release and id, or a hub repo and folder, resolved to files in the
+local Hugging Face cache (downloaded when online) and registered like a local directory."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from browser.catalog.models import Model, Sae, Source
+from workers.compute import hooks, hub
+from workers.compute.sae import files, registry
+from workers.pipeline.saes import SaeInputError, sae_register
+
+# A hub folder's SAE layouts, in the order they are looked for in the cache.
+FOLDER_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "sparsify": ("cfg.json", files.SPARSIFY_WEIGHTS),
+    "SAELens": ("cfg.json", files.SAELENS_WEIGHTS),
+    "Gemma Scope": (files.GEMMA_SCOPE_NPZ,),
+    "Gemma Scope 2": (files.GEMMA_SCOPE_2,),
+}
+NOT_A_SOURCE_KIND = ("transcoders are not a source kind yet: the product registers neurons and SAE latents only, "
+                     "so {what} was not registered")
+
+
+def default_name(*parts: str) -> str:
+    """A source name from a release and id (or repo and folder): other characters become dots."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", ".", ".".join(p for p in parts if p)).strip(".-_")
+    return name[:100].rstrip(".") or "sae"
+
+
+def sae_import_files(*, model: Model, path: Path, name: str, hook: str = "",
+                     provenance: dict[str, Any] | None = None) -> Sae:
+    """Read any known layout at ``path`` and register it (transcoders are read, then refused)."""
+    sae, fmt = files.read_any(path, hook)
+    if fmt in files.TRANSCODER_FORMATS or sae.cfg.hook_name.endswith("mlp.hook_in"):
+        raise SaeInputError(NOT_A_SOURCE_KIND.format(what=f"the transcoder at {path}"))
+    return sae_register(model=model, name=name, sae=sae, extra={"imported_from": str(path), **(provenance or {})})
+
+
+def sae_import_release(*, model: Model, release: str, sae_id: str, name: str = "", hook: str = "") -> Sae:
+    """An SAE of SAELens's release table, from the hub cache (or the hub when online)."""
+    try:
+        entry = registry.lookup(release, sae_id)
+    except registry.RegistryError as exc:
+        raise SaeInputError(str(exc)) from None
+    what = f"SAE {sae_id!r} of release {release!r}"
+    if entry.is_transcoder:
+        raise SaeInputError(NOT_A_SOURCE_KIND.format(what=what))
+    if not entry.supported:
+        raise SaeInputError(f"{what} is stored in SAELens's {entry.conversion_func!r} layout, which the product "
+                            f"does not read yet (it reads the SAELens layout and Gemma Scope's params.npz)")
+    name = name or default_name(release, sae_id)
+    hook = hook or entry.hook_name()
+    _precheck(model, name, hook)
+    folder = hub.fetch_files(entry.repo_id, entry.files(), what)[0].parent
+    provenance = {"release": release, "sae_id": sae_id, "repo_id": entry.repo_id, "repo_path": entry.path,
+                  "neuronpedia": entry.neuronpedia, "registry": registry.table_source()}
+    return sae_import_files(model=model, path=folder, name=name, hook=hook, provenance=provenance)
+
+
+def sae_import_repo(*, model: Model, repo_id: str, path: str, name: str = "", hook: str = "") -> Sae:
+    """An SAE folder of any hub repo (sparsify, SAELens, Gemma Scope); a circuit-tracer
+    transcoder file (``layer_N.safetensors``) is refused before anything is fetched."""
+    what = f"SAE {path!r} of hub repo {repo_id!r}"
+    if path.endswith(".safetensors"):
+        raise SaeInputError(NOT_A_SOURCE_KIND.format(what=f"the circuit-tracer transcoder {path!r} of {repo_id!r}"))
+    name = name or default_name(repo_id.split("/")[-1], path)
+    _precheck(model, name, hook)
+    folder = hub.fetch_folder(repo_id, path, FOLDER_LAYOUTS, what)
+    provenance = {"repo_id": repo_id, "repo_path": path}
+    return sae_import_files(model=model, path=folder, name=name, hook=hook, provenance=provenance)
+
+
+def _precheck(model: Model, name: str, hook: str) -> None:
+    """What can be refused before a download: a taken name, a hook point the model lacks."""
+    if Source.objects.filter(model=model, name=name).exists():
+        raise SaeInputError(f"{model.name} already has a source named {name!r} (give another with --name)")
+    if hook:
+        try:
+            hooks.parse_hook(hook, model.n_layers)
+        except hooks.HookError as exc:
+            raise SaeInputError(f"the SAE reads {hook}, which {model.name} cannot hook: {exc}") from None
