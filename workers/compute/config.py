@@ -88,10 +88,11 @@ class HarvestConfig:
         return cls(**values)
 
     def hash(self) -> str:
-        """Identifies the results: device and batch size do not change them, so they are left out."""
+        """Identifies the results. The batch size (which contexts share a forward pass and an SAE
+        batch sum) and the device change the floats, so they are in it; shards are cut at whole
+        batches and change nothing, so ``shard_contexts`` is left out."""
         data = self.to_dict()
-        for key in ("device", "batch_size", "shard_contexts"):
-            data.pop(key)
+        data.pop("shard_contexts")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -51,10 +51,16 @@ def load_for_run(run: Run, config: HarvestConfig) -> Loaded:
 
 
 def batches(corpus: Corpus, indices: list[int], loaded: Loaded, config: HarvestConfig) -> Iterator[TokenBatch]:
-    """Batches of the given context indices (ascending), fetched from PostgreSQL in chunks."""
+    """Batches of the given context indices (ascending), fetched from PostgreSQL in chunks.
+
+    A chunk is whole batches, so batches are cut every ``batch_size`` from the first index only:
+    a shard starts at a multiple of ``batch_size``, so its batches are the same contexts as in a
+    run of one shard (which contexts share a forward pass and an SAE batch sum changes results).
+    """
     special = loaded.special_ids if config.exclude_special else set()
-    for start in range(0, len(indices), FETCH_CONTEXTS):
-        wanted = indices[start : start + FETCH_CONTEXTS]
+    fetch = max(1, FETCH_CONTEXTS // config.batch_size) * config.batch_size
+    for start in range(0, len(indices), fetch):
+        wanted = indices[start : start + fetch]
         rows = dict(Context.objects.filter(corpus=corpus, index__in=wanted).values_list("index", "tokens"))
         for b in range(0, len(wanted), config.batch_size):
             chunk = wanted[b : b + config.batch_size]
