@@ -202,3 +202,21 @@ def test_a_model_snapshot_must_hold_config_tokenizer_and_every_weight_shard(cach
 def test_a_model_absent_from_the_cache_offline_says_what_to_download(cache: Path) -> None:
     with pytest.raises(hub.HubFilesMissing, match=r"model google/gemma-2-2b: config.json.*`hf download google/gemma-2-2b"):
         hub.model_snapshot("google/gemma-2-2b")
+
+
+def test_gemma_scope_2_releases_name_their_site_in_the_folder() -> None:
+    entry = registry.lookup("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")
+    assert entry.files() == ["resid_post/layer_12_width_16k_l0_medium/params.safetensors"]
+    assert entry.hook_name() == "blocks.12.hook_resid_post" and entry.neuronpedia == "gemma-3-270m/12-gemmascope-2-res-16k"
+
+
+def test_the_table_refreshes_from_a_yaml_file_or_inside_an_sae_lens_wheel(tmp_path: Path) -> None:
+    import zipfile
+
+    (tmp_path / "pretrained_saes.yaml").write_text(YAML)
+    with zipfile.ZipFile(tmp_path / "sae_lens-9.9.9-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(registry.WHEEL_MEMBER, YAML)
+    assert registry.read_yaml_source(str(tmp_path / "pretrained_saes.yaml")) == YAML
+    assert registry.read_yaml_source(str(tmp_path / "sae_lens-9.9.9-py3-none-any.whl")) == YAML
+    with pytest.raises(registry.RegistryError, match="cannot read"):
+        registry.read_yaml_source(str(tmp_path / "absent.yaml"))

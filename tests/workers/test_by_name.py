@@ -22,7 +22,7 @@ from browser.catalog.models import Model, Sae
 from fixtures.hub_cache import put_files
 from fixtures.tiny import build_tiny_bert
 from fixtures.tiny_sae import random_sae
-from workers.compute.sae import files
+from workers.compute.sae import files, registry
 from workers.pipeline.saes import sae_load
 
 pytestmark = pytest.mark.slow
@@ -204,3 +204,17 @@ def test_transcoders_are_read_but_not_registered(tiny: Model, tmp_path: Path) ->
         call_command("import_sae", str(tmp_path / "layer_1.safetensors"), "--model", "tiny",
                      "--hook", "blocks.1.hook_resid_post", stdout=io.StringIO())
     assert _counts() == before
+
+
+def test_sae_registry_refresh_writes_a_table_the_lookups_read(tmp_path: Path) -> None:
+    yaml_path = tmp_path / "pretrained_saes.yaml"
+    yaml_path.write_text("r:\n  repo_id: org/saes\n  model: m\n  conversion_func: null\n  saes:\n"
+                         "  - id: blocks.0.hook_resid_post\n    path: f0\n")
+    out = io.StringIO()
+    call_command("sae_registry", "--refresh", str(yaml_path), "--out", str(tmp_path / "t.json"), stdout=out)
+    assert "Wrote 1 releases (1 SAEs)" in out.getvalue()
+    assert registry.lookup("r", "blocks.0.hook_resid_post", tmp_path / "t.json").files() == [
+        "f0/cfg.json", "f0/sae_weights.safetensors"]
+    listing = io.StringIO()
+    call_command("sae_registry", GEMMA_RELEASE, stdout=listing)
+    assert f"{GEMMA_ID}  ({GEMMA_REPO}/{GEMMA_ID})" in listing.getvalue()
