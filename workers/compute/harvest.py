@@ -11,7 +11,7 @@ from torch import nn
 
 from workers.compute.correlation import CorrelationAccumulator
 from workers.compute.hooks import Architecture, capture, forward
-from workers.compute.stats import Batch, UnitAccumulator
+from workers.compute.stats import Batch, NonFiniteActivation, UnitAccumulator
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -96,8 +96,11 @@ def harvest_pass(model: nn.Module, arch: Architecture, n_layers: int, sources: S
         for source in sources:
             if source.hook == hook:
                 values[source.name] = source.encode(acts) if source.encode is not None else acts
-                accumulators[source.name].update(Batch(values[source.name], batch.contexts, batch.invalid,
-                                                       first_token))
+                try:
+                    accumulators[source.name].update(Batch(values[source.name], batch.contexts, batch.invalid,
+                                                           first_token))
+                except NonFiniteActivation as exc:
+                    raise exc.at(hook=hook, source=source.name) from None
         for pair in correlations:
             if pair.neurons in values and pair.features in values:
                 pair.update(values[pair.neurons], values[pair.features], batch.invalid, first_token)

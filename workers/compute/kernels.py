@@ -47,7 +47,7 @@ def _compiled(function: Callable[..., None]) -> Callable[..., None]:
 @_compiled
 def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one flat kernel signature
                 hist_offset, hist_stride, hist_lo, n_bins, octave_lo, n_octaves, chunk,
-                fire, total, unit_max, hist_t, keys, sk_pri, sk_ctx, sk_val):
+                fire, total, unit_max, hist_t, keys, sk_pri, sk_ctx, sk_val, bad):
     """Statistics of one batch; see the module docstring.
 
     Inputs: ``x`` [B*T, U] float32 and ``bits`` (the same memory as int32), ``valid`` [B*T],
@@ -62,6 +62,8 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
     held one, after every held entry of equal priority: the lower context wins a tie, as in the
     torch path's bulk insert (stats.UnitAccumulator._sketch_insert). A thread owns its units'
     slots, so the inserts need no locks and no buffers.
+    Set: ``bad`` [n_chunks] (filled with -1 by the caller) to ``b * U + u`` of the chunk's first
+    context whose sum over its valid tokens is not finite (a NaN or an infinity in it).
     """
     N, U = x.shape
     B = N // T
@@ -97,6 +99,8 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
             for j in range(n):
                 u = u0 + j
                 v = m[j]
+                if bad[c] < 0 and not np.isfinite(s[j]):
+                    bad[c] = b * U + u
                 total[u] += np.int64(np.round(np.float64(s[j]) * 65536.0))
                 unit_max[u] = max(unit_max[u], v)
                 if v > 0:

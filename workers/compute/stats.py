@@ -77,6 +77,40 @@ def priority(contexts: torch.Tensor, units: torch.Tensor, seed: int) -> torch.Te
     return x ^ (x >> 15)
 
 
+class NonFiniteActivation(ValueError):
+    """A NaN or an infinity among a batch's valid activations: the statistics would be garbage
+    (each path would make different garbage of it), so the harvest stops. A ``ValueError``: the
+    run fails at once and is not retried."""
+
+    def __init__(self, *, context: int, unit: int, value: float, hook: str = "", source: str = "") -> None:
+        self.context, self.unit, self.value, self.hook, self.source = context, unit, value, hook, source
+        where = f" at hook {hook} (source {source})" if hook else ""
+        super().__init__(
+            f"non-finite activation ({value}){where} in context {context}, unit {unit}: the model or SAE "
+            "produced NaN or Inf there (in float16 or bfloat16 often an overflow: harvest in float32)")
+
+    def at(self, *, hook: str, source: str) -> NonFiniteActivation:
+        """The same error, naming where it was seen."""
+        return NonFiniteActivation(context=self.context, unit=self.unit, value=self.value, hook=hook, source=source)
+
+
+def check_finite(context_sums: torch.Tensor, acts: torch.Tensor, contexts: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteActivation` for the first context (then unit) whose sum over its
+    valid tokens is not finite: a NaN or an infinity anywhere in it makes it so.
+
+    ``context_sums`` [B, U]; ``acts`` [B, T, U] with the left-out positions zeroed (to name the
+    bad value); ``contexts`` [B].
+    """
+    bad = ~torch.isfinite(context_sums)
+    if not bool(bad.any()):
+        return
+    b, u = (int(i) for i in bad.nonzero()[0])
+    row = acts[b, :, u].float()
+    odd = row[~torch.isfinite(row)]
+    value = float(odd[0]) if odd.numel() else float(context_sums[b, u])  # else: a sum that overflowed
+    raise NonFiniteActivation(context=int(contexts[b]), unit=u, value=value)
+
+
 @dataclass
 class Batch:
     """One forward pass's worth of activations for one source."""
@@ -146,7 +180,7 @@ class UnitAccumulator:
         saved = x.index_select(0, invalid_rows)
         x.index_fill_(0, invalid_rows, 0.0)
         try:
-            self._token_stats(x.view(B, T, U), invalid_rows, batch.first_token)
+            self._token_stats(x.view(B, T, U), invalid_rows, batch.first_token, batch.contexts)
             x.index_fill_(0, invalid_rows, float("-inf"))
             ctx_max = x.view(B, T, U).amax(1)  # [B, U]
         finally:
@@ -170,10 +204,16 @@ class UnitAccumulator:
         args = [x, x.view(torch.int32), valid, T, batch.contexts, self.units, self.seed,
                 (-batch.first_token) % self.hist_stride, self.hist_stride, HIST_KEY_LO - 1, N_HIST_BINS,
                 OCTAVE_LO, N_OCTAVES, chunk, self.fire, self.total, self.max, self._hist_table(x.device),
-                self._top_slots(B), self.sk_pri, self.sk_ctx, self.sk_val]
+                self._top_slots(B), self.sk_pri, self.sk_ctx, self.sk_val, bad := torch.full((-(-U // chunk),), -1)]
         kernels.batch_stats(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
+        if bool((bad >= 0).any()):  # each thread's first context (then unit) with a non-finite sum
+            first = int(bad[bad >= 0].min())
+            sums = torch.full((B, U), 0.0)
+            sums[first // U, first % U] = float("nan")
+            check_finite(sums, x.masked_fill(~valid[:, None], 0.0).view(B, T, U), batch.contexts)
 
-    def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int) -> None:
+    def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int,
+                     contexts: torch.Tensor) -> None:
         """Token statistics of ``x`` [B, T, U] whose invalid rows hold zeros."""
         # Sums over T first, as a batched product with a row of ones (one read of x, vectorised
         # along the units and threaded); fire counts the same way over (x > 0) written as floats
@@ -186,7 +226,9 @@ class UnitAccumulator:
         ones = self._ones_t[:B]
         positive = torch.gt(x, 0, out=_scratch(x.numel(), x.device).view(x.shape))
         self.fire += torch.bmm(ones, positive).sum(0)[0].long()  # [B, 1, U] -> [U]
-        self.total += _fixed(torch.bmm(ones, x)[:, 0]).sum(0)  # fixed point per context
+        context_sums = torch.bmm(ones, x)[:, 0]  # [B, U]
+        check_finite(context_sums, x, contexts)
+        self.total += _fixed(context_sums).sum(0)  # fixed point per context
         flat = x.view(-1, x.shape[2])
         self.n_tokens += flat.shape[0] - invalid_rows.numel()
         offset = (-first_token) % self.hist_stride

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.compute.stats import Batch, UnitAccumulator, _fixed, hist_bins
+from workers.compute.stats import Batch, NonFiniteActivation, UnitAccumulator, _fixed, hist_bins
 
 
 class SparseUnitAccumulator(UnitAccumulator):
@@ -20,10 +20,13 @@ class SparseUnitAccumulator(UnitAccumulator):
         B, T, U = batch.acts.shape
         x = batch.acts.reshape(B * T, U)  # [B, T, U] -> [B*T, U]
         valid = ~batch.invalid.reshape(-1)
-        rows, units = (x > 0).nonzero(as_tuple=True)
+        rows, units = (x != 0).nonzero(as_tuple=True)  # NaN too, which `x > 0` would drop
         keep = valid[rows]
         rows, units = rows[keep], units[keep]
         values = x[rows, units].float()
+        self._check_finite(values, rows // T, units, batch.contexts)
+        positive = values > 0
+        rows, units, values = rows[positive], units[positive], values[positive]
         self.n_tokens += int(valid.sum())
         self.fire += torch.bincount(units, minlength=U)
         self.total += _fixed(torch.zeros(U, device=x.device).index_add_(0, units, values))
@@ -43,6 +46,14 @@ class SparseUnitAccumulator(UnitAccumulator):
         offsets = self._hist_offsets[units[hit]]
         self.hist.index_add_(0, (offsets + hist_bins(values[hit])).long(), torch.ones_like(offsets, dtype=torch.int64))
         self.hist.index_add_(0, offsets.long(), torch.full_like(offsets, -1, dtype=torch.int64))
+
+    @staticmethod
+    def _check_finite(values: torch.Tensor, ctx_rows: torch.Tensor, units: torch.Tensor,
+                      contexts: torch.Tensor) -> None:
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])  # the first in token order: the lowest context
+            raise NonFiniteActivation(context=int(contexts[ctx_rows[i]]), unit=int(units[i]), value=float(values[i]))
 
     @staticmethod
     def _context_max(ctx_rows: torch.Tensor, units: torch.Tensor, values: torch.Tensor, has_valid: torch.Tensor,
