@@ -16,6 +16,8 @@ class Role(models.TextChoices):
 class Account(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="account")
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+    # A machine author (an explainer): named MACHINE_PREFIX + name, no password, never a person.
+    machine = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return f"{self.user} ({self.role})"

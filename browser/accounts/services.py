@@ -16,6 +16,9 @@ from browser.accounts import access
 from browser.accounts.models import Account, ApiToken, Role
 
 TOKEN_PREFIX = "nb_"
+# Machine authors' usernames start with this. A ':' fails Django's username validator, so no sign-up
+# (user_create, the admin, the login form) can take one, and no explainer can borrow a person's name.
+MACHINE_PREFIX = "machine:"
 
 
 def token_digest(raw: str) -> str:
@@ -33,6 +36,8 @@ def user_set_role(*, user: Any, role: str) -> Account:
 @transaction.atomic
 def user_create(*, username: str, password: str | None, role: str = Role.VIEWER, email: str = "") -> Any:
     User = get_user_model()
+    if username.startswith(MACHINE_PREFIX):
+        raise ValidationError(f"names starting with {MACHINE_PREFIX!r} are kept for machine authors")
     if User.objects.filter(username=username).exists():
         raise ValidationError(f"a user named {username!r} exists")
     user = User(username=username, email=email)
@@ -46,14 +51,18 @@ def user_create(*, username: str, password: str | None, role: str = Role.VIEWER,
     return user
 
 
+@transaction.atomic
 def machine_user(*, name: str) -> Any:
-    """The system user (an annotator with no password) that authors an explainer's labels."""
-    username = re.sub(r"[^\w.@+-]+", "-", name)[:150]
-    user, created = get_user_model().objects.get_or_create(username=username)
+    """The machine author (an annotator with no password, ``Account.machine``) that writes an
+    explainer's labels, in the machine namespace: never a person's account, whatever ``name`` is."""
+    username = MACHINE_PREFIX + re.sub(r"[^\w.@+-]+", "-", name)[:150 - len(MACHINE_PREFIX)]
+    user, created = get_user_model().objects.select_related("account").get_or_create(username=username)
     if created:
         user.set_unusable_password()
         user.save(update_fields=["password"])
-        user_set_role(user=user, role=Role.ANNOTATOR)
+    account = getattr(user, "account", None)
+    if account is None or not account.machine or account.role != Role.ANNOTATOR:
+        Account.objects.update_or_create(user=user, defaults={"role": Role.ANNOTATOR, "machine": True})
     return user
 
 

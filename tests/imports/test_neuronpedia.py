@@ -92,7 +92,7 @@ def test_import_shows_examples_stats_effects_and_labels(cast: Cast, imported: An
     assert hist.size == N_HIST_BINS and hist[0] == 12800 - 26 and hist[1:].sum() == 15
     assert hist[hist_bins(np.asarray([2.25]))[0]] == 1
     labels = {(label["author"], label["text"], label["machine"]) for label in body["labels"]}
-    assert labels == {("gpt-4o-mini", "cats", True), ("curator", "felines", False)}
+    assert labels == {("machine:gpt-4o-mini", "cats", True), ("curator", "felines", False)}
     other = cast.client("outsider").get(UNIT.format(3)).json()
     assert other["top"][0]["max_pos"] == 2 and other["labels"][0]["text"] == "the word barked"
     assert cast.client("outsider").get(UNIT.format(1)).json()["stats"] is None  # not in the batch

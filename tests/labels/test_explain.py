@@ -33,7 +33,7 @@ def test_offline_explainer_names_the_peak_token(harvested: Model) -> None:
     call_command("explain", model="tiny", source=SOURCE, limit=3, stdout=io.StringIO())
     labels = list(Label.objects.select_related("unit", "author").order_by("unit__index"))
     assert len(labels) == 3 and all(label.machine for label in labels)
-    assert {label.author.username for label in labels} == {"explainer-offline"}
+    assert {label.author.username for label in labels} == {"machine:explainer-offline"}
     for label in labels:
         ev = evidence(label.unit)
         assert ev is not None
