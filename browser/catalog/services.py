@@ -1,14 +1,16 @@
-"""Writes to the catalog: tokenizers, models, sources and units."""
+"""Writes to the catalog: tokenizers, models, sources, SAEs, units and scores."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from psycopg.types.json import Jsonb
 
-from browser.catalog.models import Model, Source, Tokenizer, Unit, UnitRelation
+from browser.catalog.models import Model, Sae, Score, Source, Tokenizer, Unit, UnitRelation
 from browser.core.copy import copy_rows
+from browser.core.models import Blob
 
 
 def tokenizer_get_or_create(*, name: str, vocab_hash: str, tokens: list[str], special_ids: list[int]) -> Tokenizer:
@@ -88,3 +90,37 @@ def unit_relations_replace(*, unit_ids: list[int], kind: str, rows: Iterable[tup
         ["int8", "text", "int2", "int8", "float8"],
         ((unit, kind, rank, other, value) for unit, rank, other, value in rows),
     )
+
+
+def sae_create(*, model: Model, name: str, hook_point: str, layer: int, architecture: str, d_in: int, d_sae: int,
+               cfg: dict[str, Any], weights: Blob, quality: dict[str, Any] | None = None,
+               loss_curve: list[dict[str, float]] | None = None) -> Sae:
+    """Register an SAE: its source (one unit per latent) and its row, in the caller's transaction."""
+    source = Source.objects.create(model=model, name=name, hook_point=hook_point, layer=layer,
+                                   kind=Source.Kind.SAE, n_units=d_sae)
+    row = Sae.objects.create(source=source, architecture=architecture, d_in=d_in, d_sae=d_sae, cfg=cfg,
+                             weights=weights, quality=quality or {}, loss_curve=loss_curve or [])
+    units_ensure(source=source)
+    return row
+
+
+def scores_replace(*, run: Any, unit_ids: list[int], names: tuple[str, ...], version: int,
+                   rows: Iterable[tuple[int, str, float, dict[str, Any]]]) -> int:
+    """Replace the machine scores ``names`` at ``version`` of these units by ``rows`` (unit id, name,
+    value, details), tied to ``run`` (None for scores of a model rather than a run); call it inside the
+    caller's transaction. Every score job writes through it, so a rerun gives the same rows."""
+    Score.objects.filter(unit_id__in=unit_ids, name__in=names, version=version, label__isnull=True).delete()
+    return len(Score.objects.bulk_create(
+        Score(unit_id=u, name=name, version=version, value=value, run=run, details=details)
+        for u, name, value, details in rows))
+
+
+def label_score_set(*, label: Any, name: str, version: int, value: float | None, run_id: int | None = None,
+                    details: dict[str, Any] | None = None) -> None:
+    """Store (value) or remove (None) one label's score."""
+    if value is None:
+        Score.objects.filter(name=name, version=version, label=label).delete()
+        return
+    Score.objects.update_or_create(unit=label.unit, name=name, version=version, label=label,
+                                   defaults={"value": value, "run_id": run_id, "details": details or {}})
+

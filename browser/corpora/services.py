@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from browser.catalog.models import Model, name_validator
+from browser.catalog.models import Model, Tokenizer, name_validator
 from browser.core.copy import copy_rows
-from browser.corpora.models import Context, Corpus
+from browser.corpora.models import Context, Corpus, Document
 from browser.corpora.readers import CorpusInputError, read_documents
 
 MIN_CONTEXT_LENGTH = 4
@@ -91,3 +92,21 @@ def corpus_mark_ready(*, corpus: Corpus, n_contexts: int, n_tokens: int) -> None
 
 def corpus_mark_failed(*, corpus_id: int, error: str) -> None:
     Corpus.objects.filter(pk=corpus_id).update(status=Corpus.Status.FAILED, error=error[:5000])
+
+
+def corpus_create(*, name: str, tokenizer: Tokenizer, tokenizer_model: Model, context_length: int, origin: str,
+                  status: str = Corpus.Status.READY) -> Corpus:
+    """An empty corpus of contexts made elsewhere (synthetic inputs, imported dashboards);
+    ``documents_add`` and ``contexts_write`` fill it."""
+    return Corpus.objects.create(name=name, tokenizer=tokenizer, tokenizer_model=tokenizer_model,
+                                 context_length=context_length, status=status, origin=origin)
+
+
+def documents_add(*, corpus: Corpus, rows: Sequence[dict[str, Any]]) -> list[Document]:
+    """Append documents (``external_id``, ``title``, ``text``, ``meta``) after the corpus's last one."""
+    docs = Document.objects.bulk_create([Document(corpus=corpus, index=corpus.n_documents + i, **row)
+                                         for i, row in enumerate(rows)])
+    corpus.n_documents += len(docs)
+    Corpus.objects.filter(pk=corpus.pk).update(n_documents=corpus.n_documents)
+    return docs
+

@@ -38,8 +38,8 @@ from browser.accounts import access
 from browser.accounts.services import machine_user
 from browser.catalog.models import Model, Source, Tokenizer, Unit, name_validator
 from browser.catalog.services import model_create, source_get_or_create, tokenizer_get_or_create, units_ensure
-from browser.corpora.models import Context, Corpus, Document
-from browser.corpora.services import contexts_write
+from browser.corpora.models import Context, Corpus
+from browser.corpora.services import contexts_write, corpus_create, documents_add
 from browser.examples.models import Example, UnitStats
 from browser.examples.services import examples_write, stats_write, units_set_browse_fields
 from browser.imports.neuronpedia_format import NpBatch, NpFeature, Problems, parse_batches
@@ -53,6 +53,7 @@ from browser.imports.neuronpedia_rows import (
 from browser.labels.models import Label
 from browser.labels.services import label_save
 from browser.runs.models import Run
+from browser.runs.services import run_create
 
 IMPORT_TAG = "neuronpedia"
 IMPORT_LOCK = 0x6E62_0010  # advisory lock class of imports (the second key hashes the model name)
@@ -256,17 +257,15 @@ def _run(model: Model, tokenizer: Tokenizer, source: Source, target: Target, use
     name = _slug(f"{model.name}.{source.name}.neuronpedia")
     if Corpus.objects.filter(name=name).exists():
         raise ImportRejected("source", f"a corpus named {name!r} exists already; choose another source name")
-    corpus = Corpus.objects.create(name=name, tokenizer=tokenizer, tokenizer_model=model, context_length=1,
-                                   status=Corpus.Status.READY, origin=f"neuronpedia:{target.model_id}")
+    corpus = corpus_create(name=name, tokenizer=tokenizer, tokenizer_model=model, context_length=1,
+                           origin=f"neuronpedia:{target.model_id}")
     config = {"imported_from": IMPORT_TAG, "version": 1, "model_id": target.model_id,
               "layer": target.batch.layer, "sae_id": target.batch.sae_id,
               "note": "imported from neuronpedia: examples, statistics and labels come from the uploaded "
                       "dashboards (see browser/imports/neuronpedia_rows.py for how each is derived)",
               "density_from_examples": [], "mean_from_examples": []}
-    run = Run.objects.create(model=model, corpus=corpus, config=config, config_hash=config_hash,
-                             status=Run.Status.DONE, n_shards=0, created_by=user, finished=timezone.now())
-    run.sources.set([source])
-    return run
+    return run_create(model=model, corpus=corpus, config=config, config_hash=config_hash, sources=[source],
+                      status=Run.Status.DONE, created_by=user, contexts_total=0, finished=timezone.now())
 
 
 def _contexts(corpus: Corpus, features: list[NpFeature],
@@ -280,16 +279,17 @@ def _contexts(corpus: Corpus, features: list[NpFeature],
     packed = {w: _pack([token_id[t] for t in w]) for w in windows}
     new = [w for w in windows if packed[w] not in stored]
     if new:
-        docs = Document.objects.bulk_create([
-            Document(corpus=corpus, index=corpus.n_documents + i, external_id=f"feature {windows[w]}",
-                     text="".join(w), meta={"imported_from": IMPORT_TAG}) for i, w in enumerate(new)])
+        n_documents = corpus.n_documents
+        docs = documents_add(corpus=corpus, rows=[
+            {"external_id": f"feature {windows[w]}", "text": "".join(w), "meta": {"imported_from": IMPORT_TAG}}
+            for w in new])
         contexts_write(corpus=corpus, first_index=corpus.n_contexts,
                        rows=((doc.pk, [token_id[t] for t in w]) for doc, w in zip(docs, new, strict=True)))
         stored.update((bytes(tokens), pk) for pk, tokens in Context.objects.filter(
             corpus=corpus, index__gte=corpus.n_contexts).values_list("id", "tokens"))
         n_contexts = corpus.n_contexts + len(new)
         Corpus.objects.filter(pk=corpus.pk).update(
-            n_documents=corpus.n_documents + len(new), n_contexts=n_contexts,
+            n_documents=n_documents + len(new), n_contexts=n_contexts,
             n_tokens=corpus.n_tokens + sum(len(w) for w in new),
             context_length=max([corpus.context_length] + [len(w) for w in new]))
         Run.objects.filter(corpus=corpus).update(contexts_total=n_contexts, contexts_done=n_contexts)

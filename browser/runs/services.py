@@ -39,11 +39,13 @@ def job_create(*, kind: str, title: str, params: dict[str, object] | None = None
     return Job.objects.create(kind=kind, title=title[:300], params=params or {}, created_by=created_by)
 
 
-def job_claim(*, job_id: int, lease: timedelta = JOB_LEASE, retries: int = 0) -> bool:
+def job_claim(*, job_id: int, lease: timedelta = JOB_LEASE, retries: int = 0, max_attempts: int | None = None) -> bool:
     """Mark the job running; False if it is finished or another live worker holds it.
 
     ``retries`` is the Celery retry count of the claiming task: a running job with no more
-    attempts than that was held by this task's own earlier, failed attempts.
+    attempts than that was held by this task's own earlier, failed attempts. A job claimed
+    ``max_attempts`` times already (its worker died each time, and the broker redelivered its
+    task) is failed instead of run again.
     """
     now = timezone.now()
     claimable = (Q(status=Job.Status.QUEUED) | Q(status=Job.Status.RUNNING, heartbeat__lt=now - lease)
@@ -51,6 +53,10 @@ def job_claim(*, job_id: int, lease: timedelta = JOB_LEASE, retries: int = 0) ->
     # A cancel asked while no worker held the job (it died, or the task was lost) ends it here.
     Job.objects.filter(claimable, pk=job_id, cancel_requested=True).update(
         status=Job.Status.CANCELLED, finished=now)
+    if max_attempts is not None and Job.objects.filter(claimable, pk=job_id, attempts__gte=max_attempts).update(
+            status=Job.Status.FAILED, finished=now, error=f"gave up after {max_attempts} attempts"):
+        job_log(job_id=job_id, line=f"gave up after {max_attempts} attempts (its worker stopped during each)")
+        return False
     updated = Job.objects.filter(claimable, pk=job_id, cancel_requested=False).update(
         status=Job.Status.RUNNING, started=now, heartbeat=now, attempts=F("attempts") + 1, error=""
     )
@@ -94,6 +100,23 @@ def job_finish(*, job_id: int, status: str, error: str = "") -> None:
     Job.objects.filter(pk=job_id).update(**fields)
 
 
+def work_end(*, job_id: int | None, run_id: int | None = None, status: str, error: str = "") -> None:
+    """End a task's work as cancelled or failed: its job, and the run it belongs to (``run_id``,
+    or else the unfinished runs of that job: a harvest's), in one transaction."""
+    runs = Run.objects.filter(pk=run_id) if run_id is not None else Run.objects.filter(job_id=job_id)
+    with transaction.atomic():
+        runs.exclude(status__in=[Run.Status.DONE, Run.Status.FAILED, Run.Status.CANCELLED]).update(
+            status=status, error=_first_line(error)[-10_000:], finished=timezone.now())
+        if job_id is not None:
+            job_finish(job_id=job_id, status=status, error=error)
+
+
+def _first_line(error: str) -> str:
+    """A traceback's last line (the error itself), or the message as it is."""
+    lines = error.strip().splitlines()
+    return lines[-1] if lines and lines[0].startswith("Traceback") else error
+
+
 def job_requeue(*, job_id: int, error: str) -> None:
     Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(status=Job.Status.QUEUED, error=error[-10_000:])
 
@@ -124,6 +147,20 @@ def job_cancel(*, job_id: int, user: object = None) -> Job:
 
 
 # ---- harvest runs and shards -----------------------------------------------------------------
+
+def run_create(*, model: Any, corpus: Any, config: dict[str, Any], config_hash: str, sources: list[Any],
+               status: str = Run.Status.QUEUED, job: Job | None = None, created_by: Any = None,
+               n_shards: int = 0, contexts_total: int | None = None, contexts_done: int = 0,
+               finished: Any = None) -> Run:
+    """A run of ``model`` over ``corpus`` with its sources (harvests, toy harvests and imports all
+    create runs here); unique per model, corpus and config hash."""
+    total = corpus.n_contexts if contexts_total is None else contexts_total
+    run = Run.objects.create(model=model, corpus=corpus, config=config, config_hash=config_hash, status=status,
+                             job=job, created_by=created_by, n_shards=n_shards, contexts_total=total,
+                             contexts_done=contexts_done, finished=finished)
+    run.sources.set(sources)
+    return run
+
 
 def shard_lease() -> timedelta:
     """How long a shard's claim lasts without a heartbeat (``BROWSER_SHARD_LEASE_S``)."""

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db.models import F
 
 from browser.catalog.models import Score, Source
+from browser.catalog.services import label_score_set
 from browser.corpora.models import Context
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example
@@ -102,13 +103,12 @@ def _score_one(label: Label, sample: list[Context], maxima: torch.Tensor, text: 
     unit = label.unit
     silent = [text[c.pk] for i, c in enumerate(sample) if maxima[i, unit.index] <= 0]
     if len(silent) < MIN_SILENT:
-        Score.objects.filter(name=NAME, version=VERSION, label=label).delete()
+        label_score_set(label=label, name=NAME, version=VERSION, value=None)
         return "too_dense"
     examples = Example.objects.filter(unit=unit, run=unit.stats_run, kind__in=[0, 1]).values_list(
         "context__tokens", flat=True)
     firing = [tokenizer.decode(decode_tokens(bytes(t)), skip_special_tokens=True) for t in examples]
     value = label_auc(embedder, label.text, firing, silent)
-    Score.objects.update_or_create(unit=unit, name=NAME, version=VERSION, label=label, defaults={
-        "value": value, "run_id": unit.stats_run_id,
-        "details": {"firing": len(firing), "silent": len(silent), "sampled": len(sample)}})
+    label_score_set(label=label, name=NAME, version=VERSION, value=value, run_id=unit.stats_run_id,
+                    details={"firing": len(firing), "silent": len(silent), "sampled": len(sample)})
     return "scored"

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from browser.catalog.models import Model, Sae, Source, Unit, UnitRelation
-from browser.catalog.services import source_get_or_create, unit_relations_replace, units_ensure
+from browser.catalog.services import sae_create, source_get_or_create, unit_relations_replace, units_ensure
 from browser.core.blobs import blob_write
 from workers.compute import hooks
 from workers.compute.config import SourceConfig
@@ -64,12 +64,10 @@ def sae_register(*, model: Model, name: str, sae: SparseAutoencoder, quality_sta
     data = files.to_bytes(sae)
     with transaction.atomic():
         blob = blob_write(key=f"sae/{model.pk}/{name}/{hashlib.sha256(data).hexdigest()[:16]}", data=data)
-        source = Source.objects.create(model=model, name=name, hook_point=sae.cfg.hook_name, layer=layer,
-                                       kind=Source.Kind.SAE, n_units=sae.cfg.d_sae)
-        row = Sae.objects.create(source=source, architecture=sae.cfg.architecture, d_in=sae.cfg.d_in,
-                                 d_sae=sae.cfg.d_sae, cfg={**files.saelens_cfg(sae.cfg), **(extra or {})},
-                                 weights=blob, quality=quality_stats or {}, loss_curve=loss_curve or [])
-        units_ensure(source=source)
+        row = sae_create(model=model, name=name, hook_point=sae.cfg.hook_name, layer=layer,
+                         architecture=sae.cfg.architecture, d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
+                         cfg={**files.saelens_cfg(sae.cfg), **(extra or {})}, weights=blob,
+                         quality=quality_stats, loss_curve=loss_curve)
         relations_write(sae_row=row, sae=sae)
     return row
 

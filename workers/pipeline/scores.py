@@ -24,7 +24,7 @@ Rows are replaced per source in one transaction, so running the job twice gives 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ import torch
 from django.conf import settings
 from django.db import transaction
 
-from browser.catalog.models import Model, Sae, Score, Source, Unit, UnitRelation
-from browser.catalog.services import unit_relations_replace
+from browser.catalog.models import Model, Sae, Source, Unit, UnitRelation
+from browser.catalog.services import scores_replace, unit_relations_replace
 from browser.corpora.models import Context
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
@@ -439,22 +439,12 @@ def _write(run: Run, results: dict[int, SourceScores], relations: Relations) -> 
     for result in results.values():
         unit_ids = list(result.units.values())
         with transaction.atomic():
-            counts["scores"] += score_rows_replace(run=run, unit_ids=unit_ids, names=NAMES, version=VERSION, rows=(
+            counts["scores"] += scores_replace(run=run, unit_ids=unit_ids, names=NAMES, version=VERSION, rows=(
                 (result.units[u], name, value, details) for u, name, value, details in result.rows))
             for kind in (UnitRelation.Kind.CORRELATION, UnitRelation.Kind.CONTEXT_OVERLAP):
                 counts["relations"] += unit_relations_replace(unit_ids=unit_ids, kind=kind, rows=_ranked(
                     relations, kind, unit_ids))
     return counts
-
-
-def score_rows_replace(*, run: Run, unit_ids: list[int], names: tuple[str, ...], version: int,
-                       rows: Iterable[tuple[int, str, float, dict[str, Any]]]) -> int:
-    """Replace the machine scores ``names`` at ``version`` of these units by ``rows`` (unit id, name, value,
-    details), tied to ``run``; call it inside the caller's transaction. Every score job writes through it."""
-    Score.objects.filter(unit_id__in=unit_ids, name__in=names, version=version, label__isnull=True).delete()
-    return len(Score.objects.bulk_create(
-        Score(unit_id=u, name=name, version=version, value=value, run=run, details=details)
-        for u, name, value, details in rows))
 
 
 def _ranked(relations: Relations, kind: str, unit_ids: list[int]) -> Iterator[tuple[int, int, int, float]]:

@@ -24,12 +24,14 @@ import torch
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from browser.catalog.models import Model, Score, Source, Tokenizer, Unit, name_validator
-from browser.catalog.services import model_create, source_get_or_create, units_ensure
-from browser.corpora.models import Context, Corpus, Document
+from browser.catalog.models import Model, Source, Tokenizer, Unit, name_validator
+from browser.catalog.services import model_create, scores_replace, source_get_or_create, units_ensure
+from browser.corpora.models import Context, Corpus
+from browser.corpora.services import contexts_write, corpus_create, corpus_mark_ready, documents_add
 from browser.examples.models import Example
 from browser.examples.services import examples_write, stats_write, units_set_browse_fields
 from browser.runs.models import Run
+from browser.runs.services import run_create
 from workers.compute import toy
 from workers.compute.config import HarvestConfig, SourceConfig
 from workers.compute.stats import Batch, UnitAccumulator, UnitSummary, summarize
@@ -94,13 +96,12 @@ def _true_features_store(source: Source, W: torch.Tensor) -> int:
     details = the features driving it, strongest first."""
     units = dict(Unit.objects.filter(source=source).values_list("index", "pk"))
     effective = toy.true_features_per_neuron(W)
-    rows = [
-        Score(unit_id=units[k], name=TRUE_FEATURES, version=TRUE_FEATURES_VERSION, value=float(effective[k]),
-              details={"features": [{"feature": f, "weight": w} for f, w in features], "count": len(features),
-                       "floor": toy.NEURON_WEIGHT_FLOOR})
-        for k, features in enumerate(toy.neuron_features(W))
-    ]
-    return len(Score.objects.bulk_create(rows))
+    rows = ((units[k], TRUE_FEATURES, float(effective[k]),
+             {"features": [{"feature": f, "weight": w} for f, w in features], "count": len(features),
+              "floor": toy.NEURON_WEIGHT_FLOOR})
+            for k, features in enumerate(toy.neuron_features(W)))
+    return scores_replace(run=None, unit_ids=list(units.values()), names=(TRUE_FEATURES,),
+                          version=TRUE_FEATURES_VERSION, rows=rows)
 
 
 # ---- harvesting a toy model --------------------------------------------------------------------
@@ -124,9 +125,8 @@ def toy_harvest(*, model: Model, n_inputs: int, seed: int = 0, k: int = 16, samp
     with transaction.atomic():
         corpus = _toy_corpus(model, x, seed)
         source = Source.objects.get(model=model, name=SOURCE_NAME)
-        run = Run.objects.create(model=model, corpus=corpus, config=config.to_dict(), config_hash=config.hash(),
-                                 status=Run.Status.DONE, contexts_total=n_inputs, contexts_done=n_inputs)
-        run.sources.set([source])
+        run = run_create(model=model, corpus=corpus, config=config.to_dict(), config_hash=config.hash(),
+                         sources=[source], status=Run.Status.DONE, contexts_done=n_inputs)
         _toy_results_write(run, source, summaries, x, W)
     return run
 
@@ -160,15 +160,15 @@ def _toy_corpus(model: Model, x: torch.Tensor, seed: int) -> Corpus:
         raise ToyModelError(f"{model.name} was already harvested with seed {seed} (corpus {name!r})")
     p = model.config["toy"]["feature_probability"]
     counts = (x > 0).sum(dim=1)
-    corpus = Corpus.objects.create(
-        name=name, tokenizer=tokenizer, tokenizer_model=model, context_length=x.shape[1], status=Corpus.Status.READY,
-        origin=f"synthetic: {len(x)} inputs, p = {p}, seed {seed}", n_documents=1, n_contexts=len(x),
-        n_tokens=int(counts.sum()))
-    document = Document.objects.create(corpus=corpus, index=0, title="synthetic inputs",
-                                       text=f"{len(x)} sparse inputs: each feature uniform on [0, 1) with probability {p}")
-    active = [row.nonzero().flatten().numpy().astype("<i4") for row in x]
-    Context.objects.bulk_create((Context(corpus=corpus, index=i, document=document, tokens=ids.tobytes(),
-                                         n_tokens=len(ids)) for i, ids in enumerate(active)), batch_size=5000)
+    corpus = corpus_create(name=name, tokenizer=tokenizer, tokenizer_model=model, context_length=x.shape[1],
+                           origin=f"synthetic: {len(x)} inputs, p = {p}, seed {seed}")
+    [document] = documents_add(corpus=corpus, rows=[{
+        "title": "synthetic inputs",
+        "text": f"{len(x)} sparse inputs: each feature uniform on [0, 1) with probability {p}"}])
+    contexts_write(corpus=corpus, first_index=0,
+                   rows=((document.pk, row.nonzero().flatten().tolist()) for row in x))
+    corpus_mark_ready(corpus=corpus, n_contexts=len(x), n_tokens=int(counts.sum()))
+    corpus.refresh_from_db()
     return corpus
 
 
