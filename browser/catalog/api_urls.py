@@ -7,6 +7,8 @@ from browser.catalog import apis, steer_apis
 urlpatterns = [
     path("overview/", apis.OverviewApi.as_view(), name="api-overview"),
     path("steer/", steer_apis.SteerApi.as_view(), name="api-steer"),
+    path("runs/<int:pk>/intervention-scores/", steer_apis.InterventionScoresApi.as_view(),
+         name="api-run-intervention-scores"),
     path("overview/jobs/", apis.JobsApi.as_view(), name="api-overview-jobs"),
     path("models/", apis.ModelListApi.as_view(), name="api-models"),
     path("models/<str:model>/toy/", apis.ToyApi.as_view(), name="api-toy"),

@@ -38,6 +38,11 @@ SCORE_HELP = {
     "toy_true_features": "ground truth: effective number of features the toy model stores in this neuron",
     "label_auc": "how well a label's embedding ranks the unit's firing contexts above silent ones (0.5 = chance)",
     "feature_dimensionality": "toy model: the paper's D_i, the share of a dimension the feature gets",
+    "intervention_kl": ("mean KL (nats) of the next-token prediction after its max token when the unit is "
+                        "zero-ablated, over its top and interval examples (high = it changes what the model says)"),
+    "intervention_logit_drop": ("mean drop in log of the summed probability of the 5 tokens its logit effects push "
+                                "up most when it is zero-ablated, on its own examples (positive = the direct effect "
+                                "is real)"),
 }
 RELATION_HELP = {
     UnitRelation.Kind.DECODER_COSINE: "cosine of the decoder directions",

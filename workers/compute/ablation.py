@@ -23,7 +23,8 @@ class AblationEffect:
     kl: torch.Tensor
     """[n] KL(plain || ablated) of the next-token distribution at each prefix's last token, nats."""
     logprob_change: torch.Tensor
-    """[n, k] log p_ablated - log p_plain of the ``watched`` tokens."""
+    """[n] log P_ablated(watched) - log P_plain(watched), P of the set: the tokens' summed probability
+    (per token, the ones a unit does not promote would rise whenever one it promotes loses its mass)."""
     prob_change: torch.Tensor
     """[vocab] mean over prefixes of p_ablated - p_plain (the tokens the ablation lowers are negative)."""
 
@@ -58,5 +59,5 @@ def ablation_effect(model: nn.Module, arch: hooks.Architecture, n_layers: int, p
     p, q = log_p.exp(), log_q.exp()
     kl = (p * (log_p - log_q)).sum(-1).clamp_min(0)
     index = torch.tensor(watched, dtype=torch.long, device=log_p.device)
-    change = log_q.index_select(1, index) - log_p.index_select(1, index)
+    change = log_q.index_select(1, index).logsumexp(1) - log_p.index_select(1, index).logsumexp(1)
     return AblationEffect(kl.float().cpu(), change.float().cpu(), (q - p).mean(0).float().cpu())
