@@ -74,6 +74,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "browser.api.uploads.UploadCapMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -119,6 +120,16 @@ STATICFILES_DIRS = [BASE_DIR / "browser" / "static"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Uploads larger than this are refused (a corpus file goes through the CLI, not the web).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("BROWSER_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
+# Uploaded files (which DATA_UPLOAD_MAX_MEMORY_SIZE does not cap): a file, and a whole request,
+# checked on the declared length and counted while streaming (browser/api/uploads.py); over: 413.
+# The defaults fit the largest upload the API takes, 16 Neuronpedia batches of 64 MiB.
+BROWSER_MAX_FILE_BYTES = env_int("BROWSER_MAX_FILE_BYTES", 64 * 1024 * 1024, minimum=1024)
+BROWSER_MAX_REQUEST_BYTES = env_int("BROWSER_MAX_REQUEST_BYTES", 16 * 64 * 1024 * 1024 + 1024 * 1024, minimum=1024)
+FILE_UPLOAD_HANDLERS = [
+    "browser.api.uploads.CappedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 # Work a web request asks a worker for (try your own text, steering): a sign-in, this rate per user,
 # this long a wait, and a queued task not started within the expiry is discarded, never run.
 BROWSER_COMPUTE_RATE = env_str("BROWSER_COMPUTE_RATE", "30/min")
