@@ -137,6 +137,16 @@ def test_a_saelens_layout_release_fetches_cfg_and_weights(tiny: Model, cache: Pa
         assert torch.equal(sae_load(row).tensors()[name], tensor), name
 
 
+def test_the_release_tables_encoding_overrides_apply_over_cfg_json(tiny: Model, cache: Path, tmp_path: Path) -> None:
+    sae = random_sae(D_MODEL, D_SAE, architecture="relu", k=None).with_config(hook_name="blocks.1.hook_resid_post")
+    files.write_dir(sae, tmp_path / "saelens")  # its cfg.json says normalize_activations "none"
+    put_files(cache, "JoshEngels/Mistral-7B-Residual-Stream-SAEs", {"mistral_7b_layer_8": tmp_path / "saelens"})
+    call_command("import_sae", "--release", "mistral-7b-res-wg", "--id", "blocks.8.hook_resid_pre", "--model",
+                 "tiny", "--hook", "blocks.1.hook_resid_post", stdout=io.StringIO())
+    row = Sae.objects.get(source__model=tiny)
+    assert sae_load(row).cfg.normalize_activations == "constant_norm_rescale"  # the release's config_overrides
+
+
 def test_a_release_missing_offline_names_the_release_repo_and_files_and_registers_nothing(
         tiny: Model, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

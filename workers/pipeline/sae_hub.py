@@ -19,6 +19,8 @@ FOLDER_LAYOUTS: dict[str, tuple[str, ...]] = {
     "Gemma Scope": (files.GEMMA_SCOPE_NPZ,),
     "Gemma Scope 2": (files.GEMMA_SCOPE_2,),
 }
+# The release table's config_overrides that change how an SAE encodes (SAELens applies them over cfg.json).
+ENCODING_OVERRIDES = ("normalize_activations", "apply_b_dec_to_input")
 NOT_A_SOURCE_KIND = ("transcoders are not a source kind yet: the product registers neurons and SAE latents only, "
                      "so {what} was not registered")
 
@@ -30,9 +32,12 @@ def default_name(*parts: str) -> str:
 
 
 def sae_import_files(*, model: Model, path: Path, name: str, hook: str = "",
-                     provenance: dict[str, Any] | None = None) -> Sae:
+                     provenance: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Sae:
     """Read any known layout at ``path`` and register it (transcoders are read, then refused)."""
     sae, fmt = files.read_any(path, hook)
+    changes = {key: value for key, value in (overrides or {}).items() if key in ENCODING_OVERRIDES}
+    if changes:
+        sae = sae.with_config(**changes)
     if fmt in files.TRANSCODER_FORMATS or sae.cfg.hook_name.endswith("mlp.hook_in"):
         raise SaeInputError(NOT_A_SOURCE_KIND.format(what=f"the transcoder at {path}"))
     return sae_register(model=model, name=name, sae=sae, extra={"imported_from": str(path), **(provenance or {})})
@@ -56,7 +61,8 @@ def sae_import_release(*, model: Model, release: str, sae_id: str, name: str = "
     folder = hub.fetch_files(entry.repo_id, entry.files(), what)[0].parent
     provenance = {"release": release, "sae_id": sae_id, "repo_id": entry.repo_id, "repo_path": entry.path,
                   "neuronpedia": entry.neuronpedia, "registry": registry.table_source()}
-    return sae_import_files(model=model, path=folder, name=name, hook=hook, provenance=provenance)
+    return sae_import_files(model=model, path=folder, name=name, hook=hook, provenance=provenance,
+                            overrides=entry.config_overrides)
 
 
 def sae_import_repo(*, model: Model, repo_id: str, path: str, name: str = "", hook: str = "") -> Sae:
