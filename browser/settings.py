@@ -6,6 +6,7 @@ the product starts its own embedded PostgreSQL and Redis under ``BROWSER_DATA_DI
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -135,6 +136,11 @@ FILE_UPLOAD_HANDLERS = [
 BROWSER_COMPUTE_RATE = env_str("BROWSER_COMPUTE_RATE", "30/min")
 BROWSER_COMPUTE_WAIT_S = env_int("BROWSER_COMPUTE_WAIT_S", 20, minimum=1, maximum=300)
 BROWSER_COMPUTE_EXPIRES_S = env_int("BROWSER_COMPUTE_EXPIRES_S", 30, minimum=1, maximum=3600)
+# Failed sign-ins allowed per username and client address within the period (DRF rate syntax).
+BROWSER_SIGN_IN_RATE = env_str("BROWSER_SIGN_IN_RATE", "10/hour")
+for _rate in ("BROWSER_COMPUTE_RATE", "BROWSER_SIGN_IN_RATE"):
+    if not re.fullmatch(r"[1-9]\d*/(s|sec|m|min|h|hour|d|day)", globals()[_rate]):
+        raise ImproperlyConfigured(f"{_rate}={globals()[_rate]!r} is not a rate such as 10/min or 30/hour")
 
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("BROWSER_SSL_REDIRECT", True)
