@@ -34,13 +34,15 @@ def user_set_role(*, user: Any, role: str) -> Account:
 
 
 @transaction.atomic
-def user_create(*, username: str, password: str | None, role: str = Role.VIEWER, email: str = "") -> Any:
+def user_create(*, username: str, password: str | None, role: str = Role.VIEWER, email: str = "",
+                superuser: bool = False) -> Any:
+    """A person's account (``superuser`` also opens /admin/: the demo's user)."""
     User = get_user_model()
     if username.startswith(MACHINE_PREFIX):
         raise ValidationError(f"names starting with {MACHINE_PREFIX!r} are kept for machine authors")
     if User.objects.filter(username=username).exists():
         raise ValidationError(f"a user named {username!r} exists")
-    user = User(username=username, email=email)
+    user = User(username=username, email=email, is_staff=superuser, is_superuser=superuser)
     user.full_clean(exclude=["password"])
     if password:
         user.set_password(password)

@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.utils import timezone
 
+from browser.accounts.services import user_create
 from browser.catalog.models import Model, Source, Unit
 from browser.catalog.services import model_create, source_get_or_create, units_ensure
 from browser.core.copy import copy_rows
@@ -41,7 +42,8 @@ def _authors(n: int) -> list[int]:
     User = get_user_model()
     ids = []
     for i in range(n):
-        user, _ = User.objects.get_or_create(username=f"bench-export-{i}")
+        user = (User.objects.filter(username=f"bench-export-{i}").first()
+                or user_create(username=f"bench-export-{i}", password=None, role="annotator"))
         ids.append(user.pk)
     return ids
 

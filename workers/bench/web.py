@@ -22,10 +22,13 @@ from django.test import Client
 from django.test.utils import override_settings
 from psycopg.types.json import Jsonb
 
+from browser.accounts.services import user_create
 from browser.catalog.models import Model, Source, Tokenizer, Unit
+from browser.catalog.services import model_create, source_get_or_create, tokenizer_get_or_create
 from browser.core.copy import copy_rows
-from browser.corpora.models import Corpus, Document
-from browser.runs.models import Run
+from browser.corpora.models import Corpus
+from browser.corpora.services import contexts_write, corpus_create, corpus_mark_ready, documents_add
+from browser.runs.services import run_create
 
 MODEL, SOURCE = "bench-web", "bench.mlp"
 CONTEXT_LENGTH, N_CONTEXTS, VOCAB = 64, 20_000, 5000
@@ -106,24 +109,23 @@ def build(units: int, log: Any) -> Source:
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     with transaction.atomic():
-        tok = Tokenizer.objects.create(name=MODEL, vocab_hash=f"{MODEL}-v1",
-                                       tokens=["[CLS]", "[SEP]", *(" " + _word(i) for i in range(2, VOCAB))],
-                                       special_ids=[0, 1])
-        model = Model.objects.create(name=MODEL, kind="encoder", architecture="bench", location="bench", n_layers=1,
-                                     d_model=64, d_mlp=units, vocab_size=VOCAB, tokenizer=tok)
-        corpus = Corpus.objects.create(name=MODEL, tokenizer=tok, tokenizer_model=model,
-                                       context_length=CONTEXT_LENGTH, status="ready", n_contexts=N_CONTEXTS)
-        doc = Document.objects.create(corpus=corpus, index=0, text="bench")
+        tok = tokenizer_get_or_create(name=MODEL, vocab_hash=f"{MODEL}-v1",
+                                      tokens=["[CLS]", "[SEP]", *(" " + _word(i) for i in range(2, VOCAB))],
+                                      special_ids=[0, 1])
+        model = model_create(name=MODEL, kind="encoder", architecture="bench", location="bench", n_layers=1,
+                             d_model=64, d_mlp=units, vocab_size=VOCAB, tokenizer=tok)
+        corpus = corpus_create(name=MODEL, tokenizer=tok, tokenizer_model=model, context_length=CONTEXT_LENGTH,
+                               origin="bench web")
+        [doc] = documents_add(corpus=corpus, rows=[{"text": "bench"}])
         ids = rng.integers(2, VOCAB, (N_CONTEXTS, CONTEXT_LENGTH)).astype("<i4")
         ids[:, 0], ids[:, -1] = 0, 1
-        copy_rows("corpora_context", ["corpus_id", "index", "document_id", "tokens", "n_tokens"],
-                  ["int8", "int4", "int8", "bytea", "int2"],
-                  ((corpus.pk, i, doc.pk, ids[i].tobytes(), CONTEXT_LENGTH) for i in range(N_CONTEXTS)))
+        contexts_write(corpus=corpus, first_index=0, rows=((doc.pk, ids[i].tolist()) for i in range(N_CONTEXTS)))
+        corpus_mark_ready(corpus=corpus, n_contexts=N_CONTEXTS, n_tokens=N_CONTEXTS * CONTEXT_LENGTH)
         first_ctx = corpus.contexts.order_by("id").values_list("id", flat=True).first() or 0
-        run_id = Run.objects.create(model=model, corpus=corpus, config={}, config_hash=MODEL, status="done",
-                                    contexts_total=N_CONTEXTS, contexts_done=N_CONTEXTS).pk
-        source = Source.objects.create(model=model, name=SOURCE, hook_point="blocks.0.mlp.hook_post", layer=0,
-                                       kind="neurons", n_units=units)
+        source = source_get_or_create(model=model, name=SOURCE, hook_point="blocks.0.mlp.hook_post", layer=0,
+                                      kind="neurons", n_units=units)
+        run_id = run_create(model=model, corpus=corpus, config={}, config_hash=MODEL, sources=[source],
+                            status="done", contexts_total=N_CONTEXTS, contexts_done=N_CONTEXTS).pk
         copy_rows("catalog_unit", ["source_id", "index", "layer", "kind", "density", "max_activation",
                                    "mean_activation", "top_token", "dead", "stats_run_id", "label_count",
                                    "search_text", "logit_effects"],
@@ -153,7 +155,8 @@ def _stats_scores_labels(source: Source, run_id: int, first_unit: int, n: int, r
     copy_rows("catalog_score", ["unit_id", "name", "version", "value", "details", "computed"],
               ["int8", "text", "int4", "float8", "jsonb", "timestamptz"],
               ((first_unit + i, "top_token_concentration", 1, float(conc[i]), Jsonb({}), _now()) for i in range(n)))
-    user, _ = get_user_model().objects.get_or_create(username=f"{MODEL}-labeler")
+    user = (get_user_model().objects.filter(username=f"{MODEL}-labeler").first()
+            or user_create(username=f"{MODEL}-labeler", password=None, role="annotator"))
     now = _now()
     copy_rows("labels_label", ["unit_id", "author_id", "text", "tags", "machine", "revision", "created", "updated"],
               ["int8", "int4", "text", "jsonb", "bool", "int4", "timestamptz", "timestamptz"],

@@ -25,7 +25,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from browser.catalog.models import Model, Source, Tokenizer, Unit, name_validator
-from browser.catalog.services import model_create, scores_replace, source_get_or_create, units_ensure
+from browser.catalog.services import (
+    model_create,
+    scores_replace,
+    source_get_or_create,
+    tokenizer_get_or_create,
+    units_ensure,
+)
 from browser.corpora.models import Context, Corpus
 from browser.corpora.services import contexts_write, corpus_create, corpus_mark_ready, documents_add
 from browser.examples.models import Example
@@ -146,9 +152,8 @@ def feature_tokenizer(n_features: int) -> Tokenizer:
     """A vocabulary whose token i displays as "f{i}": a synthetic input shown as its features."""
     tokens = [f"f{i}" for i in range(n_features)]
     digest = hashlib.sha256(("toy-features\n" + "\n".join(tokens)).encode()).hexdigest()
-    tokenizer, _ = Tokenizer.objects.get_or_create(vocab_hash=digest, defaults={
-        "name": f"toy features ({n_features})", "tokens": tokens, "special_ids": []})
-    return tokenizer
+    return tokenizer_get_or_create(name=f"toy features ({n_features})", vocab_hash=digest, tokens=tokens,
+                                   special_ids=[])
 
 
 def _toy_corpus(model: Model, x: torch.Tensor, seed: int) -> Corpus:

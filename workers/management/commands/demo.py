@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,10 +12,13 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
+from browser.accounts.models import Role
+from browser.accounts.services import user_create
 from browser.catalog.models import Sae, Score
 from browser.core import embedded
 from browser.corpora.models import Corpus
 from browser.runs.models import Run
+from workers.children import Children, PidFiles, Stopped, alive, signals_ignored, stop_group, stop_on_signals
 
 FIXTURE_CORPUS = Path(settings.BASE_DIR) / "fixtures" / "shakespeare-small.jsonl"
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
@@ -32,47 +34,70 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--no-serve", action="store_true", help="run the pipeline, then stop")
+        parser.add_argument("--serve-only", action="store_true",
+                            help="skip the pipeline: start the worker and serve what earlier demos computed")
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        """Ctrl-C, SIGTERM and SIGHUP all stop the worker, the web server and the embedded servers.
+        What an earlier demo left running (it was killed outright) is found by its pid files under
+        the data dir and stopped first; the embedded servers are reused."""
+        pid_dir = Path(settings.DATA_DIR) / "demo"
+        children = Children(pid_dir)
+        with stop_on_signals():
+            try:
+                self._stop_earlier(pid_dir, children)
+                PidFiles(pid_dir).write("demo", os.getpid())
+                self._run(children, opts)
+            except (KeyboardInterrupt, Stopped) as exc:
+                self.stdout.write(f"\nStopping ({exc or 'Ctrl-C'}).\n")
+            finally:
+                with signals_ignored():
+                    self._stop(children)
+
+    def _run(self, children: Children, opts: dict[str, Any]) -> None:
         call_command("migrate", verbosity=0)
         call_command("collectstatic", verbosity=0, interactive=False)
         self._demo_user()
-        children = [self._start_worker()]
-        try:
+        self._start_worker(children)
+        if not opts["serve_only"]:
             self._pipeline()
-            if opts["no_serve"]:
-                return
-            children.append(self._start_web(opts["port"]))
-            self.stdout.write(
-                f"\nThe browser is up at http://127.0.0.1:{opts['port']}/\n"
-                f"Sign in as {DEMO_USER} / {DEMO_PASSWORD}. Ctrl-C stops everything.\n"
-            )
-            while all(child.poll() is None for child in children):
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            self.stdout.write("\nStopping.\n")
-        finally:
-            self._stop(children)
+        if opts["no_serve"]:
+            return
+        self._start_web(children, opts["port"])
+        self.stdout.write(
+            f"\nThe browser is up at http://127.0.0.1:{opts['port']}/\n"
+            f"Sign in as {DEMO_USER} / {DEMO_PASSWORD}. Ctrl-C stops everything.\n"
+        )
+        while not children.any_exited():
+            time.sleep(0.5)
+
+    def _stop_earlier(self, pid_dir: Path, children: Children) -> None:
+        """An earlier demo still running is asked to stop (it stops its own children); children left
+        by one that was killed outright are stopped here."""
+        earlier = PidFiles(pid_dir).read("demo")
+        if earlier is not None and earlier[0] != os.getpid() and alive(*earlier):
+            self.stdout.write(f"Stopping the demo already running (pid {earlier[0]}).\n")
+            stop_group(*earlier, wait_s=120, group=False)
+        left = children.stop_leftovers(keep=("demo",))
+        if left:
+            self.stdout.write(f"Stopped what an earlier demo left running: {', '.join(left)}.\n")
 
     def _demo_user(self) -> None:
-        user_model = get_user_model()
-        if not user_model.objects.filter(username=DEMO_USER).exists():
-            user_model.objects.create_superuser(DEMO_USER, "demo@example.org", DEMO_PASSWORD)
+        if not get_user_model().objects.filter(username=DEMO_USER).exists():
+            user_create(username=DEMO_USER, password=DEMO_PASSWORD, role=Role.ADMIN, email="demo@example.org",
+                        superuser=True)
 
-    def _start_worker(self) -> subprocess.Popen[bytes]:
-        log = open(Path(settings.DATA_DIR) / "worker.log", "ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "gpu,default",
-             "--pool", "solo", "--concurrency", "1", "-n", f"demo-{os.getpid()}@%h", "--loglevel", "info"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    def _start_worker(self, children: Children) -> None:
+        with open(Path(settings.DATA_DIR) / "worker.log", "ab") as log:
+            children.start("worker", [
+                sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "gpu,default",
+                "--pool", "solo", "--concurrency", "1", "-n", f"demo-{os.getpid()}@%h", "--loglevel", "info"],
+                stdout=log, stderr=subprocess.STDOUT)
 
-    def _start_web(self, port: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "browser.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", "2", "--threads", "4", "--access-logfile", "-"],
-            start_new_session=True,
-        )
+    def _start_web(self, children: Children, port: int) -> None:
+        children.start("web", [
+            sys.executable, "-m", "gunicorn", "browser.wsgi:application", "-c", "python:browser.gunicorn_conf",
+            "--bind", f"127.0.0.1:{port}", "--access-logfile", "-"])
 
     def _pipeline(self) -> None:
         """Every step skips what an earlier demo finished (the harvest run is found by its config hash)."""
@@ -109,15 +134,9 @@ class Command(BaseCommand):
         else:
             call_command("score", run=run.pk, wait=True)
 
-    def _stop(self, children: list[subprocess.Popen[bytes]]) -> None:
-        for child in children:
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
+    def _stop(self, children: Children) -> None:
+        children.stop_all()
         if settings.EMBEDDED:
             embedded.stop(Path(settings.DATA_DIR))
             self.stdout.write("Stopped the worker and the embedded PostgreSQL and Redis.\n")
+        PidFiles(Path(settings.DATA_DIR) / "demo").remove("demo")
