@@ -1,4 +1,6 @@
-"""Training TopK (with AuxK, Gao et al. 2024) and ReLU + L1 SAEs on a stream of activations.
+"""Training SAEs on a stream of activations: TopK (with AuxK, Gao et al. 2024), ReLU + L1, and
+BatchTopK, JumpReLU and Matryoshka BatchTopK (``sparsity.py``); the last three are saved as
+JumpReLU SAEs (a per-latent threshold), as SAELens saves them.
 
 Activations arrive in chunks ``[n, d_in]``; a shuffle buffer mixes tokens from many contexts
 before they form a batch. Inputs are scaled so their mean norm is sqrt(d_in)
@@ -16,23 +18,36 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers.compute.sae import sparsity
 from workers.compute.sae.model import SaeConfig, SparseAutoencoder
 
 # Gao et al.: AuxK uses the top d_in/2 dead latents, weighted 1/32.
 AUXK_COEF = 1 / 32
 LOSS_EVERY = 10
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "matryoshka")
+TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     architecture: str = "topk"
-    """topk (with the AuxK loss) or relu (with an L1 penalty)."""
+    """topk, batchtopk or matryoshka (k per token, with the AuxK loss), relu (L1 penalty) or
+    jumprelu (L0 penalty)."""
     d_sae: int = 4096
     """Number of latents."""
     k: int = 32
-    """Active latents per token (topk)."""
+    """Active latents per token (topk; the batch's mean for batchtopk and matryoshka)."""
     l1_coefficient: float = 5.0
     """Weight of the L1 penalty on latent activations times decoder norms (relu)."""
+    l0_coefficient: float = 0.01
+    """Weight of the L0 penalty (jumprelu), against the per-dimension squared error."""
+    jumprelu_bandwidth: float = 0.1
+    """Width of the straight-through kernel (jumprelu), in the scaled input's units (mean norm
+    sqrt(d_in), so pre-activations are of order 1; SAELens's 0.001 moved thresholds too slowly here)."""
+    jumprelu_init_threshold: float = 0.5
+    """Initial threshold of every latent (jumprelu), in the same units."""
+    matryoshka_prefixes: tuple[int, ...] = ()
+    """Nested prefix sizes (matryoshka); empty: d/16, d/8, d/4, d/2, d."""
     steps: int = 2000
     """Optimizer steps."""
     batch_tokens: int = 1024
@@ -49,14 +64,18 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.architecture not in {"topk", "relu"}:
-            raise ValueError(f"training supports topk and relu SAEs (got {self.architecture!r})")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"training supports {', '.join(ARCHITECTURES)} SAEs (got {self.architecture!r})")
         if self.d_sae < 1 or self.steps < 1 or self.batch_tokens < 1 or self.reuse < 1:
             raise ValueError("width, steps, batch size and reuse must be positive")
-        if self.architecture == "topk" and not 1 <= self.k <= self.d_sae:
+        if self.architecture in TOPK_LIKE and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be between 1 and the width {self.d_sae} (got {self.k})")
         if self.buffer_tokens < 2 * self.batch_tokens:
             raise ValueError("the shuffle buffer must hold at least two batches")
+        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold < 0 or self.l0_coefficient < 0:
+            raise ValueError("the JumpReLU bandwidth must be positive, its threshold and L0 coefficient >= 0")
+        if self.architecture == "matryoshka":
+            sparsity.matryoshka_prefixes(self.d_sae, self.matryoshka_prefixes)
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.d_sae / 16384)
@@ -117,65 +136,90 @@ def train(chunks: Iterable[torch.Tensor], d_in: int, config: TrainConfig, device
     sae = _init(d_in, config, first * scale, hook_name).to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(), betas=(0.9, 0.999))
     since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=device)
+    state: dict[str, Any] = {"threshold": None}  # BatchTopK's running threshold
     curve: list[dict[str, float]] = []
     batch: torch.Tensor | None = first
     for step in range(config.steps):
         if batch is None:
             break
         x = batch.to(device).float() * scale
-        parts = _loss(sae, x, config, since_fired >= config.dead_after_tokens)
+        parts = _loss(sae, x, config, since_fired >= config.dead_after_tokens, state)
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         _project_decoder_grad(sae)
         optimizer.step()
         _normalize_decoder(sae)
+        if config.architecture == "jumprelu":
+            with torch.no_grad():
+                sae.threshold.clamp_(min=0)
         since_fired = torch.where(parts["fired"], 0, since_fired + x.shape[0])
         if step % LOSS_EVERY == 0 or step == config.steps - 1:
             curve.append(_curve_point(step, parts, since_fired, config))
         if progress is not None:
             progress(step + 1, config.steps)
         batch = next(batches, None)
+    if config.architecture in ("batchtopk", "matryoshka"):
+        with torch.no_grad():
+            sae.threshold.fill_(state["threshold"] or 0.0)
     return TrainResult(_fold_scale(sae, scale), curve, scale)
 
 
 def _init(d_in: int, config: TrainConfig, sample: torch.Tensor, hook_name: str) -> SparseAutoencoder:
-    cfg = SaeConfig(architecture=config.architecture, d_in=d_in, d_sae=config.d_sae,
+    saved_as = config.architecture if config.architecture in ("topk", "relu") else "jumprelu"
+    cfg = SaeConfig(architecture=saved_as, d_in=d_in, d_sae=config.d_sae,
                     k=config.k if config.architecture == "topk" else None, hook_name=hook_name)
     sae = SparseAutoencoder(cfg)
+    if saved_as == "jumprelu":
+        sae.threshold.requires_grad_(config.architecture == "jumprelu")
     with torch.no_grad():
         W_dec = torch.randn(config.d_sae, d_in)
         sae.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.T)
         sae.b_dec.copy_(sample.mean(0).cpu())
+        if config.architecture == "jumprelu":
+            sae.threshold.fill_(config.jumprelu_init_threshold)
     return sae
 
 
-def _loss(sae: SparseAutoencoder, x: torch.Tensor, config: TrainConfig,
-          dead: torch.Tensor) -> dict[str, torch.Tensor]:
+def _loss(sae: SparseAutoencoder, x: torch.Tensor, config: TrainConfig, dead: torch.Tensor,
+          state: dict[str, Any]) -> dict[str, torch.Tensor]:
     pre = _train_pre_acts(sae, x)
-    penalty = x.new_zeros(())
-    if config.architecture == "topk":
+    variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    arch = config.architecture
+    if arch == "topk":
         top = pre.topk(config.k, dim=-1)
         values = torch.relu(top.values)
         x_hat = _sparse_decode(sae, top.indices, values)
         fired = torch.zeros(config.d_sae, dtype=torch.bool, device=x.device)
         fired[top.indices[values > 0]] = True
         l0 = (values > 0).sum(-1).float().mean()
-    else:
-        f = sae.activate(pre)
-        x_hat = sae.decode(f)
+        residual = x - x_hat
+        loss = residual.pow(2).sum() / variance
+    elif arch in ("batchtopk", "matryoshka"):
+        f, smallest = sparsity.batch_topk(pre, config.k)
+        state["threshold"] = sparsity.update_threshold(state["threshold"], smallest)
         fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
-        penalty = (f * sae.W_dec.norm(dim=1)).sum(-1).mean() / x.shape[-1]
-    residual = x - x_hat
-    variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
-    fvu = residual.pow(2).sum() / variance
-    if config.architecture == "topk":
-        aux = _auxk(sae, pre, residual.detach(), dead, variance)
-        loss = fvu + AUXK_COEF * aux
+        if arch == "matryoshka":
+            prefixes = sparsity.matryoshka_prefixes(config.d_sae, config.matryoshka_prefixes)
+            outs = sparsity.matryoshka_reconstructions(f, sae.W_dec, sae.b_dec, prefixes)
+            loss = sum((x - out).pow(2).sum() for out in outs) / (variance * len(outs))
+            residual = x - outs[-1]
+        else:
+            residual = x - sae.decode(f)
+            loss = residual.pow(2).sum() / variance
     else:
-        aux = x.new_zeros(())
-        loss = residual.pow(2).sum(-1).mean() / x.shape[-1] + config.l1_coefficient * penalty
-    return {"loss": loss, "fvu": fvu.detach(), "aux": aux.detach(), "fired": fired, "l0": l0}
+        if arch == "relu":
+            f = torch.relu(pre)
+            penalty = config.l1_coefficient * (f * sae.W_dec.norm(dim=1)).sum(-1).mean() / x.shape[-1]
+        else:
+            f, per_token = sparsity.jumprelu(pre, sae.threshold, config.jumprelu_bandwidth)
+            penalty = config.l0_coefficient * per_token.mean()
+        residual = x - sae.decode(f)
+        fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
+        loss = residual.pow(2).sum(-1).mean() / x.shape[-1] + penalty
+    fvu = residual.detach().pow(2).sum() / variance
+    aux = _auxk(sae, pre, residual.detach(), dead, variance) if arch in TOPK_LIKE else x.new_zeros(())
+    return {"loss": loss + AUXK_COEF * aux, "fvu": fvu, "aux": aux.detach(), "fired": fired, "l0": l0}
 
 
 def _train_pre_acts(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
