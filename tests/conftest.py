@@ -138,6 +138,22 @@ def _fast_password_hashing(settings: object) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """An empty BROWSER_DATA_DIR for embedded servers, outside pytest's basetemp: pytest makes its
+    root mode 700 again at each session's start, and the embedded PostgreSQL (run as a system user
+    when we are root) must traverse every parent of its data while other sessions run."""
+    import shutil
+    import tempfile
+
+    from browser.core import embedded
+
+    path = Path(tempfile.mkdtemp(prefix="browser-data-")) / "data"
+    yield path
+    embedded.stop(path)
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop the embedded PostgreSQL and Redis if this session started them (the embedded default,
     with DATABASE_URL/REDIS_URL unset); servers that were already running are left alone."""

@@ -27,8 +27,7 @@ def _manage(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_embedded_servers_start_reuse_and_stop(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_embedded_servers_start_reuse_and_stop(data_dir: Path) -> None:
     try:
         first = embedded.ensure(data_dir)
         assert embedded.pg_running(data_dir) and embedded.redis_running(data_dir)
@@ -40,8 +39,7 @@ def test_embedded_servers_start_reuse_and_stop(tmp_path: Path) -> None:
         embedded.stop(data_dir)
 
 
-def test_manage_py_runs_on_the_embedded_servers(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_manage_py_runs_on_the_embedded_servers(data_dir: Path) -> None:
     try:
         migrate = _manage(data_dir, "migrate", "-v0")
         assert migrate.returncode == 0, migrate.stderr
@@ -55,10 +53,9 @@ def test_manage_py_runs_on_the_embedded_servers(tmp_path: Path) -> None:
         embedded.stop(data_dir)
 
 
-def test_database_commands_start_the_servers_and_embedded_stop_stops_them(tmp_path: Path) -> None:
+def test_database_commands_start_the_servers_and_embedded_stop_stops_them(data_dir: Path) -> None:
     """Item 18: a command that needs the database starts the servers; `manage.py embedded stop`
     (documented in the README) stops them."""
-    data_dir = tmp_path / "data"
     try:
         status = _manage(data_dir, "embedded", "status")
         assert status.returncode == 0 and "postgres: stopped" in status.stdout, status.stdout + status.stderr
@@ -75,9 +72,8 @@ def test_database_commands_start_the_servers_and_embedded_stop_stops_them(tmp_pa
         embedded.stop(data_dir)
 
 
-def test_test_suite_stops_the_servers_it_started(tmp_path: Path) -> None:
+def test_test_suite_stops_the_servers_it_started(data_dir: Path) -> None:
     """Item 18: a test session on the embedded default leaves no server running when it ends."""
-    data_dir = tmp_path / "data"
     test_id = f"{ROOT / 'tests' / 'accounts' / 'test_accounts.py'}::test_tokens_are_stored_hashed_and_revocable"
     try:
         ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],

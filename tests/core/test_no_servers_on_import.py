@@ -40,22 +40,21 @@ def _assert_nothing_running(data_dir: Path) -> None:
     assert not embedded.pg_running(data_dir) and not embedded.redis_running(data_dir)
 
 
-def test_compute_core_imports_without_django_or_celery(tmp_path: Path) -> None:
+def test_compute_core_imports_without_django_or_celery(data_dir: Path) -> None:
     code = ("import sys, workers.compute.hooks, workers.compute.stats; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'django', 'celery', 'browser'}))")
     try:
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path / "data"),
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(data_dir),
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "[]"
-        _assert_nothing_running(tmp_path / "data")
+        _assert_nothing_running(data_dir)
     finally:
-        embedded.stop(tmp_path / "data")
+        embedded.stop(data_dir)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["bench", "--help"], ["embedded", "status"]])
-def test_commands_that_need_no_database_start_no_server(tmp_path: Path, args: list[str]) -> None:
-    data_dir = tmp_path / "data"
+def test_commands_that_need_no_database_start_no_server(data_dir: Path, args: list[str]) -> None:
     try:
         out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=_env(data_dir),
                              capture_output=True, text=True, timeout=300)

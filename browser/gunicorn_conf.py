@@ -1,0 +1,30 @@
+"""gunicorn's configuration: ``gunicorn browser.wsgi:application -c python:browser.gunicorn_conf``.
+
+Every value can be overridden on the command line or through the ``BROWSER_WEB_*`` variables
+(docs/settings.md). The embedded servers (when a URL is unset) are started by the master before it
+forks, so the first request does not wait for them and a request that reaches Redis before the
+database finds it up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from browser.core.env import env_int
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "browser.settings")
+
+bind = os.environ.get("BROWSER_WEB_BIND", "127.0.0.1:8000")
+workers = env_int("BROWSER_WEB_WORKERS", 4, minimum=1, maximum=256)
+threads = env_int("BROWSER_WEB_THREADS", 4, minimum=1, maximum=256)
+worker_class = "gthread"
+keepalive = env_int("BROWSER_WEB_KEEPALIVE_S", 75, minimum=0, maximum=3600)
+timeout = env_int("BROWSER_WEB_TIMEOUT_S", 120, minimum=10, maximum=3600)
+backlog = 2048
+
+
+def on_starting(server: Any) -> None:
+    from browser.core import embedded
+
+    embedded.ensure_configured()
