@@ -1,14 +1,20 @@
 """Finding and loading models: packaged aliases, local directories, GGUF files, hub ids.
 
 No Django here. GGUF files are dequantized once and cached as safetensors under ``cache_dir``,
-so only the first load pays the 20-30 s conversion.
+so only the first load pays the 20-30 s conversion. Several processes may share the cache: the
+first converts into a folder of its own and renames it into place; the others wait on a file lock
+and then find it there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,8 +75,8 @@ def _gguf_cache_dir(resolved: Resolved, cache_dir: Path) -> Path:
     return cache_dir / "models" / f"{source.stem}-{key}"
 
 
-def _convert_gguf(resolved: Resolved, target: Path) -> None:
-    """Dequantize a GGUF model once and save it as a plain transformers directory."""
+def _convert_gguf(resolved: Resolved, folder: Path) -> None:
+    """Dequantize a GGUF model and save it into ``folder`` as a plain transformers directory."""
     import torch
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -81,12 +87,39 @@ def _convert_gguf(resolved: Resolved, target: Path) -> None:
     if hasattr(config, "quantization_config"):
         # Dequantized weights are plain float32: the saved copy is not a quantized model.
         del config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(partial)
-    save_model(model, str(partial / "model.safetensors"))
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"))
+    tokenizer.save_pretrained(folder)
+
+
+def _complete(target: Path) -> bool:
+    return (target / "config.json").is_file()
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target`` made by ``build(folder)`` exactly once however many processes ask at once.
+
+    The builder writes into a fresh temporary folder of this process beside ``target``, which is
+    renamed into place only when complete (a rename is atomic on one filesystem), so no reader
+    sees half a directory. An exclusive lock on ``target.lock`` makes a second process wait for
+    the first and then use its result instead of building again. A failed build leaves nothing.
+    """
+    if _complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
+        if _complete(target):
+            return target
+        folder = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".partial", dir=target.parent))
+        try:
+            build(folder)
+            if target.exists():  # incomplete (no config.json): left by hand or an older version
+                shutil.rmtree(target)
+            os.rename(folder, target)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return target
 
 
 def local_files(location: str, cache_dir: Path) -> str:
@@ -95,9 +128,7 @@ def local_files(location: str, cache_dir: Path) -> str:
     if resolved.gguf_file is None:
         return resolved.path
     target = _gguf_cache_dir(resolved, cache_dir)
-    if not (target / "config.json").exists():
-        _convert_gguf(resolved, target)
-    return str(target)
+    return str(build_once(target, lambda folder: _convert_gguf(resolved, folder)))
 
 
 def _load_error(location: str, exc: Exception) -> ModelLoadError:
