@@ -220,3 +220,9 @@ def test_the_table_refreshes_from_a_yaml_file_or_inside_an_sae_lens_wheel(tmp_pa
     assert registry.read_yaml_source(str(tmp_path / "sae_lens-9.9.9-py3-none-any.whl")) == YAML
     with pytest.raises(registry.RegistryError, match="cannot read"):
         registry.read_yaml_source(str(tmp_path / "absent.yaml"))
+
+
+def test_old_saelens_cfgs_name_their_hook_as_hook_point() -> None:
+    cfg = {"d_in": D_IN, "d_sae": D_SAE, "hook_point": "blocks.8.hook_resid_pre", "model_name": "gpt2-small"}
+    config = files.saelens_config(cfg)
+    assert (config.hook_name, config.architecture, config.apply_b_dec_to_input) == ("blocks.8.hook_resid_pre", "relu", True)

@@ -158,7 +158,8 @@ def _int(cfg: dict[str, Any], key: str, where: str) -> int:
 
 
 def saelens_config(cfg: dict[str, Any], hook_name: str = "") -> SaeConfig:
-    """SAELens cfg.json (v5: architecture standard + activation_fn_str; v6: architecture topk with k)."""
+    """SAELens cfg.json (v6: architecture topk with k; v5: architecture standard + activation_fn_str;
+    before v5 the hook was ``hook_point``)."""
     metadata: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     arch = str(cfg.get("architecture", "standard"))
     activation = str(cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu")
@@ -175,7 +176,7 @@ def saelens_config(cfg: dict[str, Any], hook_name: str = "") -> SaeConfig:
             k=int(k) if arch == "topk" and k is not None else None,
             apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
             normalize_activations=str(cfg.get("normalize_activations") or "none"),
-            hook_name=hook_name or str(cfg.get("hook_name") or metadata.get("hook_name") or ""),
+            hook_name=hook_name or str(cfg.get("hook_name") or cfg.get("hook_point") or metadata.get("hook_name") or ""),
             model_name=str(cfg.get("model_name") or metadata.get("model_name") or ""),
         )
     except ValueError as exc:
