@@ -32,6 +32,7 @@ class Model(models.Model):
         CAUSAL_LM = "causal_lm", "causal language model"
         ENCODER = "encoder", "encoder"
         TOY = "toy", "toy model of superposition"
+        SYNTHETIC = "synthetic", "synthetic activations with known features"
 
     name = models.CharField(max_length=100, unique=True, validators=[name_validator])
     kind = models.CharField(max_length=20, choices=Kind.choices)
