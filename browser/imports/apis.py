@@ -13,7 +13,6 @@ from browser.api.permissions import ReadOrCurate
 from browser.catalog.models import Model
 from browser.imports.neuronpedia import neuronpedia_import
 
-MAX_FILE_BYTES = 64 * 1024 * 1024  # a SAEDashboard batch of 128 features is a few tens of MB
 MAX_FILES = 16
 
 
@@ -65,13 +64,12 @@ class NeuronpediaImportApi(APIView):
             raise serializers.ValidationError({"file": "send one or more batch JSON files as 'file'"})
         if len(uploads) > MAX_FILES:
             raise serializers.ValidationError({"file": f"at most {MAX_FILES} files at once"})
-        for upload in uploads:
-            if upload.size is not None and upload.size > MAX_FILE_BYTES:
-                raise serializers.ValidationError({"file": f"{upload.name} is over {MAX_FILE_BYTES // 2**20} MiB"})
         data = request.data
         kind = data.get("kind") or Model.Kind.CAUSAL_LM
         dry_run = str(data.get("dry_run") or request.query_params.get("dry_run", "")).lower() in ("1", "true")
-        report = neuronpedia_import(files=[u.read() for u in uploads], names=[u.name or "" for u in uploads],
+        # Each upload (capped at BROWSER_MAX_FILE_BYTES while it streamed in; spooled to disk when large)
+        # is read when its turn comes: one file in memory at a time.
+        report = neuronpedia_import(files=[u.file for u in uploads], names=[u.name or "" for u in uploads],
                                     user=request.user, model_name=data.get("model") or None,
                                     source_name=data.get("source") or None, model_kind=kind, dry_run=dry_run)
         return Response(report.as_dict(), status=400 if report.errors else 200)

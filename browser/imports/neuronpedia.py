@@ -42,7 +42,7 @@ from browser.corpora.models import Context, Corpus
 from browser.corpora.services import contexts_write, corpus_create, documents_add
 from browser.examples.models import Example, UnitStats
 from browser.examples.services import examples_write, stats_write, units_set_browse_fields
-from browser.imports.neuronpedia_format import NpBatch, NpFeature, Problems, parse_batches
+from browser.imports.neuronpedia_format import BatchFile, NpBatch, NpFeature, Problems, parse_batches
 from browser.imports.neuronpedia_rows import (
     FeatureStats,
     example_rows,
@@ -103,13 +103,14 @@ class Target:
     batch: NpBatch
 
 
-def neuronpedia_import(*, files: Sequence[bytes | Mapping[str, Any]], user: Any, model_name: str | None = None,
+def neuronpedia_import(*, files: Sequence[BatchFile], user: Any, model_name: str | None = None,
                        source_name: str | None = None, model_kind: str = Model.Kind.CAUSAL_LM,
                        dry_run: bool = False, names: Sequence[str] | None = None,
                        progress: Progress | None = None) -> ImportReport:
-    """Import Neuronpedia batch files (raw bytes or parsed objects) of one SAE; see the module
-    docstring. ``names`` label the files in error messages. A dry run does everything and then
-    rolls it back, so its report counts exactly what an import would do."""
+    """Import Neuronpedia batch files (bytes, paths, open files or parsed objects; paths and files are
+    read one at a time) of one SAE; see the module docstring. ``names`` label the files in error
+    messages. A dry run does everything and then rolls it back, so its report counts exactly what an
+    import would do."""
     if not access.can_curate(user):
         raise PermissionDenied("importing Neuronpedia batches needs the curator role")
     names = list(names) if names is not None else [f"file {i + 1}" for i in range(len(files))]

@@ -14,11 +14,13 @@ reported with its file, feature index and field, and nothing is imported while a
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from django.core.exceptions import ValidationError
 
@@ -246,17 +248,37 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def load_json(raw: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
-    """The batch object of one file (bytes) or of an already parsed document."""
+# One batch file: its bytes, a parsed document, a path, or an open binary file (an upload spooled to
+# disk). Paths and files are read only when their turn comes, so one file is in memory at a time.
+BatchFile = bytes | Mapping[str, Any] | Path | IO[bytes]
+
+
+def _decode(raw: bytes | Path | IO[bytes]) -> Any:
     if isinstance(raw, bytes | bytearray):
+        return json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+    if isinstance(raw, Path):
+        with raw.open("rb") as handle:
+            return _decode(handle)
+    raw.seek(0)
+    # The text stream decodes as json reads it: no copy of the file's bytes next to its text.
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig")
+    try:
+        return json.load(text, parse_constant=_reject_constant)
+    finally:
+        text.detach()  # the caller owns the file: leave it open
+
+
+def load_json(raw: BatchFile) -> Mapping[str, Any]:
+    """The batch object of one file (bytes, a path, an open binary file) or of a parsed document."""
+    if isinstance(raw, Mapping):
+        data: Any = raw
+    else:
         try:
-            data = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+            data = _decode(raw)
         except UnicodeDecodeError:
             raise Bad("", "the file is not UTF-8 text") from None
         except ValueError as exc:  # json.JSONDecodeError, and NaN / Infinity
             raise Bad("", f"not valid JSON ({exc})") from None
-    else:
-        data = raw
     if not isinstance(data, Mapping):
         raise Bad("", f"a batch must be a JSON object (got {type(data).__name__})")
     return data
@@ -275,7 +297,7 @@ def _header(data: Mapping[str, Any]) -> tuple[str, str, str]:
             _text(sae_id, "sae_id", MAX_NAME).strip())
 
 
-def parse_batch(raw: bytes | Mapping[str, Any], name: str, problems: Problems) -> NpBatch | None:
+def parse_batch(raw: BatchFile, name: str, problems: Problems) -> NpBatch | None:
     """One batch, or None with its problems recorded."""
     try:
         data = load_json(raw)
@@ -300,7 +322,7 @@ def parse_batch(raw: bytes | Mapping[str, Any], name: str, problems: Problems) -
     return NpBatch(name, model_id, layer, sae_id, features)
 
 
-def parse_batches(files: Sequence[bytes | Mapping[str, Any]], names: Sequence[str],
+def parse_batches(files: Sequence[BatchFile], names: Sequence[str],
                   problems: Problems) -> list[NpBatch]:
     """Every file's batch; they must describe one SAE and never repeat a feature."""
     batches = []

@@ -48,7 +48,6 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=opts["user"]).first()
         if user is None:
             raise CommandError(f"no user named {opts['user']!r}")
-        files = [p.read_bytes() for p in tqdm(paths, desc="read", unit="file", file=sys.stderr)]
         bar = tqdm(desc="import", unit="feature", file=sys.stderr)
 
         def progress(done: int, total: int) -> None:
@@ -56,7 +55,7 @@ class Command(BaseCommand):
             bar.update(done - bar.n)
 
         try:
-            report = neuronpedia_import(files=files, names=[str(p) for p in paths], user=user,
+            report = neuronpedia_import(files=paths, names=[str(p) for p in paths], user=user,
                                         model_name=opts["model"], source_name=opts["source"],
                                         model_kind=opts["kind"], dry_run=opts["dry_run"], progress=progress)
         except PermissionDenied as exc:
