@@ -8,21 +8,19 @@ A worker that dies mid-task (SIGKILL, power loss) leaves its message unacknowled
 it back only after the visibility timeout, which must outlast the longest task (hours). The
 product does not wait for that: every worker consuming the gpu queue looks for stalled runs
 every ``BROWSER_RESUME_EVERY_S`` while idle and queues their work again (see
-``workers.jobs.resume_stalled_runs``).
+``workers.queueing.resume_stalled_runs``). Every worker announces itself in Redis while it runs,
+busy or idle (``workers.presence``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "browser.settings")
 
-logger = logging.getLogger(__name__)
 app = Celery("browser")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
@@ -34,7 +32,6 @@ ROUTES = {
     "workers.tasks.probe_unit": "gpu",
     "workers.tasks.score_labels": "gpu",
     "workers.tasks.score_run": "gpu",
-    "workers.tasks.try_text": "default",
     "workers.tasks_steer.steer_prompt": "gpu",
     "workers.tasks_steer.score_interventions": "gpu",
 }
@@ -67,39 +64,6 @@ app.autodiscover_tasks(["workers"])
 app.autodiscover_tasks(["workers"], related_name="tasks_steer")
 
 
-def _resume() -> None:
-    from django.db import close_old_connections
-
-    from workers.jobs import resume_stalled_runs
-
-    try:
-        close_old_connections()
-        resume_stalled_runs()
-    except Exception as exc:  # the database or broker may be down: the next tick tries again
-        logger.warning("could not look for stalled runs: %s", exc)
-    finally:
-        close_old_connections()
-
-
-class ResumeStalledRuns(bootsteps.StartStopStep):
-    """Every ``BROWSER_RESUME_EVERY_S``, queue the work of runs whose workers died."""
-
-    requires = {"celery.worker.components:Timer"}
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.tref: Any = None
-
-    def start(self, worker: Any) -> None:
-        from django.conf import settings
-
-        if queue("gpu") not in worker.app.amqp.queues.consume_from:
-            return  # only the workers that can run harvest tasks watch over runs
-        self.tref = worker.timer.call_repeatedly(settings.RESUME_EVERY_S, _resume, priority=10)
-
-    def stop(self, worker: Any) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-
-
-app.steps["worker"].add(ResumeStalledRuns)
+# Announce the worker (workers.presence) and watch over runs: by name, so that this module imports
+# nothing of the product's and the steps may import it.
+app.steps["worker"].update({"workers.worker_steps:Presence", "workers.worker_steps:ResumeStalledRuns"})

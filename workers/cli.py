@@ -12,21 +12,14 @@ from django.core.management.base import CommandError
 from tqdm import tqdm
 
 from browser.runs.models import Job, Run
-from workers.celery import ROUTES, app, queue
-from workers.jobs import Progress, resume_stalled_runs, run_job
+from workers.celery import ROUTES
+from workers.jobs import Progress, run_job
+from workers.presence import workers_alive
+from workers.queueing import resume_stalled_runs
 
 # A text stream: sys.stdout, or a management command's OutputWrapper.
 Output = TextIO | TextIOBase
 FINISHED = {Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.CANCELLED}
-
-
-def workers_alive(queue_name: str = "gpu", timeout: float = 2.0) -> bool:
-    """Whether some worker answers and consumes the queue (``gpu`` or ``default``)."""
-    try:
-        answers = app.control.inspect(timeout=timeout).active_queues() or {}
-    except Exception:  # a broker that cannot be reached has no workers either
-        return False
-    return any(q.get("name") == queue(queue_name) for queues in answers.values() for q in queues)
 
 
 def submit(task: Any, work: Callable[[Job, Progress], None], job: Job, *, wait: bool, inline: bool,

@@ -1,9 +1,11 @@
-"""Running a Job inside a Celery task: claim, progress, cancel, bounded retries, clear errors.
+"""Every task fails one way (:func:`guarded`): job tasks through :func:`run_job` (claim the
+job, progress, cancel), run tasks through :func:`run_task` (a harvest's shards and finalize).
 
 Bad input (:class:`JobInputError` and any other ``ValueError``, such as ``HarvestInputError`` or
 ``CorpusInputError``) fails the job at once and is never retried. Transient errors (a lost
 database or broker connection, see :func:`is_transient`) are retried with exponential backoff,
-``BROWSER_JOB_MAX_ATTEMPTS`` attempts in all, then the job fails with the error recorded.
+``BROWSER_JOB_MAX_ATTEMPTS`` attempts in all, then the job fails with the error recorded. A job
+whose worker died at every attempt (redelivered each time) is claimed at most that many times.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from django.conf import settings
 from django.db import InterfaceError as DjangoInterfaceError
 from django.db import OperationalError, close_old_connections
 
-from browser.runs.models import Job
+from browser.runs.models import Job, Run
 from browser.runs.services import (
     JobCancelled,
     job_claim,
@@ -26,7 +28,7 @@ from browser.runs.services import (
     job_log,
     job_progress,
     job_requeue,
-    runs_stalled,
+    work_end,
 )
 
 logger = logging.getLogger(__name__)
@@ -101,50 +103,62 @@ def retry(task: Any, exc: BaseException, job_id: int | None) -> NoReturn:
     raise task.retry(exc=exc, countdown=delay, max_retries=settings.JOB_MAX_ATTEMPTS)
 
 
-def fail(job_id: int, exc: BaseException, *, input_error: bool) -> None:
-    """Record the failure on the job, best effort: the database may be what failed."""
-    error = str(exc) if input_error else "".join(traceback.format_exception(exc))
-    try:
-        job_finish(job_id=job_id, status=Job.Status.FAILED, error=error)
-        job_log(job_id=job_id, line=f"failed: {type(exc).__name__}: {str(exc)[:300]}")
-    except Exception:
-        logger.exception("could not record the failure of job %s", job_id)
-
-
 def run_job(task: Any, job_id: int, work: Callable[[Job, Progress], None], listener: Listener | None = None) -> None:
-    """Run ``work`` for the job if this worker can claim it; record how it ended.
+    """A job task: run ``work`` for the job if this worker can claim it, through :func:`guarded`.
 
-    ``task`` is the bound Celery task (for retries), or None when the job runs in-process.
+    ``task`` is the bound Celery task (for retries), or None when the job runs in-process. A
+    harvest run whose job this is (the command line's ``--inline``) ends with it.
     """
+
+    def body() -> None:
+        if not job_claim(job_id=job_id, retries=task.request.retries if task is not None else 0,
+                         max_attempts=settings.JOB_MAX_ATTEMPTS):
+            return
+        work(Job.objects.get(pk=job_id), Progress(job_id, listener))
+        job_finish(job_id=job_id, status=Job.Status.SUCCEEDED)
+
+    guarded(task, body, job_id=job_id)
+
+
+def run_task(task: Any, run_id: int, body: Callable[[], object]) -> None:
+    """A run task (a harvest's shards, its finalize): ``body`` through :func:`guarded`, ending
+    the run and its job as one."""
+    guarded(task, body, job_id=_job_id(run_id), run_id=run_id)
+
+
+def guarded(task: Any, body: Callable[[], object], *, job_id: int | None, run_id: int | None = None) -> None:
+    """The one failure path of every task: a cancel ends the job (and run) cancelled; bad input
+    (``ValueError``) fails it at once with its message; a transient error is retried with backoff
+    while attempts are left; anything else fails it with the traceback and is re-raised for the
+    worker's log. Attempts are capped: a task's retries, a job's claims, a shard's claims."""
     if task is not None:  # a worker's connection may have gone stale between tasks
         close_old_connections()
     try:
-        if not job_claim(job_id=job_id, retries=task.request.retries if task is not None else 0):
-            return
-        job = Job.objects.get(pk=job_id)
-        work(job, Progress(job_id, listener))
+        body()
     except JobCancelled:
-        job_finish(job_id=job_id, status=Job.Status.CANCELLED)
-        job_log(job_id=job_id, line="cancelled")
-        return
+        _end(job_id, run_id, "cancelled", "", "cancelled")
     except ValueError as exc:
-        fail(job_id, exc, input_error=True)
-        return
+        _end(job_id, run_id, "failed", str(exc), f"failed: {type(exc).__name__}: {str(exc)[:300]}")
     except Exception as exc:
         if may_retry(task, exc):
             retry(task, exc, job_id)
-        fail(job_id, exc, input_error=False)
+        _end(job_id, run_id, "failed", "".join(traceback.format_exception(exc)),
+             f"failed: {type(exc).__name__}: {str(exc)[:300]}")
         raise
-    job_finish(job_id=job_id, status=Job.Status.SUCCEEDED)
 
 
-def resume_stalled_runs(run_ids: list[int] | None = None) -> list[int]:
-    """Queue a harvest task for every stalled run (see ``runs_stalled``); any worker or follower
-    may call this at any time: a task too many finds nothing to claim and ends."""
-    from workers.tasks import harvest_shards
+def _end(job_id: int | None, run_id: int | None, status: str, error: str, line: str) -> None:
+    """Record how the work ended, best effort: the database may be what failed."""
+    try:
+        work_end(job_id=job_id, run_id=run_id, status=status, error=error)
+        if job_id is not None:
+            job_log(job_id=job_id, line=line)
+    except Exception:
+        logger.exception("could not record the end of job %s (run %s)", job_id, run_id)
 
-    stalled = [r for r in runs_stalled() if run_ids is None or r in run_ids]
-    for run_id in stalled:
-        harvest_shards.apply_async(args=[run_id])
-        logger.warning("run %s had stalled; queued its work again", run_id)
-    return stalled
+
+def _job_id(run_id: int) -> int | None:
+    try:
+        return Run.objects.filter(pk=run_id).values_list("job_id", flat=True).first()
+    except Exception:  # the database may be what failed: the body will meet it too
+        return None

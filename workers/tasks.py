@@ -1,7 +1,8 @@
 """Celery tasks: ids in, the work done by pipeline services, the outcome on the Job row.
 
-Each task is a thin wrapper around a module-level *work* function ``(job, progress) -> None``,
-which the command line can also run in-process (see ``workers.cli``).
+Each job task is a thin wrapper around a module-level *work* function ``(job, progress) -> None``,
+which the command line can also run in-process (see ``workers.cli``). Job tasks and run tasks
+fail one way: ``workers.jobs.guarded``.
 """
 
 from __future__ import annotations
@@ -9,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
-from django.db import close_old_connections
 
 from browser.corpora.services import corpus_mark_failed
 from browser.runs.models import Job, Run
-from browser.runs.services import JobCancelled, job_finish, run_mark
-from workers.jobs import Progress, may_retry, retry, run_job
+from workers.jobs import Progress, run_job, run_task
+from workers.queueing import FINALIZE_RUN, HARVEST_SHARDS, run_queue_finalize, run_queue_shards
 
 
 def tokenize_work(job: Job, progress: Progress) -> None:
@@ -33,76 +33,33 @@ def tokenize_corpus(self: Any, job_id: int) -> None:
     run_job(self, job_id, tokenize_work)
 
 
-def _end_run(run_id: int, status: str, error: str = "") -> None:
-    run = Run.objects.get(pk=run_id)
-    run_mark(run=run, status=status, error=error)
-    if run.job_id:
-        job_status: str = {Run.Status.CANCELLED.value: Job.Status.CANCELLED, Run.Status.FAILED.value: Job.Status.FAILED}[status]
-        job_finish(job_id=run.job_id, status=job_status, error=error)
-
-
 def harvest_work(job: Job, progress: Progress) -> None:
-    """The whole harvest in one process: every shard, then finalize (the command line's --inline)."""
+    """The whole harvest in one process: every shard, then finalize (the command line's --inline;
+    ``run_job`` ends the run with its job when it fails or is cancelled)."""
     from workers.pipeline.harvest import finalize, shards_work
 
     run_id = int(job.params["run_id"])  # type: ignore[call-overload]
-    try:
-        shards_work(run_id=run_id, on_all_done=lambda _: None, progress=progress)
-        finalize(run_id=run_id, progress=progress)
-    except JobCancelled:
-        run_mark(run=Run.objects.get(pk=run_id), status=Run.Status.CANCELLED)
-        raise
-    except Exception as exc:
-        run_mark(run=Run.objects.get(pk=run_id), status=Run.Status.FAILED, error=str(exc))
-        raise
+    shards_work(run_id=run_id, on_all_done=lambda _: None, progress=progress)
+    finalize(run_id=run_id, progress=progress)
 
 
-@shared_task(bind=True, name="workers.tasks.harvest_shards")
+@shared_task(bind=True, name=HARVEST_SHARDS)
 def harvest_shards(self: Any, run_id: int) -> None:
     """Claim and process shards of the run until none is left; the last one queues finalize."""
     from workers.pipeline.harvest import shards_work
 
-    close_old_connections()  # a worker's connection may have gone stale between tasks
-    try:
-        shards_work(run_id=run_id, on_all_done=lambda rid: finalize_run.apply_async(args=[rid]))
-    except JobCancelled:
-        _end_run(run_id, Run.Status.CANCELLED)
-    except ValueError as exc:
-        _end_run(run_id, Run.Status.FAILED, str(exc))
-    except Exception as exc:
-        _retry_or_fail(self, run_id, exc, "harvest failed")
+    run_task(self, run_id, lambda: shards_work(run_id=run_id, on_all_done=lambda rid: run_queue_finalize(run_id=rid)))
 
 
-@shared_task(bind=True, name="workers.tasks.finalize_run")
+@shared_task(bind=True, name=FINALIZE_RUN)
 def finalize_run(self: Any, run_id: int) -> None:
     from workers.pipeline.harvest import finalize
 
-    close_old_connections()
-    try:
+    def body() -> None:
         run = Run.objects.get(pk=run_id)
         finalize(run_id=run_id, progress=Progress(run.job_id) if run.job_id else (lambda *a, **k: None))
-    except JobCancelled:
-        _end_run(run_id, Run.Status.CANCELLED)
-    except Exception as exc:
-        _retry_or_fail(self, run_id, exc, "finalize failed")
 
-
-def _retry_or_fail(task: Any, run_id: int, exc: Exception, what: str) -> None:
-    """Retry a transient error with backoff (the shards' leases and the finalize lock make a
-    retry safe); otherwise fail the run with the error, and re-raise it for the worker's log."""
-    if may_retry(task, exc):
-        retry(task, exc, _job_id(run_id))
-    try:
-        _end_run(run_id, Run.Status.FAILED, f"{what}: {type(exc).__name__}: {exc}")
-    finally:
-        raise exc
-
-
-def _job_id(run_id: int) -> int | None:
-    try:
-        return Run.objects.filter(pk=run_id).values_list("job_id", flat=True).first()
-    except Exception:  # the database may be what failed
-        return None
+    run_task(self, run_id, body)
 
 
 def train_sae_work(job: Job, progress: Progress) -> None:
@@ -146,8 +103,7 @@ def harvest_request_work(job: Job, progress: Progress) -> None:
 
     run, created = harvest_from_request(job.params["request"], user=job.created_by)  # type: ignore[index]
     if created:
-        for _ in range(run.n_shards):
-            harvest_shards.apply_async(args=[run.pk])
+        run_queue_shards(run_id=run.pk, tasks=run.n_shards)
     Job.objects.filter(pk=job.pk).update(params={**job.params, "run_id": run.pk})  # type: ignore[dict-item]
     progress.log(f"run #{run.pk} {'created, ' + str(run.n_shards) + ' shard(s) queued' if created else 'exists'}")
 

@@ -84,9 +84,9 @@ def compute_send(task_name: str, args: list[Any]) -> Any:
 def compute_call(task_name: str, args: list[Any], *, wait_s: float | None = None) -> Any:
     """Queue ``task_name(*args)`` on its queue (the routes in workers/celery.py), wait for its result."""
     from workers.celery import ROUTES
-    from workers.cli import workers_alive
+    from workers.presence import workers_alive
 
-    if not workers_alive(ROUTES.get(task_name, "default"), timeout=1.0):
+    if not workers_alive(ROUTES.get(task_name, "default")):
         raise ComputeError("No worker is running, so nothing can compute this now. "
                            "Start one with `celery -A workers worker -Q gpu,default --pool solo`.")
     wait = compute_wait_s() if wait_s is None else wait_s

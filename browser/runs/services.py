@@ -103,7 +103,10 @@ def job_finish(*, job_id: int, status: str, error: str = "") -> None:
 def work_end(*, job_id: int | None, run_id: int | None = None, status: str, error: str = "") -> None:
     """End a task's work as cancelled or failed: its job, and the run it belongs to (``run_id``,
     or else the unfinished runs of that job: a harvest's), in one transaction."""
-    runs = Run.objects.filter(pk=run_id) if run_id is not None else Run.objects.filter(job_id=job_id)
+    if run_id is not None:
+        runs = Run.objects.filter(pk=run_id)
+    else:
+        runs = Run.objects.filter(job_id=job_id) if job_id is not None else Run.objects.none()
     with transaction.atomic():
         runs.exclude(status__in=[Run.Status.DONE, Run.Status.FAILED, Run.Status.CANCELLED]).update(
             status=status, error=_first_line(error)[-10_000:], finished=timezone.now())

@@ -434,10 +434,9 @@ def harvest_prepare(*, corpus: str, hooks: str, seed: int, model: str = MODEL, k
 
 def harvest_start(run: Run) -> Run:
     """Queue the run's shards on the gpu queue (the last one to finish finalizes the run)."""
-    from workers.tasks import harvest_shards
+    from workers.queueing import run_queue_shards
 
-    for _ in range(run.n_shards):
-        harvest_shards.apply_async(args=[run.pk])
+    run_queue_shards(run_id=run.pk, tasks=run.n_shards)
     return run
 
 

@@ -5,13 +5,15 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from browser.runs.models import Run
-from workers.cli import follow, run_here, workers_alive
+from workers.cli import follow, run_here
 from workers.compute.config import DEFAULT_HOOKS, harvest_default
 from workers.compute.hooks import HookError
 from workers.compute.loading import ModelLoadError
 from workers.pipeline.harvest import HarvestInputError
 from workers.pipeline.requests import harvest_from_request
-from workers.tasks import harvest_shards, harvest_work
+from workers.presence import workers_alive
+from workers.queueing import run_queue_shards
+from workers.tasks import harvest_work
 
 
 class Command(BaseCommand):
@@ -55,8 +57,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Run #{run.pk}: {run.n_shards} shard(s), running in this process.\n")
             run_here(harvest_work, run.job, self.stdout)  # type: ignore[arg-type]
         else:
-            for _ in range(run.n_shards):
-                harvest_shards.apply_async(args=[run.pk])
+            run_queue_shards(run_id=run.pk, tasks=run.n_shards)
             self.stdout.write(f"Run #{run.pk}: queued {run.n_shards} shard(s) on the gpu queue.\n")
         if opts["wait"] and not opts["inline"] and run.job_id:
             follow(run.job_id, self.stdout)

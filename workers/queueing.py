@@ -1,0 +1,39 @@
+"""The one place that queues a run's shard tasks: the harvest command, the API request path,
+the stalled-run check and the benchmarks all call :func:`run_queue_shards`.
+
+Tasks are sent by name, so this module needs the Celery app only, never the task modules (which
+import the job machinery): no import cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from browser.runs.services import runs_stalled
+from workers.celery import app
+
+logger = logging.getLogger(__name__)
+HARVEST_SHARDS = "workers.tasks.harvest_shards"
+FINALIZE_RUN = "workers.tasks.finalize_run"
+
+
+def run_queue_shards(*, run_id: int, tasks: int = 1) -> None:
+    """Queue ``tasks`` harvest tasks for the run (its shard count, for a new run: each task claims
+    shards until none is left, so a task too many finds nothing and ends)."""
+    for _ in range(tasks):
+        app.send_task(HARVEST_SHARDS, args=[run_id])
+
+
+def run_queue_finalize(*, run_id: int) -> None:
+    """Queue the run's finalize (its last shard is done)."""
+    app.send_task(FINALIZE_RUN, args=[run_id])
+
+
+def resume_stalled_runs(run_ids: list[int] | None = None) -> list[int]:
+    """Queue a harvest task for every stalled run (see ``runs_stalled``); any worker or follower
+    may call this at any time: a task too many finds nothing to claim and ends."""
+    stalled = [r for r in runs_stalled() if run_ids is None or r in run_ids]
+    for run_id in stalled:
+        run_queue_shards(run_id=run_id)
+        logger.warning("run %s had stalled; queued its work again", run_id)
+    return stalled
