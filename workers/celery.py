@@ -34,6 +34,7 @@ ROUTES = {
     "workers.tasks.score_run": "gpu",
     "workers.tasks_steer.steer_prompt": "gpu",
     "workers.tasks_steer.score_interventions": "gpu",
+    "workers.tasks_groundtruth.sae_sweep": "gpu",
 }
 _prefix = {"value": ""}
 
@@ -62,6 +63,7 @@ def _configured_prefix() -> str:
 configure_queues(_configured_prefix())
 app.autodiscover_tasks(["workers"])
 app.autodiscover_tasks(["workers"], related_name="tasks_steer")
+app.autodiscover_tasks(["workers"], related_name="tasks_groundtruth")
 
 
 # Announce the worker (workers.presence) and watch over runs: by name, so that this module imports
