@@ -1,0 +1,170 @@
+"""SAE sweeps: one job trains SAEs over architectures x widths x sparsities on one synthetic set
+(measured against its true features) or one real hook (FVU, L0, dead and dense fractions, loss
+recovered for causal LMs), and registers each as an SAE source tagged with the sweep.
+
+Sparsity is k for the TopK family (topk, batchtopk, matryoshka), the L1 coefficient for relu and
+the L0 coefficient for jumprelu. Each SAE is named ``sweep<job>-<arch>-<width>-<sparsity>``; an
+SAE already registered under its name is skipped, so a retried job only trains what is missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from browser.catalog.models import Model, Sae
+from browser.runs.models import Job
+from browser.runs.services import job_create
+from workers.compute import recovery, toy
+from workers.compute.sae.train import ARCHITECTURES, TOPK_LIKE, TrainConfig, train
+from workers.pipeline.saes import sae_register
+from workers.pipeline.synthetic import HOOK, synthetic_set_of
+
+MAX_SAES = 64
+MAX_WIDTH = 65_536
+EVAL_SAMPLES = 16_384
+SMALL_TENSORS = 1 << 22
+"""Below this many decoder weights a step's tensors are small: one thread beats two (toy.single_thread)."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of SAEs; saved on the sweep's job."""
+
+    architectures: tuple[str, ...] = ("topk",)
+    widths: tuple[int, ...] = (256,)
+    sparsities: tuple[float, ...] = (4,)
+    """k for the TopK family."""
+    l1_coefficients: tuple[float, ...] = (1.0,)
+    l0_coefficients: tuple[float, ...] = (0.01,)
+    steps: int = 1000
+    batch_tokens: int = 512
+    lr: float | None = 3e-3
+    seed: int = 0
+    eval_samples: int = EVAL_SAMPLES
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.architectures) - set(ARCHITECTURES)
+        if unknown or not self.architectures:
+            raise ValueError(f"unknown architectures {sorted(unknown)}; known: {', '.join(ARCHITECTURES)}")
+        if not self.widths or any(not 1 <= w <= MAX_WIDTH for w in self.widths):
+            raise ValueError(f"widths must be in 1..{MAX_WIDTH}")
+        if len(self.grid()) > MAX_SAES:
+            raise ValueError(f"a sweep trains at most {MAX_SAES} SAEs (this grid has {len(self.grid())})")
+
+    def values(self, arch: str) -> tuple[float, ...]:
+        if arch in TOPK_LIKE:
+            return self.sparsities
+        return self.l1_coefficients if arch == "relu" else self.l0_coefficients
+
+    def grid(self) -> list[tuple[str, int, float]]:
+        return [(a, w, v) for a in self.architectures for w, v in itertools.product(self.widths, self.values(a))]
+
+    def train_config(self, arch: str, width: int, value: float) -> TrainConfig:
+        knobs: dict[str, Any] = {"k": int(value)} if arch in TOPK_LIKE else (
+            {"l1_coefficient": value} if arch == "relu" else {"l0_coefficient": value})
+        return TrainConfig(architecture=arch, d_sae=width, steps=self.steps, batch_tokens=self.batch_tokens,
+                           lr=self.lr, buffer_tokens=max(16_384, 4 * self.batch_tokens), seed=self.seed,
+                           dead_after_tokens=50 * self.batch_tokens, **knobs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
+        tuples = {"architectures", "widths", "sparsities", "l1_coefficients", "l0_coefficients"}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+def sae_name(job_id: int, arch: str, width: int, value: float) -> str:
+    return f"sweep{job_id}-{arch}-{width}-{value:g}"
+
+
+def sweep_create(*, model: Model, config: SweepConfig, hook: str = HOOK, corpus_id: int | None = None,
+                 user: Any = None) -> Job:
+    """Check the request and create the sweep's job (a train_sae job whose params name the sweep)."""
+    if model.kind == Model.Kind.SYNTHETIC:
+        synthetic_set_of(model)
+        hook = HOOK
+    elif corpus_id is None:
+        raise ValueError("a sweep on a real model needs a corpus")
+    else:
+        from workers.pipeline.sweeps_real import real_check
+
+        real_check(model, hook, corpus_id)
+    params = {"sweep": config.to_dict(), "model_id": model.pk, "hook": hook, "corpus_id": corpus_id}
+    return job_create(kind=Job.Kind.TRAIN_SAE, title=f"SAE sweep of {len(config.grid())} on {model.name} {hook}",
+                      params=params, created_by=user)
+
+
+def sweep_work(job: Job, progress: Callable[..., None]) -> None:
+    """Train, measure and register every SAE of the grid that is not registered yet."""
+    p = job.params
+    model = Model.objects.get(pk=p["model_id"])
+    config = SweepConfig.from_dict(p["sweep"])
+    if model.kind == Model.Kind.SYNTHETIC:
+        data: Any = _SyntheticData(model, config)
+    else:
+        from workers.pipeline.sweeps_real import RealData
+
+        data = RealData(model, p["hook"], int(p["corpus_id"]), config, progress)
+    grid = config.grid()
+    for i, (arch, width, value) in enumerate(grid):
+        name = sae_name(job.pk, arch, width, value)
+        progress(i, len(grid), f"training {name}", force=True)
+        if Sae.objects.filter(source__model=model, source__name=name).exists():
+            continue
+        started = time.monotonic()
+        train_config = config.train_config(arch, width, value)
+        with _threads(width * data.d_in):
+            result = train(data.chunks(), data.d_in, train_config, hook_name=data.hook)
+            stats = data.measure(result.sae)
+        stats["train_seconds"] = round(time.monotonic() - started, 2)
+        sae_register(model=model, name=name, sae=result.sae.with_config(model_name=model.name),
+                     quality_stats=stats, loss_curve=result.loss_curve,
+                     extra={"sweep": job.pk, "training": train_config.to_dict(), "sparsity": value,
+                            "input_scale": result.scale})
+    progress(len(grid), len(grid), "done", force=True)
+
+
+def _threads(weights: int) -> Any:
+    from contextlib import nullcontext
+
+    return toy.single_thread() if weights <= SMALL_TENSORS else nullcontext()
+
+
+class _SyntheticData:
+    def __init__(self, model: Model, config: SweepConfig) -> None:
+        self.truth = synthetic_set_of(model)
+        self.config = config
+        self.d_in, self.hook = self.truth.d, HOOK
+
+    def chunks(self) -> Iterator[torch.Tensor]:
+        return self.truth.chunks(4096, seed=self.config.seed + 1)
+
+    def measure(self, sae: Any) -> dict[str, Any]:
+        return recovery.sae_evaluate(sae, self.truth, n_samples=self.config.eval_samples, seed=self.config.seed + 2)
+
+
+def sweep_results(model: Model, job_id: int | None = None) -> list[dict[str, Any]]:
+    """Every sweep SAE of the model (of one sweep when given): name, architecture, width, sparsity, quality."""
+    rows = Sae.objects.filter(source__model=model, cfg__has_key="sweep").select_related("source")
+    if job_id is not None:
+        rows = rows.filter(cfg__sweep=job_id)
+    return [{"name": r.source.name, "sweep": r.cfg["sweep"], "architecture": r.cfg["training"]["architecture"],
+             "width": r.d_sae, "sparsity": r.cfg["sparsity"], **r.quality} for r in rows.order_by("pk")]
+
+
+def best_by(results: list[dict[str, Any]], metric: str = "f1") -> dict[str, dict[str, Any]]:
+    """Per architecture, the SAE with the highest ``metric``."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in results:
+        if metric in row and (row["architecture"] not in best or row[metric] > best[row["architecture"]][metric]):
+            best[row["architecture"]] = row
+    return best
