@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from browser.api.compute import CanCompute, ComputeThrottle
 from browser.catalog.models import Model
-from browser.catalog.page_selectors import compare, jobs_with_progress, overview, toy_view, unit_detail
+from browser.catalog.page_selectors import compare, jobs_with_progress, overview, unit_detail
 from browser.catalog.probe import ProbeError, probe_unit
 from browser.catalog.selectors import (
     PAGE_SIZE,
@@ -30,6 +30,7 @@ from browser.catalog.selectors import (
     unit_get,
     unit_page,
 )
+from browser.catalog.toy_selectors import toy_view
 from browser.catalog.uids import unit_uid
 
 

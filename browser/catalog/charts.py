@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,18 +37,56 @@ def bars_svg(counts: Sequence[int], edges: Sequence[float], label: str, *, fmt: 
     return _svg(width, height, label, bars + axis, "chart")
 
 
-def heatmap_svg(matrix: np.ndarray, label: str, *, cell: int = 14) -> SafeString:
-    """A diverging heatmap (blue negative, red positive, scaled by the largest magnitude)."""
-    rows, cols = matrix.shape
-    scale = float(np.abs(matrix).max()) or 1.0
-    cells = []
-    for i in range(rows):
-        for j in range(cols):
-            v = float(matrix[i, j])
+def gram_svg(gram: np.ndarray, label: str, *, size: int = 360) -> SafeString:
+    """W^T W feature by feature ([n, n]): a diverging heatmap (red positive, blue negative, scaled by
+    the largest magnitude) with the feature indices on both axes; values written in the cells when
+    they are large enough to read, and in every cell's tooltip."""
+    n = gram.shape[0]
+    cell = max(4, min(56, size // max(n, 1)))
+    pad, step = 22, max(1, math.ceil(14 / cell))  # an index every `step` cells: labels 14 px apart at least
+    scale = float(np.abs(gram).max()) or 1.0
+    parts = []
+    for i in range(n):
+        for j in range(n):
+            v = float(gram[i, j])
             colour = "178,34,34" if v >= 0 else "33,102,172"
-            cells.append(f'<rect x="{j * cell}" y="{i * cell}" width="{cell}" height="{cell}" '
-                         f'fill="rgba({colour},{abs(v) / scale:.2f})"><title>[{i},{j}] {v:.3f}</title></rect>')
-    return _svg(cols * cell, rows * cell, label, "".join(cells), "heatmap")
+            x, y = pad + j * cell, pad + i * cell
+            parts.append(f'<rect class="cell" x="{x}" y="{y}" width="{cell}" height="{cell}" '
+                         f'fill="rgba({colour},{abs(v) / scale:.2f})"><title>W{i}·W{j} = {v:.3g}</title></rect>')
+            if cell >= 40:
+                ink = "#fff" if abs(v) / scale > 0.6 else "#222"
+                parts.append(f'<text class="value" x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
+                             f'font-size="11" fill="{ink}">{v:.3g}</text>')
+    for k in range(0, n, step):
+        mid = pad + k * cell + cell / 2
+        parts.append(f'<text x="{mid}" y="{pad - 6}" text-anchor="middle" font-size="11">{k}</text>'
+                     f'<text x="{pad - 4}" y="{mid + 4}" text-anchor="end" font-size="11">{k}</text>')
+    return _svg(pad + n * cell, pad + n * cell, label, "".join(parts), "gram")
+
+
+def feature_arrows_svg(W: np.ndarray, label: str, *, size: int = 340) -> SafeString:
+    """Each feature's direction W_i ([n, m], m = 2, or m = 3 projected on its two principal
+    directions) as an arrow from the origin, numbered, lengths to scale (the paper's picture:
+    a pentagon for 5 features in 2 dimensions)."""
+    points = W if W.shape[1] == 2 else W @ np.linalg.svd(W, full_matrices=False)[2][:2].T  # [n, m] -> [n, 2]
+    reach = float(np.linalg.norm(points, axis=1).max()) or 1.0
+    c, scale = size / 2, (size / 2 - 26) / reach
+    parts = ['<defs><marker id="arrowhead" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+             'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#b22222"/></marker></defs>',
+             f'<line x1="0" y1="{c}" x2="{size}" y2="{c}" stroke="#ccc"/><line x1="{c}" y1="0" x2="{c}" '
+             f'y2="{size}" stroke="#ccc"/>',
+             f'<circle cx="{c}" cy="{c}" r="{scale:.1f}" fill="none" stroke="#ccc" stroke-dasharray="3 3">'
+             f'<title>norm 1</title></circle>' if scale * 1.0 <= c else ""]
+    for i, (x, y) in enumerate(points):
+        tx, ty = c + x * scale, c - y * scale
+        norm, length = float(np.linalg.norm(W[i])), max(math.hypot(x, y), 1e-9)
+        lx, ly = tx + 14 * x / length, ty - 14 * y / length  # the number just beyond the tip
+        parts.append(f'<g class="feature-arrow"><line x1="{c}" y1="{c}" x2="{tx:.1f}" y2="{ty:.1f}" stroke="#b22222" '
+                     f'stroke-width="2" marker-end="url(#arrowhead)"/>'
+                     f'<text x="{lx:.1f}" y="{ly + 4:.1f}" text-anchor="middle" font-size="12">{i}</text>'
+                     f'<title>feature {i}: ‖W{i}‖ = {norm:.3g}</title></g>')
+    body = f'<g data-origin="{c},{c}">' + "".join(parts) + "</g>"
+    return _svg(size, size, label, body, "arrows")
 
 
 def dimensionality_svg(values: Sequence[float], label: str, *, width: int = 420, height: int = 180) -> SafeString:
@@ -63,7 +102,7 @@ def dimensionality_svg(values: Sequence[float], label: str, *, width: int = 420,
     step = plot_w / max(len(values), 1)
     dots = "".join(
         f'<circle cx="{left + (i + 0.5) * step:.1f}" cy="{5 + (1 - min(max(v, 0.0), 1.0)) * plot_h:.1f}" r="3">'
-        f'<title>feature {i}: {v:.3f}</title></circle>'
+        f'<title>feature {i}: {v:.3g}</title></circle>'
         for i, v in enumerate(values)
     )
     return _svg(width, height, label, lines + dots, "dims")

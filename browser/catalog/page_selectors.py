@@ -1,16 +1,14 @@
-"""Whole-page reads (home, unit, compare, toy model), each shared by an HTML page and its JSON twin."""
+"""Whole-page reads (home, unit, compare), each shared by an HTML page and its JSON twin (the toy
+model page's: browser/catalog/toy_selectors.py)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 from django.db import connection
 from django.utils.safestring import SafeString
 
-from browser.catalog.charts import bars_svg, dimensionality_svg, heatmap_svg
+from browser.catalog.charts import bars_svg
 from browser.catalog.models import Model, Source, Unit, UnitRelation
 from browser.catalog.selectors import (
     RelationGroup,
@@ -214,40 +212,3 @@ def compare(a: Unit, b: Unit | None) -> Comparison:
     explanation = ("the unit beside the units related to it most" if related else
                    "no related units recorded for this unit yet (a scores job records them)")
     return Comparison([_column(a), *(_column(r.other, r) for r in related)], explanation)
-
-
-# ---- toy models --------------------------------------------------------------------------------
-@dataclass
-class ToyView:
-    model: Model
-    n_features: int | None
-    n_dims: int | None
-    gram: list[list[float]] | None
-    gram_svg: SafeString | None
-    dimensionality: list[float] | None
-    dimensionality_svg: SafeString | None
-    dims_per_feature: float | None
-    extra: dict[str, Any]
-
-
-def toy_view(model: Model) -> ToyView:
-    """What the toy model's training stored in Model.config: W [m][n], the feature dimensionalities,
-    dims per feature. Only what is present is shown."""
-    config = model.config or {}
-    W = np.asarray(config["W"], dtype=np.float64) if config.get("W") else None
-    gram = W.T @ W if W is not None and W.ndim == 2 else None  # [n, m] @ [m, n] -> [n, n]
-    dims = [float(x) for x in config.get("feature_dimensionality") or []]
-    dpf = config.get("dims_per_feature")
-    shown = {"W", "feature_dimensionality", "dims_per_feature"}
-    return ToyView(
-        model=model, n_features=int(W.shape[1]) if W is not None else None,
-        n_dims=int(W.shape[0]) if W is not None else None,
-        gram=gram.round(4).tolist() if gram is not None else None,
-        gram_svg=heatmap_svg(gram, f"W transposed times W of {model.name}: interference between features")
-        if gram is not None else None,
-        dimensionality=dims or None,
-        dimensionality_svg=dimensionality_svg(dims, f"feature dimensionality of each feature of {model.name}")
-        if dims else None,
-        dims_per_feature=float(dpf) if isinstance(dpf, int | float) and math.isfinite(dpf) else None,
-        extra={k: v for k, v in config.items() if k not in shown and isinstance(v, int | float | str)},
-    )

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 from browser.api.compute import compute_refusal
 from browser.catalog.models import Model, Source
 from browser.catalog.page_selectors import compare as compare_units
-from browser.catalog.page_selectors import overview, toy_view, unit_detail
+from browser.catalog.page_selectors import overview, unit_detail
 from browser.catalog.probe import ProbeError, probe_unit
 from browser.catalog.selectors import (
     FilterError,
@@ -24,6 +24,8 @@ from browser.catalog.selectors import (
     unit_get,
     unit_page,
 )
+from browser.catalog.sweep_selectors import sweep_panel
+from browser.catalog.toy_selectors import toy_view
 from browser.labels.views import label_panel
 
 
@@ -60,7 +62,8 @@ def unit_list(request: HttpRequest) -> HttpResponse:
 
 def source_detail(request: HttpRequest, model: str, source: str) -> HttpResponse:
     src = source_get(model_name=model, source_name=source)
-    return _unit_list(request, {"source": src, "sae": sae_summary(src)}, model=model, source=source)
+    context = {"source": src, "sae": sae_summary(src), "sweep": sweep_panel(src)}
+    return _unit_list(request, context, model=model, source=source)
 
 
 def unit_detail_view(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:

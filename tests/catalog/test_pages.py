@@ -147,13 +147,14 @@ def test_compare_pages(data: BrowserData, client: Client) -> None:
 
 
 def test_toy_page(data: BrowserData, client: Client) -> None:
-    W = [[1.0, 0.0, 0.7], [0.0, 1.0, 0.7]]
+    W = [[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]]  # [n features][m dims], as the training stores it
     Model.objects.create(name="toy-3-2", kind="toy", architecture="toy", location="toy", n_layers=1, d_model=2,
                          d_mlp=3, config={"W": W, "feature_dimensionality": [0.8, 0.8, 0.4],
                                           "dims_per_feature": 0.67, "sparsity": 0.9})
     html = client.get("/m/toy-3-2/toy/").content.decode()
-    assert html.count("<rect") == 9 and "[0,2] 0.700" in html and "[2,2] 0.980" in html
-    assert html.count("<circle") == 3 and "0.670" in html and "sparsity" in html
+    assert "3 features in 2 dimensions" in html
+    assert html.count('<rect class="cell"') == 9 and "W0·W2 = 0.7" in html and "W2·W2 = 0.98" in html
+    assert html.count('class="feature-arrow"') == 3 and "0.670" in html and "sparsity" in html
     assert 'href="/m/toy-3-2/toy/"' in client.get("/").content.decode()
 
 

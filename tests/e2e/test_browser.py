@@ -6,6 +6,7 @@ find it again by searching for the label (/ focuses search). A screenshot of eac
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -134,3 +135,27 @@ def test_find_read_label_compare_search(transactional_db: None, tmp_path: Path, 
     assert links.count() == 1 and links.first.inner_text() == f"tiny/{source}/{unit}"
     _shot(page, "search")
 
+
+
+def test_toy_model_page_shows_the_pentagon(transactional_db: None, page: Any) -> None:
+    """n = 5 sparse features (p = 0.05) in m = 2 dimensions, trained by the command: the page shows
+    W^T W as a 5 x 5 heatmap and five arrows at equal angles (72 degrees apart: the pentagon)."""
+    from django.core.management import call_command
+
+    # relu_output is the paper's model of the pentagon (a hidden ReLU privileges the basis instead);
+    # 6k steps settle the n = 5 geometry (tests/compute/test_toy.py).
+    call_command("toy_model", "--kind", "relu_output", "--n", "5", "--m", "2", "--p", "0.05", "--steps", "6000",
+                 "--name", "toy-pentagon", stdout=io.StringIO())
+    page.goto("/m/toy-pentagon/toy/")
+    assert "5 features in 2 dimensions" in page.locator("main").inner_text()
+    assert page.locator("svg.gram rect.cell").count() == 25
+    box = page.locator("svg.gram").bounding_box()
+    assert box is not None and box["width"] >= 250  # readable: cells tens of pixels wide
+    arrows = page.locator("svg.arrows g.feature-arrow line")
+    assert arrows.count() == 5
+    cx, cy = (float(v) for v in page.locator("svg.arrows g[data-origin]").get_attribute("data-origin").split(","))
+    angles = sorted(math.atan2(cy - float(a.get_attribute("y2")), float(a.get_attribute("x2")) - cx)
+                    for a in arrows.all())
+    gaps = [math.degrees((b - a) % (2 * math.pi)) for a, b in zip(angles, angles[1:] + angles[:1], strict=True)]
+    assert gaps == pytest.approx([72.0] * 5, abs=3.0)
+    _shot(page, "toy-pentagon")
