@@ -80,6 +80,8 @@ def _bert(layer: Any, x: torch.Tensor, a: torch.Tensor) -> Block:
 # model_type -> (blocks, attention module of a block, hand computation of a block)
 HAND: dict[str, tuple[Callable[[Any], Any], Callable[[Any], nn.Module], Callable[..., Block]]] = {
     "llama": (lambda m: m.model.layers, lambda b: b.self_attn, _llama),
+    "mistral": (lambda m: m.model.layers, lambda b: b.self_attn, _llama),
+    "qwen2": (lambda m: m.model.layers, lambda b: b.self_attn, _llama),
     "qwen3": (lambda m: m.model.layers, lambda b: b.self_attn, _llama),
     "phi3": (lambda m: m.model.layers, lambda b: b.self_attn, _phi3),
     "gemma2": (lambda m: m.model.layers, lambda b: b.self_attn, _gemma),

@@ -36,13 +36,15 @@ LAYER = 1
 BATCH = 8
 
 
-@pytest.fixture
-def corpus(minilm: Model, tmp_path: Path) -> Corpus:
+def _corpus(model: Model, tmp_path: Path) -> Corpus:
+    """The lines tokenized by the model's own tokenizer (transformers picks Qwen2's tokenizer class
+    for a qwen2 config whatever the files say, so its vocabulary differs from MiniLM's)."""
     folder = tmp_path / "texts"
     folder.mkdir()
     for i, text in enumerate(TEXTS):
         (folder / f"{i}.txt").write_text(" ".join([text] * 2))
-    call_command("import_corpus", str(folder), name="lines", context_length=16, inline=True, stdout=io.StringIO())
+    call_command("import_corpus", str(folder), name="lines", tokenizer=model.name, context_length=16, inline=True,
+                 stdout=io.StringIO())
     return Corpus.objects.get(name="lines")
 
 
@@ -103,9 +105,9 @@ def _check_logit_effects(model: Model, run: Run) -> None:
 
 
 @pytest.mark.parametrize("arch_name", TINY_ARCHS)
-def test_harvest_of_every_hook_point_equals_the_hand_brute_force(arch_name: str, corpus: Corpus,
-                                                                  tmp_path: Path) -> None:
+def test_harvest_of_every_hook_point_equals_the_hand_brute_force(arch_name: str, db: None, tmp_path: Path) -> None:
     model = model_register(location=str(save_tiny(arch_name, tmp_path / arch_name)), name=f"tiny-{arch_name}")
+    corpus = _corpus(model, tmp_path)
     assert (model.n_layers, model.d_model, model.d_mlp) == (N_LAYERS, 32, 48)
     names = [f"blocks.{LAYER}.{kind}" for kind in hooks.KINDS
              if not (arch_name == "pythia" and kind == "hook_resid_mid")]
