@@ -59,11 +59,11 @@ def _shift_json(s: Shift) -> dict[str, Any]:
     return {"kl": s.kl, "top_plain": s.top_p, "top_steered": s.top_q, "up": s.up, "down": s.down}
 
 
-def steer(*, request: Mapping[str, Any]) -> dict[str, Any]:
+def steer(*, request: Mapping[str, Any], device: str = "auto") -> dict[str, Any]:
     """{"prompt_ids", "kl", "top_plain", "top_steered", "up", "down", "plain": {"ids", "text"},
     "steered": {"ids", "text"}}: the next-token distributions and the N-token continuations."""
     units, model = _units(list(request["units"]))
-    device = loader.device_for()
+    device = loader.device_for(device)
     torch_model, arch, tokenizer = loader.model_on(model, device)
     ids = tokenizer(str(request["prompt"]))["input_ids"]
     if not ids or len(ids) > MAX_PROMPT_TOKENS:
