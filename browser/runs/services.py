@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -185,12 +185,10 @@ def shard_claim(*, run_id: int, worker: str, lease: timedelta | None = None) -> 
     time, so such a claim is left over from its own earlier attempt (a transient error).
     """
     now = timezone.now()
-    claimable = Q(status=Shard.Status.PENDING) | Q(status=Shard.Status.CLAIMED) & (
-        Q(heartbeat__lt=now - (lease or shard_lease())) | Q(claimed_by=worker[:200]))
     with transaction.atomic():
         shard = (
             Shard.objects.select_for_update(skip_locked=True)
-            .filter(claimable, run_id=run_id)
+            .filter(_claimable(worker, now - (lease or shard_lease())), run_id=run_id)
             .order_by("index")
             .first()
         )
@@ -208,6 +206,16 @@ def shard_claim(*, run_id: int, worker: str, lease: timedelta | None = None) -> 
         )
     shard.refresh_from_db()
     return shard
+
+
+def shard_claimable(*, run_id: int, worker: str) -> bool:
+    """Whether ``shard_claim`` would find a shard now (a worker loads its model before claiming)."""
+    return Shard.objects.filter(_claimable(worker, timezone.now() - shard_lease()), run_id=run_id).exists()
+
+
+def _claimable(worker: str, stale: datetime) -> Q:
+    return Q(status=Shard.Status.PENDING) | Q(status=Shard.Status.CLAIMED) & (
+        Q(heartbeat__lt=stale) | Q(claimed_by=worker[:200]))
 
 
 def shard_heartbeat(*, shard: Shard, contexts_done: int) -> bool:

@@ -1,4 +1,5 @@
-"""The shard loop: claim a shard, keep its lease alive, harvest it, store its partial state.
+"""The shard loop: load the run's model, claim a shard, keep its lease alive, harvest it, store
+its partial state.
 
 One worker per run stays to watch (its watch lock): it redoes shards whose worker died and
 finalizes the run if its finalizer died."""
@@ -23,6 +24,7 @@ from browser.runs.services import (
     run_mark,
     run_progress,
     shard_claim,
+    shard_claimable,
     shard_complete,
     shard_heartbeat,
     shard_lease,
@@ -71,9 +73,12 @@ def _claim_loop(run: Run, config: HarvestConfig, watcher: bool, on_all_done: Cal
     done = 0
     while True:
         raise_if_cancelled(run)
-        shard = shard_claim(run_id=run.pk, worker=worker_name())
-        if shard is not None:
-            loaded = loaded or load_for_run(run, config)
+        if loaded is None and shard_claimable(run_id=run.pk, worker=worker_name()):
+            # Load before claiming: a lease starts once the model is ready, so a load longer
+            # than the lease (a first GGUF conversion) loses no shard and counts no attempt.
+            loaded = load_for_run(run, config)
+        shard = shard_claim(run_id=run.pk, worker=worker_name()) if loaded is not None else None
+        if shard is not None and loaded is not None:
             note(run, f"{worker_name()} took shard {shard.index} (attempt {shard.attempts})")
             result = _process_shard(run, shard, config, loaded, progress)
             if result is None:
