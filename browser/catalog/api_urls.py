@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from browser.catalog import apis, steer_apis
+from browser.catalog import apis, steer_apis, toy_apis
 
 urlpatterns = [
     path("overview/", apis.OverviewApi.as_view(), name="api-overview"),
@@ -11,7 +11,7 @@ urlpatterns = [
          name="api-run-intervention-scores"),
     path("overview/jobs/", apis.JobsApi.as_view(), name="api-overview-jobs"),
     path("models/", apis.ModelListApi.as_view(), name="api-models"),
-    path("models/<str:model>/toy/", apis.ToyApi.as_view(), name="api-toy"),
+    path("models/<str:model>/toy/", toy_apis.ToyApi.as_view(), name="api-toy"),
     path("sources/", apis.SourceListApi.as_view(), name="api-sources"),
     path("sources/<str:model>/<str:source>/", apis.SourceUnitsApi.as_view(), name="api-source"),
     path("units/", apis.UnitListApi.as_view(), name="api-units"),

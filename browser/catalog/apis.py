@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -15,13 +14,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from browser.api.compute import CanCompute, ComputeThrottle
-from browser.catalog.models import Model
 from browser.catalog.page_selectors import compare, jobs_with_progress, overview, unit_detail
 from browser.catalog.probe import ProbeError, probe_unit
 from browser.catalog.selectors import (
     PAGE_SIZE,
     FilterError,
-    model_get,
     model_list,
     parse_unit_filters,
     source_get,
@@ -30,7 +27,6 @@ from browser.catalog.selectors import (
     unit_get,
     unit_page,
 )
-from browser.catalog.toy_selectors import toy_view
 from browser.catalog.uids import unit_uid
 
 
@@ -255,17 +251,6 @@ class CompareSerializer(serializers.Serializer):
     columns = CompareColumnSerializer(many=True)
 
 
-class ToySerializer(serializers.Serializer):
-    model = serializers.CharField(source="model.name")
-    n_features = serializers.IntegerField(allow_null=True)
-    n_dims = serializers.IntegerField(allow_null=True)
-    gram = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()), allow_null=True,
-                                 help_text="W^T W, [n_features][n_features]")
-    dimensionality = serializers.ListField(child=serializers.FloatField(), allow_null=True)
-    dims_per_feature = serializers.FloatField(allow_null=True)
-    extra = serializers.DictField()
-
-
 class ProbeInputSerializer(serializers.Serializer):
     text = serializers.CharField(max_length=2000, trim_whitespace=False)
 
@@ -333,15 +318,6 @@ class ModelListApi(APIView):
     @extend_schema(responses=ModelSerializer(many=True))
     def get(self, request: Request) -> Response:
         return Response(ModelSerializer(model_list(), many=True).data)
-
-
-class ToyApi(APIView):
-    @extend_schema(responses=ToySerializer, summary="A toy model's W^T W and feature dimensionalities")
-    def get(self, request: Request, model: str) -> Response:
-        m = model_get(name=model)
-        if m.kind != Model.Kind.TOY:
-            raise Http404(f"{m.name} is not a toy model")
-        return Response(ToySerializer(toy_view(m)).data)
 
 
 class SourceListApi(APIView):
