@@ -14,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from browser.accounts.services import user_create
 from browser.catalog.models import Model, Source, Unit
@@ -49,7 +50,8 @@ def _authors(n: int) -> list[int]:
 
 
 def fill(rows: int, log: Any) -> None:
-    """``rows`` labels over 100k units, ten authors at most per unit (COPY; reused when present)."""
+    """Exactly ``rows`` labels over 100k units, one more author per 100k rows (COPY; reused when the
+    count is right, made again otherwise)."""
     model = Model.objects.filter(name=MODEL).first() or model_create(
         name=MODEL, kind="encoder", architecture="bench", location="-", n_layers=1, d_model=1, d_mlp=UNITS,
         vocab_size=0, tokenizer=None)
@@ -57,7 +59,7 @@ def fill(rows: int, log: Any) -> None:
                                   layer=0, kind=Source.Kind.NEURONS, n_units=UNITS)
     units_ensure(source=source)
     have = Label.objects.filter(unit__source=source).count()
-    if have >= rows:
+    if have == rows:
         return
     unit_ids = list(Unit.objects.filter(source=source).order_by("index").values_list("id", flat=True))
     authors = _authors(-(-rows // UNITS))
@@ -69,34 +71,55 @@ def fill(rows: int, log: Any) -> None:
         copy_rows("labels_label", ["unit_id", "author_id", "text", "tags", "confidence", "machine", "revision",
                                    "created", "updated"],
                   ["int8", "int4", "text", "jsonb", "float8", "bool", "int4", "timestamptz", "timestamptz"],
-                  ((u, a, f"fires on token {u % 997} in lists of {a}", json.dumps(["bench"]), 0.5, False, 1,
+                  ((u, a, f"fires on token {u % 997} in lists of {a}", Jsonb(["bench"]), 0.5, False, 1,
                     now, now) for n, (a, u) in zip(range(rows), pairs, strict=False)))
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE labels_label")
     log.write(f"filled {rows:,} labels in {time.perf_counter() - start:.1f} s\n")
 
 
-def measure(fmt: str, rows: int) -> dict[str, float]:
-    """Stream one export in a fresh process; rows/s and that process's peak RSS."""
-    code = (
-        "import django, json, time; django.setup(); "
-        "from rest_framework.test import APIClient; "
-        "vm_hwm_mb = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024; "
-        "c = APIClient(); t = time.perf_counter(); "
-        f"r = c.get('/api/v1/exports/labels.{fmt}?model={MODEL}'); n = 0\n"
-        "for part in r.streaming_content: n += len(part)\n"
-        "print(json.dumps({'seconds': time.perf_counter() - t, 'bytes': n, 'rss': vm_hwm_mb(), "
-        "'status': r.status_code}))"
-    )
+# Streams the export to a file (JSONL: counting its lines on the way), then reads the Parquet
+# file's row count from its footer: rows/s comes from the rows the export wrote.
+MEASURE = """
+import django, json, sys, tempfile, time
+django.setup()
+from rest_framework.test import APIClient
+fmt, model = sys.argv[1], sys.argv[2]
+vm_hwm_mb = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024
+with tempfile.NamedTemporaryFile(suffix='.' + fmt) as out:
+    t = time.perf_counter()
+    r = APIClient().get(f'/api/v1/exports/labels.{fmt}?model={model}')
+    n = lines = 0
+    for part in r.streaming_content:
+        n += len(part)
+        lines += part.count(b'\\n')
+        out.write(part)
+    out.flush()
+    seconds, rss = time.perf_counter() - t, vm_hwm_mb()
+    if fmt == 'parquet':
+        import pyarrow.parquet
+        rows = pyarrow.parquet.read_metadata(out.name).num_rows
+    else:
+        rows = lines
+print(json.dumps({'seconds': seconds, 'bytes': n, 'rows': rows, 'rss': rss, 'status': r.status_code}))
+"""
+
+
+def measure(fmt: str, expected_rows: int) -> dict[str, float]:
+    """Stream one export in a fresh process; the rows it wrote, rows/s and that process's peak RSS.
+    Raises if the export holds another number of rows than the labels filled."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "browser.settings", "BROWSER_API_ANON_RATE": "100000/min"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=settings.BASE_DIR,
-                         env=env, timeout=1800)
+    out = subprocess.run([sys.executable, "-c", MEASURE, fmt, MODEL], capture_output=True, text=True,
+                         cwd=settings.BASE_DIR, env=env, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["status"] != 200:
         raise RuntimeError(f"export answered {result['status']}")
-    return {"rows_per_s": rows / result["seconds"], "rss_mb": result["rss"], "mb": result["bytes"] / 2**20}
+    if result["rows"] != expected_rows:
+        raise RuntimeError(f"the {fmt} export wrote {result['rows']:,} rows; {expected_rows:,} labels were filled")
+    return {"rows": result["rows"], "seconds": result["seconds"], "rows_per_s": result["rows"] / result["seconds"],
+            "rss_mb": result["rss"], "mb": result["bytes"] / 2**20}
 
 
 def run(*, small: int, large: int, keep: bool, log: Any = sys.stderr) -> dict[str, Any]:
@@ -105,7 +128,7 @@ def run(*, small: int, large: int, keep: bool, log: Any = sys.stderr) -> dict[st
         fill(rows, log)
         for fmt in ("jsonl", "parquet"):
             m = measure(fmt, rows)
-            log.write(f"{rows:,} rows {fmt}: {m['rows_per_s']:,.0f} rows/s, peak RSS {m['rss_mb']:.0f} MB, "
+            log.write(f"{m['rows']:,} rows {fmt}: {m['rows_per_s']:,.0f} rows/s, peak RSS {m['rss_mb']:.0f} MB, "
                       f"{m['mb']:.1f} MB out\n")
             result[f"{fmt}_{rows}"] = m
     small_jsonl, small_pq = result[f"jsonl_{small}"], result[f"parquet_{small}"]
@@ -118,6 +141,6 @@ def run(*, small: int, large: int, keep: bool, log: Any = sys.stderr) -> dict[st
         "parquet_rows_per_s": round(large_pq["rows_per_s"]),
         "peak_rss_mb_100k": round(max(small_jsonl["rss_mb"], small_pq["rss_mb"]), 1),
         "peak_rss_mb_1m": round(max(large_jsonl["rss_mb"], large_pq["rss_mb"]), 1),
-        "rows_small": small, "rows_large": large,
-        "detail": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in result.items()},
+        "rows_small": small_jsonl["rows"], "rows_large": large_jsonl["rows"],  # counted in the exports
+        "detail": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in result.items()},
     }

@@ -1,8 +1,14 @@
 """`bench sae`: SAE training throughput and quality after a fixed budget on MiniLM's layer 3 MLP,
-and the harvest of the neurons plus a 16,384-feature SAE against a bare forward pass + encode."""
+and the harvest of the neurons plus a 16,384-feature SAE against a bare forward pass + encode.
+
+The quality is measured on held-out contexts cut from the shared Shakespeare corpus's last scenes,
+which training (its first scenes) never sees. Without that corpus the bench stops with an error:
+the fixture slice is too short to hold out anything training has not seen.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +19,9 @@ from django.conf import settings
 
 from fixtures.tiny_sae import random_sae
 from workers.bench import timing
-from workers.bench.harvest import CONTEXT_LENGTH, MODEL, make_batches
-from workers.compute import hooks, loading
-from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass
+from workers.bench.harvest import BATCH, CONTEXT_LENGTH, MODEL, make_batches
+from workers.compute import hooks, loading, tokenize
+from workers.compute.harvest import SourceRuntime, TokenBatch, harvest_pass, make_batch
 from workers.compute.sae.model import SparseAutoencoder
 from workers.compute.sae.quality import reconstruction_quality
 from workers.compute.sae.stats import SparseUnitAccumulator
@@ -25,6 +31,7 @@ from workers.compute.stats import UnitAccumulator
 HOOK = "blocks.3.mlp.hook_post"
 N_LAYERS = 6
 D_MLP = 1536
+HELD_OUT_TOKENS = 4096
 
 HELP = "SAE training tokens/s, FVU and L0 after a fixed budget; harvest with a 16k-feature SAE vs forward + encode"
 
@@ -41,12 +48,52 @@ def add_arguments(parser: Any) -> None:
 def main(opts: dict[str, Any], log: Any) -> dict[str, Any]:
     if opts["train_tokens"] < 4096 or opts["harvest_tokens"] < 1024 or opts["steps"] < 1:
         raise ValueError("--train-tokens must be at least 4096, --harvest-tokens at least 1024, --steps positive")
+    corpus = shared_corpus()  # before anything slow
     model = loading.load_torch_model(MODEL, Path(settings.CACHE_DIR), False, "cpu", "float32")
     arch = hooks.architecture_for("bert")
     result = {"model": MODEL, "hook": HOOK, "threads": torch.get_num_threads()}
-    result.update(bench_training(model, arch, opts, log))
+    result.update(bench_training(model, arch, corpus, opts, log))
     result.update(bench_harvest(model, arch, opts, log))
     return result
+
+
+def shared_corpus() -> Path:
+    """The shared Shakespeare corpus (706 scenes); a ValueError naming it when it is missing."""
+    path = Path(settings.BASE_DIR).parent / "shared" / "corpora" / "shakespeare.jsonl"
+    if not path.is_file():
+        raise ValueError(f"bench sae needs the shared corpus {path}: its held-out FVU must come from scenes "
+                         "that training never saw, and the fixture slice is too short for that")
+    return path
+
+
+def _contexts(tok: Any, layout: Any, texts: list[str], n_tokens: int) -> tuple[list[list[int]], int]:
+    """Full contexts from ``texts`` in order until ``n_tokens``; and how many texts that took."""
+    contexts: list[list[int]] = []
+    for start in range(0, len(texts), 16):
+        for used, ids in enumerate(tokenize.tokenize_batch(tok, texts[start : start + 16]), start=start + 1):
+            contexts.extend(c for c in tokenize.chunk(ids, layout) if len(c) == CONTEXT_LENGTH)
+            if len(contexts) * CONTEXT_LENGTH >= n_tokens:
+                return contexts[: n_tokens // CONTEXT_LENGTH], used
+    raise ValueError(f"the corpus holds fewer than {n_tokens} tokens of full contexts")
+
+
+def split_batches(path: Path, train_tokens: int, held_tokens: int) -> tuple[list[TokenBatch], list[TokenBatch]]:
+    """Training batches from the corpus's first scenes, held-out batches from its last scenes; a
+    ValueError if the two would share a scene."""
+    tok = loading.load_tokenizer(MODEL, Path(settings.CACHE_DIR))
+    layout = tokenize.layout_for(tok, CONTEXT_LENGTH, causal=False)
+    texts = [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    train_contexts, n_train = _contexts(tok, layout, texts, train_tokens)
+    held_contexts, n_held = _contexts(tok, layout, texts[::-1], held_tokens)
+    if n_train + n_held > len(texts):
+        raise ValueError(f"{path} is too short: {n_train} scenes for training and {n_held} held out overlap")
+    special = set(tok.all_special_ids)
+
+    def batches(contexts: list[list[int]]) -> list[TokenBatch]:
+        return [make_batch(list(range(i, i + len(contexts[i : i + BATCH]))), contexts[i : i + BATCH],
+                           CONTEXT_LENGTH, special, True, tok.pad_token_id) for i in range(0, len(contexts), BATCH)]
+
+    return batches(train_contexts), batches(held_contexts)
 
 
 def activations(model: Any, arch: hooks.Architecture, batches: list[TokenBatch]) -> torch.Tensor:
@@ -60,13 +107,15 @@ def activations(model: Any, arch: hooks.Architecture, batches: list[TokenBatch])
     return torch.cat(out)
 
 
-def bench_training(model: Any, arch: hooks.Architecture, opts: dict[str, Any], log: Any) -> dict[str, Any]:
+def bench_training(model: Any, arch: hooks.Architecture, corpus: Path, opts: dict[str, Any],
+                   log: Any) -> dict[str, Any]:
     """Train on precomputed activations (reused over epochs), so the figure is the trainer's own
-    throughput; activation collection is reported separately."""
+    throughput; activation collection is reported separately. Quality on held-out scenes."""
+    train_batches, held_batches = split_batches(corpus, opts["train_tokens"], HELD_OUT_TOKENS)
     start = time.perf_counter()
-    acts = activations(model, arch, make_batches(opts["train_tokens"] + 4096))
+    train_acts = activations(model, arch, train_batches)
     collect_s = time.perf_counter() - start
-    held_out, train_acts = acts[-4096:], acts[:-4096]
+    held_out = activations(model, arch, held_batches)
     config = TrainConfig(architecture="topk", d_sae=opts["width"], k=32, steps=opts["steps"], batch_tokens=1024,
                          buffer_tokens=min(16_384, train_acts.shape[0]), dead_after_tokens=50_000)
     chunks = (train_acts[i : i + 2048] for _ in range(1000) for i in range(0, train_acts.shape[0], 2048))
@@ -77,7 +126,7 @@ def bench_training(model: Any, arch: hooks.Architecture, opts: dict[str, Any], l
     q = reconstruction_quality(trained.sae, held_out.split(1024))
     return {"train_width": opts["width"], "train_k": 32, "train_steps": opts["steps"], "train_batch_tokens": 1024,
             "train_tokens_per_s": round(opts["steps"] * 1024 / train_s, 1),
-            "activation_tokens_per_s": round(acts.shape[0] / collect_s, 1),
+            "activation_tokens_per_s": round(train_acts.shape[0] / collect_s, 1),
             "fvu": round(q["fvu"], 4), "l0": round(q["l0"], 2), "dead_fraction": round(q["dead_fraction"], 4),
             "held_out_tokens": int(q["tokens"])}
 
