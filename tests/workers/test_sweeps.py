@@ -9,6 +9,7 @@ import pytest
 import torch
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
 
 from browser.catalog.models import Model, Sae, Score, Source
 from browser.runs.models import Job
@@ -47,7 +48,7 @@ def test_registers_neurons_with_their_true_features(db: None) -> None:
         _register("synth-bad", params='{"n": 4}')
 
 
-def test_sweep_recovers_the_true_l0_and_stores_recovery(db: None) -> None:
+def test_sweep_recovers_the_true_l0_and_stores_recovery(db: None, client: Client) -> None:
     _register()
     out = io.StringIO()
     args = ["--synthetic", "synth-small", "--architectures", "topk", "--widths", "64", "--sparsities", "1,3,9",
@@ -73,6 +74,11 @@ def test_sweep_recovers_the_true_l0_and_stores_recovery(db: None) -> None:
     before = Sae.objects.count()
     sweep_work(job, Progress(job.pk))
     assert Sae.objects.count() == before
+    # the neurons' source page plots the sweep: one line per architecture, the true L0 marked
+    html = client.get(f"/s/synth-small/{HOOK}/").content.decode()
+    assert "SAE sweeps at this hook" in html and 'aria-label="F1 against L0 for each architecture"' in html
+    assert "<title>true L0 3" in html and "topk (64): F1" in html
+    assert all(row["name"] in html for row in results)
 
 
 def test_sweep_refuses_bad_grids(db: None) -> None:
