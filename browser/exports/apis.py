@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from browser.catalog.models import Unit
 from browser.exports import formats
+from browser.exports.lines import json_lines
 from browser.exports.records import neuron_record, neuronpedia_explanations
 from browser.exports.selectors import SCHEMA_VERSION, dataset_card, export_rows
 from browser.labels.models import LabelRevision
@@ -47,15 +48,19 @@ class LabelExport(APIView):
                    responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request: Request, fmt: str) -> StreamingHttpResponse:
         filters = label_filters(request.query_params)
-        rows = export_rows(filters=filters, top_examples=_top_examples(request.query_params))
+        top_examples = _top_examples(request.query_params)
+        rows = export_rows(filters=filters, top_examples=top_examples)
+        metadata = {"dataset_card": json.dumps(dataset_card(filters=filters, count=-1)),
+                    "schema_version": str(SCHEMA_VERSION)}
         body: Iterator[bytes]
-        if fmt == "jsonl":
-            body = formats.jsonl(rows)
-        elif fmt == "csv":
+        if fmt == "csv":
             body = formats.csv_rows(rows)
+        elif top_examples:  # example texts need the vocabulary: rows are built in Python
+            body = formats.jsonl(rows) if fmt == "jsonl" else formats.parquet(rows, metadata=metadata)
+        elif fmt == "jsonl":
+            body = json_lines(filters=filters)
         else:
-            card = json.dumps(dataset_card(filters=filters, count=-1))
-            body = formats.parquet(rows, metadata={"dataset_card": card, "schema_version": str(SCHEMA_VERSION)})
+            body = formats.parquet_from_lines(json_lines(filters=filters, for_arrow=True), metadata=metadata)
         response = StreamingHttpResponse(body, content_type=CONTENT_TYPES[fmt])
         response["Content-Disposition"] = f'attachment; filename="labels.{fmt}"'
         response["X-Schema-Version"] = str(SCHEMA_VERSION)
