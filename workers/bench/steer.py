@@ -28,10 +28,10 @@ from browser.catalog.services import source_get_or_create, units_ensure
 from workers.bench.timing import Rounds, paired
 from workers.compute.ablation import ablation_effect
 from workers.compute.interventions import Edit, Intervention
-from workers.compute.steering import generate
+from workers.compute.steering import cpu_threads, generate
 from workers.pipeline import loader
 from workers.pipeline.models import model_get_or_register
-from workers.pipeline.steer import steer
+from workers.pipeline.steer import GENERATION_THREADS, steer
 
 HELP = ("generation tokens/s with an intervention hook vs without (side by side), steering request p50/p95, "
         "intervention-score units/s by contexts per unit")
@@ -49,6 +49,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--requests", type=int, default=12, help="steering requests timed for p50/p95")
     parser.add_argument("--units", type=int, default=6, help="units scored at each --contexts value")
     parser.add_argument("--contexts", default="4,8,16", help="contexts per unit, comma-separated")
+    parser.add_argument("--threads", type=int, default=GENERATION_THREADS,
+                        help="CPU threads for the generation and ablation timings (the steering pipeline sets its own)")
 
 
 def _texts(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[list[int]]:
@@ -122,7 +124,8 @@ def main(opts: dict[str, Any], log: Any) -> dict[str, Any]:
     model, arch, tokenizer = loader.model_on(catalog, device)
     prompts = _texts(tokenizer, max(opts["prompts"], opts["requests"]), opts["prompt_tokens"])
     log.write(f"generation with and without the hook, {opts['rounds']} rounds...\n")
-    rounds, n_tokens = _generation_ratio(model, arch, catalog.n_layers, prompts[: opts["prompts"]], opts, device)
+    with cpu_threads(opts["threads"] if device == "cpu" else None):
+        rounds, n_tokens = _generation_ratio(model, arch, catalog.n_layers, prompts[: opts["prompts"]], opts, device)
     plain_tps, steered_tps = rounds.tokens_per_s(n_tokens)
     log.write("steering requests...\n")
     times = sorted(_latency_ms(opts["model"], tokenizer, prompts, opts, device))
@@ -130,9 +133,10 @@ def main(opts: dict[str, Any], log: Any) -> dict[str, Any]:
     by_contexts = {}
     for c in (int(x) for x in str(opts["contexts"]).split(",") if x.strip()):
         log.write(f"intervention scores at {c} contexts per unit...\n")
-        by_contexts[str(c)] = round(_units_per_s(model, arch, catalog.n_layers, windows, opts, c, device), 3)
+        with cpu_threads(opts["threads"] if device == "cpu" else None):
+            by_contexts[str(c)] = round(_units_per_s(model, arch, catalog.n_layers, windows, opts, c, device), 3)
     return {
-        "model": opts["model"], "device": device, "steer_vs_plain": round(rounds.ratio, 3),
+        "model": opts["model"], "device": device, "threads": opts["threads"], "steer_vs_plain": round(rounds.ratio, 3),
         "steer_vs_plain_rounds": rounds.per_round(), "plain_tokens_per_s": round(plain_tps, 1),
         "steered_tokens_per_s": round(steered_tps, 1),
         "steer_p50_ms": round(statistics.median(times), 1),

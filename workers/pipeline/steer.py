@@ -14,9 +14,13 @@ import torch
 
 from browser.catalog.models import Model, Source, Unit
 from workers.compute.interventions import Edit, Intervention
-from workers.compute.steering import Shift, generate, shift
+from workers.compute.steering import Shift, cpu_threads, generate, shift
 from workers.pipeline import loader
 
+GENERATION_THREADS = 1
+"""CPU threads while a request generates: each step is a matrix-vector product per layer, too small
+to share. On the shared 2-core machine under load (load average 12), 8 SmolLM2 tokens took 1.9-3.0 s
+with one thread and 40 s with two (their OpenMP workers wait for each other)."""
 MAX_PROMPT_TOKENS = 256
 """A longer prompt is refused: one request must stay an interactive, bounded amount of work."""
 TOP = 10
@@ -70,9 +74,10 @@ def steer(*, request: Mapping[str, Any], device: str = "auto") -> dict[str, Any]
         raise SteerInputError(f"the prompt is {len(ids)} tokens; give 1 to {MAX_PROMPT_TOKENS}")
     edits = unit_edits(units, list(request["units"]), device)
     batch = torch.tensor([ids, ids], device=device)  # row 0 plain, row 1 steered
-    result = generate(torch_model, arch, model.n_layers, batch, int(request.get("n_tokens", 16)),
-                      Intervention(edits, rows=slice(1, 2)), float(request.get("temperature", 0.0)),
-                      int(request.get("seed", 0)))
+    with cpu_threads(GENERATION_THREADS if device == "cpu" else None):
+        result = generate(torch_model, arch, model.n_layers, batch, int(request.get("n_tokens", 16)),
+                          Intervention(edits, rows=slice(1, 2)), float(request.get("temperature", 0.0)),
+                          int(request.get("seed", 0)))
     out = _shift_json(shift(result.first_logits[0], result.first_logits[1], TOP))
     out["prompt_ids"] = [int(t) for t in ids]
     for row, name in enumerate(("plain", "steered")):
