@@ -159,6 +159,7 @@ def test_toy_page(data: BrowserData, client: Client) -> None:
 
 
 def test_probe_without_a_worker_says_so(data: BrowserData, client: Client) -> None:
+    client.force_login(data.annotator)  # the form is for signed-in users (tests/catalog/test_compute_rules.py)
     response = client.post(f"/u/tiny/{data.neurons.name}/0/probe/", {"text": "To be or not to be"})
     assert response.status_code == 422 and b"No worker is running" in response.content
     empty = client.post(f"/u/tiny/{data.neurons.name}/0/probe/", {"text": "  "})
