@@ -136,6 +136,8 @@ FILE_UPLOAD_HANDLERS = [
 BROWSER_COMPUTE_RATE = env_str("BROWSER_COMPUTE_RATE", "30/min")
 BROWSER_COMPUTE_WAIT_S = env_int("BROWSER_COMPUTE_WAIT_S", 20, minimum=1, maximum=300)
 BROWSER_COMPUTE_EXPIRES_S = env_int("BROWSER_COMPUTE_EXPIRES_S", 30, minimum=1, maximum=3600)
+if BROWSER_COMPUTE_EXPIRES_S < BROWSER_COMPUTE_WAIT_S:  # a task would expire while its request still waits
+    raise ImproperlyConfigured("BROWSER_COMPUTE_EXPIRES_S must be at least BROWSER_COMPUTE_WAIT_S")
 # Failed sign-ins allowed per username and client address within the period (DRF rate syntax).
 BROWSER_SIGN_IN_RATE = env_str("BROWSER_SIGN_IN_RATE", "10/hour")
 for _rate in ("BROWSER_COMPUTE_RATE", "BROWSER_SIGN_IN_RATE"):
