@@ -1,0 +1,210 @@
+"""Attribution graphs in the MLP-neuron basis on the local replacement model (pure torch).
+
+Nodes: neurons ``(layer, position, index)`` (their activation ``act(gate) * up``, the input of the
+down projection), one "rest" node per (layer, position) standing for the neurons not selected there
+(counted as error nodes by the scores), token embeddings and target logits. Edge ``s -> t`` = the
+source's activation times the gradient of the target's value with respect to it on the frozen model
+along direct paths (residual stream and frozen attention, entering no MLP in between). Because the
+frozen model is linear, a target's incoming edges plus its bias term sum to its value exactly.
+
+Which neurons get nodes: the ``max_units`` with the largest total attribution to the target logits
+(activation x gradient through the whole frozen model, later neurons included, the node attribution
+Transluce uses for neuron circuits), weighted by each logit's probability.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from workers.compute import replacement
+from workers.compute.graph_scores import Layout
+
+Report = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """How one attribution graph is built; stored with it, its hash names the graph."""
+
+    basis: str = "neurons"
+    """The units: ``neurons`` (MLP activations at ``mlp.hook_post``, every layer)."""
+    max_logits: int = 10
+    """At most this many target logits (the most probable next tokens) ..."""
+    logit_probability: float = 0.95
+    """... taken until their probabilities sum to this."""
+    target_tokens: tuple[int, ...] = ()
+    """Explicit target token ids (instead of the top logits)."""
+    max_units: int = 256
+    """Units that become nodes, by total attribution to the targets; each costs one backward row."""
+    node_threshold: float = 0.8
+    """Pruning keeps the nodes that explain this share of the influence on the targets."""
+    edge_threshold: float = 0.98
+    """... then the edges that explain this share of the kept graph's edge influence."""
+    batch_size: int = 32
+    """Target rows per batched backward pass."""
+    version: int = 1
+    """Bumped when the computation changes, so an old graph is not taken for a new one."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "target_tokens": list(self.target_tokens)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GraphConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown graph settings: {', '.join(unknown)}")
+        values = dict(data)
+        values["target_tokens"] = tuple(int(t) for t in values.get("target_tokens", ()))
+        return cls(**values)
+
+    def hash(self, *, model: str, tokens: list[int]) -> str:
+        payload = json.dumps({"config": self.to_dict(), "model": model, "tokens": tokens}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class AttributionGraph:
+    """The full (unpruned) graph of one prompt; nodes in ``layout`` order."""
+
+    tokens: list[int]
+    layout: Layout
+    units: torch.Tensor  # [U, 3] long: layer, position, index
+    values: torch.Tensor  # [n]: unit activations, logit values (0 for errors and tokens)
+    adjacency: torch.Tensor  # [n, n]: A[target, source] direct effect
+    bias: torch.Tensor  # [n]: what the biases alone give each node
+    logit_tokens: torch.Tensor  # [k]
+    logit_probs: torch.Tensor  # [k]
+    selected_share: float  # share of the total attribution carried by the selected units
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def pick_targets(logits: torch.Tensor, config: GraphConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, probabilities) of the target logits from the last position's logits [vocab]."""
+    probs = logits.float().softmax(-1)
+    if config.target_tokens:
+        tokens = torch.tensor(config.target_tokens, dtype=torch.long)
+        if int(tokens.min()) < 0 or int(tokens.max()) >= len(probs):
+            raise ValueError(f"target tokens must be ids below the vocabulary size {len(probs)}")
+        return tokens, probs[tokens]
+    top = probs.topk(min(config.max_logits, len(probs)))
+    count = int(torch.searchsorted(torch.cumsum(top.values, 0), torch.tensor(config.logit_probability))) + 1
+    count = min(count, len(top.values))
+    return top.indices[:count], top.values[:count]
+
+
+def select_units(model: Any, frozen: replacement.Frozen, tokens: torch.Tensor, probs: torch.Tensor,
+                 max_units: int) -> tuple[torch.Tensor, float]:
+    """([U, 3] layer, position, index of the units with the largest total attribution, share they carry)."""
+    run = replacement.frozen_run(model, frozen, 1, total=True)
+    logits = replacement.logits_at(model, run.final[0, -1], tokens)  # [k]
+    grads = torch.autograd.grad(logits, run.leaves, grad_outputs=torch.eye(len(tokens)), is_grads_batched=True)
+    acts = torch.stack(frozen.acts)  # [L, T, d_mlp]
+    attribution = neuron_grads(model, grads) * acts  # [k, L, T, d_mlp]
+    share = attribution.abs() / attribution.abs().flatten(1).sum(1).clamp(min=1e-10)[:, None, None, None]
+    score = (probs[:, None, None, None] * share).sum(0).flatten()
+    top = score.topk(min(max_units, int((score > 0).sum())))
+    layers, positions, index = torch.unravel_index(top.indices, acts.shape)
+    return torch.stack([layers, positions, index], 1), float(top.values.sum() / score.sum().clamp(min=1e-10))
+
+
+def _target_values(model: Any, run: replacement.Linear, units: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """[U + k]: each selected unit's computed activation, then each target logit."""
+    # Read layer by layer: a stack of every layer would route each backward pass through all of them.
+    unit_values = torch.zeros(len(units), dtype=run.final.dtype)
+    for layer in units[:, 0].unique().tolist():
+        rows = (units[:, 0] == layer).nonzero()[:, 0]
+        unit_values = unit_values.index_put((rows,), run.computed[layer][0, units[rows, 1], units[rows, 2]])
+    return torch.cat([unit_values, replacement.logits_at(model, run.final[0, -1], tokens)])
+
+
+def neuron_grads(model: Any, leaf_grads: Any) -> torch.Tensor:
+    """[b, L, T, d_mlp] gradients at the neurons from the leaves' [b, 1, T, d_model] ones (through
+    each layer's down projection)."""
+    layers = model.model.layers
+    return torch.stack([g[:, 0] @ layers[i].mlp.down_proj.weight for i, g in enumerate(leaf_grads)], 1)
+
+
+def _rows(model: Any, grads: tuple[torch.Tensor, ...], frozen: replacement.Frozen, units: torch.Tensor,
+          layout: Layout) -> torch.Tensor:
+    """Adjacency rows [b, n] of a batch of targets from their gradients (embeddings, then leaves).
+    Only the selected units' columns go through the down projections; the rest of a layer's neurons
+    at a position is the whole MLP output's effect minus theirs."""
+    embed_grad, *leaf_grads = grads
+    out_grads = torch.stack([g[:, 0] for g in leaf_grads], 1)  # [b, L, T, d_model]
+    b, n_layers, n_pos, _ = out_grads.shape
+    down = torch.stack([layer.mlp.down_proj.weight for layer in model.model.layers])  # [L, d_model, d_mlp]
+    columns = down[units[:, 0], :, units[:, 2]]  # [U, d_model]
+    unit_grads = (out_grads[:, units[:, 0], units[:, 1]] * columns[None]).sum(-1)  # [b, U]
+    unit_cols = unit_grads * torch.stack(frozen.acts)[units[:, 0], units[:, 1], units[:, 2]][None]
+    rest = (out_grads * torch.stack(frozen.mlp_out)[None]).sum(-1)  # [b, L, T]
+    rest.index_put_((torch.arange(b)[:, None], units[:, 0][None], units[:, 1][None]), -unit_cols, accumulate=True)
+    tokens = (embed_grad[:, 0] * frozen.embeds).sum(-1)  # [b, T]
+    logits = torch.zeros(b, layout.logits)
+    return torch.cat([unit_cols, rest.reshape(b, n_layers * n_pos), tokens, logits], 1)
+
+
+def direct_adjacency(model: Any, frozen: replacement.Frozen, units: torch.Tensor, tokens: torch.Tensor,
+                     batch_size: int, report: Report | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(adjacency [n, n], values [n]) of the direct effects between the nodes."""
+    n_layers, n_pos = len(frozen.acts), frozen.embeds.shape[0]
+    layout = Layout(units=len(units), errors=n_layers * n_pos, tokens=n_pos, logits=len(tokens))
+    run = replacement.frozen_run(model, frozen, 1, total=False)
+    targets = _target_values(model, run, units, tokens)
+    rows = torch.zeros(len(targets), layout.size)
+    eye = torch.eye(len(targets))
+    for start in range(0, len(targets), batch_size):
+        chunk = slice(start, min(start + batch_size, len(targets)))
+        grads = torch.autograd.grad(targets, [run.embeds, *run.leaves], grad_outputs=eye[chunk],
+                                    is_grads_batched=True, retain_graph=True)
+        rows[chunk] = _rows(model, grads, frozen, units, layout)
+        if report is not None:
+            report(chunk.stop, len(targets), "edges")
+    adjacency = torch.zeros(layout.size, layout.size)
+    target_index = torch.cat([torch.arange(layout.units), torch.arange(layout.size - layout.logits, layout.size)])
+    adjacency[target_index] = rows
+    values = torch.zeros(layout.size)
+    values[target_index] = targets.detach()
+    return adjacency, values
+
+
+def bias_terms(model: Any, frozen: replacement.Frozen, units: torch.Tensor, tokens: torch.Tensor,
+               layout: Layout) -> torch.Tensor:
+    """[n]: each target's value with every embedding and neuron set to zero (the biases' share)."""
+    with torch.no_grad():
+        run = replacement.frozen_run(model, frozen, 1, total=False, zero=True)
+        targets = _target_values(model, run, units, tokens)
+    bias = torch.zeros(layout.size)
+    bias[: layout.units] = targets[: layout.units]
+    bias[layout.size - layout.logits:] = targets[layout.units:]
+    return bias
+
+
+def build_graph(model: Any, ids: torch.Tensor, config: GraphConfig, report: Report | None = None) -> AttributionGraph:
+    """The full attribution graph of the prompt ``ids`` [T] for the model's next token."""
+    import time
+
+    if config.basis != "neurons":
+        raise ValueError(f"basis {config.basis!r} is not computed by this module (neurons only)")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    started = time.perf_counter()
+    frozen = replacement.clean_run(model, ids)
+    last = replacement.logits_at(model, frozen.final[-1], torch.arange(replacement.unembed(model).shape[0]))
+    tokens, probs = pick_targets(last, config)
+    units, share = select_units(model, frozen, tokens, probs, config.max_units)
+    selected = time.perf_counter()
+    adjacency, values = direct_adjacency(model, frozen, units, tokens, config.batch_size, report)
+    n_layers, n_pos = len(frozen.acts), len(ids)
+    layout = Layout(units=len(units), errors=n_layers * n_pos, tokens=n_pos, logits=len(tokens))
+    bias = bias_terms(model, frozen, units, tokens, layout)
+    timings = {"select_s": selected - started, "edges_s": time.perf_counter() - selected}
+    return AttributionGraph(tokens=[int(t) for t in ids], layout=layout, units=units, values=values,
+                            adjacency=adjacency, bias=bias, logit_tokens=tokens, logit_probs=probs,
+                            selected_share=share, timings=timings)
