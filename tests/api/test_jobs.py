@@ -46,6 +46,8 @@ def test_tracebacks_and_logs_are_for_the_creator_and_curators(cast: Cast, who: s
         assert body["status"] == "failed"  # everyone sees that it failed
         assert (body["error"] == TRACEBACK) is sees and ("secret_path" in str(body)) is sees
         assert body["log_tail"] == (["loaded /srv/model", "failed"] if sees else [])
+    for url in ("/api/v1/overview/", "/api/v1/overview/jobs/", "/"):  # progress only, for everyone
+        assert "secret_path" not in client.get(url).content.decode()
 
 
 def test_a_failed_runs_error_is_for_its_creator_and_curators(cast: Cast) -> None:
