@@ -17,6 +17,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def _latency_ms(model_name: str, tokenizer: Any, prompts: list[list[int]], opts:
         request = {"prompt": text, "units": [{"unit_id": unit.pk, "op": "steer", "value": STRENGTH}],
                    "n_tokens": opts["tokens"]}
         start = time.perf_counter()
-        _synced(device, lambda r=request: steer(request=r, device=device))()
+        _synced(device, partial(steer, request=request, device=device))()
         times.append((time.perf_counter() - start) * 1000)
     return times
 
@@ -114,7 +115,7 @@ def _units_per_s(model: Any, arch: Any, n_layers: int, windows: list[list[int]],
     for u in range(opts["units"]):
         prefixes = [w[: rng.randrange(8, len(w) + 1)] for w in rng.sample(windows, contexts)]
         edit = Edit(f"blocks.{LAYER}.mlp.hook_post", u, "zero")
-        _synced(device, lambda p=prefixes, e=edit: ablation_effect(model, arch, n_layers, p, e, [0, 1, 2]))()
+        _synced(device, partial(ablation_effect, model, arch, n_layers, prefixes, edit, [0, 1, 2]))()
     return opts["units"] / (time.perf_counter() - start)
 
 
