@@ -61,7 +61,8 @@ def expand_hooks(pattern: str, n_layers: int) -> list[str]:
             chosen.append(part)
     if not chosen:
         raise HookError("no hook points given")
-    return sorted(set(chosen), key=lambda name: _depth(parse_hook(name, n_layers)))
+    # By layer, then by name (not depth): the order fixes each source's position in a run's config.
+    return sorted(set(chosen), key=lambda name: (parse_hook(name, n_layers)[0], name))
 
 
 def _depth(parsed: tuple[int, str]) -> tuple[int, int]:
