@@ -20,16 +20,14 @@ import torch
 from browser.catalog.models import Model, Sae
 from browser.runs.models import Job
 from browser.runs.services import job_create
-from workers.compute import recovery, toy
-from workers.compute.sae.train import ARCHITECTURES, TOPK_LIKE, TrainConfig, train
+from workers.compute import recovery
+from workers.compute.sae.train import ARCHITECTURES, TOPK_LIKE, TrainConfig, threads_for, train
 from workers.pipeline.saes import sae_register
 from workers.pipeline.synthetic import HOOK, synthetic_set_of
 
 MAX_SAES = 64
 MAX_WIDTH = 65_536
 EVAL_SAMPLES = 16_384
-SMALL_TENSORS = 1 << 22
-"""Below this many decoder weights a step's tensors are small: one thread beats two (toy.single_thread)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,7 @@ def sweep_work(job: Job, progress: Callable[..., None]) -> None:
             continue
         started = time.monotonic()
         train_config = config.train_config(arch, width, value)
-        with _threads(width * data.d_in):
+        with threads_for(width, data.d_in):
             result = train(data.chunks(), data.d_in, train_config, hook_name=data.hook)
             stats = data.measure(result.sae)
         stats["train_seconds"] = round(time.monotonic() - started, 2)
@@ -131,12 +129,6 @@ def sweep_work(job: Job, progress: Callable[..., None]) -> None:
                      extra={"sweep": job.pk, "training": train_config.to_dict(), "sparsity": value,
                             "input_scale": result.scale})
     progress(len(grid), len(grid), "done", force=True)
-
-
-def _threads(weights: int) -> Any:
-    from contextlib import nullcontext
-
-    return toy.single_thread() if weights <= SMALL_TENSORS else nullcontext()
 
 
 class _SyntheticData:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,6 +83,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+SMALL_SAE = 1 << 22
+"""Below this many decoder weights a step's tensors are small: one thread beats two (measured 10-20x
+on a busy two-core machine, as for toy models)."""
+
+
+def threads_for(d_sae: int, d_in: int) -> AbstractContextManager[None]:
+    """One thread for a small SAE (``toy.single_thread``), torch's default otherwise."""
+    from workers.compute.toy import single_thread
+
+    return single_thread() if d_sae * d_in <= SMALL_SAE else nullcontext()
 
 
 def shuffled_batches(chunks: Iterable[torch.Tensor], buffer_tokens: int, batch_tokens: int,

@@ -1,0 +1,26 @@
+"""`bench groundtruth` on a small set: the JSON has the promised keys, read off the recovery table."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from django.core.management import call_command
+
+
+def test_groundtruth_bench_reports_recovery_and_diagnosis() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    call_command("bench", "groundtruth", "--json", "--features", "64", "--dims", "32", "--true-l0", "3",
+                 "--architectures", "topk,relu", "--steps", "150", "--diagnosis-steps", "150",
+                 "--eval-samples", "4096", stdout=out, stderr=err)
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    for key in ("saes_per_minute", "best_mcc", "best_f1", "best_mmcs", "diagnosis_accuracy"):
+        assert key in result
+    table = result["recovery"]
+    assert set(table) == {"topk", "relu"}
+    assert result["best_mcc"] == max(row["mcc"] for row in table.values())
+    assert result["best_f1"] == max(row["f1"] for row in table.values())
+    assert table["topk"]["l0"] == 3.0 or abs(table["topk"]["l0"] - 3) < 0.5
+    assert table["topk"]["mcc"] > 0.8
+    assert result["diagnosis"]["units"] == 80 and result["diagnosis_accuracy_true_dictionary"] == 1.0
+    assert 0 <= result["diagnosis_accuracy"] <= 1 and result["saes_per_minute"] > 0
