@@ -9,7 +9,7 @@ from browser.corpora.models import Corpus
 from browser.runs.models import Job
 from workers.cli import submit
 from workers.compute.loading import ModelLoadError
-from workers.compute.sae.train import TrainConfig
+from workers.compute.sae.train import ARCHITECTURES, TOPK_LIKE, TrainConfig
 from workers.pipeline.models import model_get_or_register
 from workers.pipeline.sae_train import sae_train_create
 from workers.tasks import train_sae, train_sae_work
@@ -17,7 +17,7 @@ from workers.tasks import train_sae, train_sae_work
 
 class Command(BaseCommand):
     help = (
-        "Train an SAE (TopK with AuxK, or ReLU with L1) on a model's activations at one hook point over a "
+        "Train an SAE (TopK or BatchTopK with AuxK, ReLU with L1, JumpReLU with L0, Matryoshka BatchTopK) on a model's activations at one hook point over a "
         "corpus, as a job on the gpu queue; quality is measured on held-out contexts and the SAE is "
         "registered as a source (weights in PostgreSQL)."
     )
@@ -27,10 +27,11 @@ class Command(BaseCommand):
         parser.add_argument("--corpus", required=True, help="the name of an imported corpus")
         parser.add_argument("--hook", required=True, help="e.g. blocks.3.mlp.hook_post")
         parser.add_argument("--name", default="", help="the SAE source's name (default: derived from the options)")
-        parser.add_argument("--architecture", default="topk", choices=["topk", "relu"])
+        parser.add_argument("--architecture", default="topk", choices=list(ARCHITECTURES))
         parser.add_argument("--width", type=int, default=4096, help="number of latents")
         parser.add_argument("--k", type=int, default=32, help="active latents per token (topk)")
         parser.add_argument("--l1", type=float, default=5.0, help="L1 coefficient (relu)")
+        parser.add_argument("--l0-coefficient", type=float, default=0.01, help="L0 coefficient (jumprelu)")
         parser.add_argument("--steps", type=int, default=2000)
         parser.add_argument("--batch-tokens", type=int, default=1024)
         parser.add_argument("--lr", type=float, default=None, help="default: 2e-4 / sqrt(width / 16384)")
@@ -61,7 +62,7 @@ class Command(BaseCommand):
             names = ", ".join(Corpus.objects.values_list("name", flat=True)) or "none"
             raise ValueError(f"no corpus named {opts['corpus']!r} (imported: {names})")
         config = TrainConfig(architecture=opts["architecture"], d_sae=opts["width"], k=opts["k"],
-                             l1_coefficient=opts["l1"], steps=opts["steps"], batch_tokens=opts["batch_tokens"],
+                             l1_coefficient=opts["l1"], l0_coefficient=opts["l0_coefficient"], steps=opts["steps"], batch_tokens=opts["batch_tokens"],
                              lr=opts["lr"], buffer_tokens=opts["buffer_tokens"], reuse=opts["reuse"],
                              seed=opts["seed"])
         name = opts["name"] or _default_name(opts["hook"], config)
@@ -70,5 +71,6 @@ class Command(BaseCommand):
 
 
 def _default_name(hook: str, config: TrainConfig) -> str:
-    sparsity = f"k{config.k}" if config.architecture == "topk" else f"l1-{config.l1_coefficient:g}"
+    sparsity = (f"k{config.k}" if config.architecture in TOPK_LIKE else f"l1-{config.l1_coefficient:g}"
+                if config.architecture == "relu" else f"l0-{config.l0_coefficient:g}")
     return f"{hook}.sae-{config.architecture}-{config.d_sae}-{sparsity}"
