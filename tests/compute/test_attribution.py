@@ -200,7 +200,7 @@ def test_bad_input() -> None:
         build_graph(model, IDS, GraphConfig(target_tokens=(40,)))
     with pytest.raises(ValueError, match="unknown graph settings: colour"):
         GraphConfig.from_dict({"colour": 1})
-    with pytest.raises(ValueError, match="neurons only"):
+    with pytest.raises(ValueError, match="no attribution graphs yet"):
         build_graph(model, IDS, GraphConfig(basis="sae"))
     model.config.model_type = "bert"
     with pytest.raises(replacement.ReplacementError, match="causal decoder"):
@@ -210,5 +210,5 @@ def test_bad_input() -> None:
 def test_config_round_trips_and_hash_depends_on_prompt() -> None:
     config = GraphConfig(target_tokens=(3, 4), max_units=12)
     assert GraphConfig.from_dict(config.to_dict()) == config
-    assert config.hash(model="m", tokens=[1, 2]) != config.hash(model="m", tokens=[1, 3])
-    assert config.hash(model="m", tokens=[1, 2]) == GraphConfig.from_dict(config.to_dict()).hash(model="m", tokens=[1, 2])
+    assert config.hash(model="m", prompt="a b") != config.hash(model="m", prompt="a c")
+    assert config.hash(model="m", prompt="a") == GraphConfig.from_dict(config.to_dict()).hash(model="m", prompt="a")

@@ -14,59 +14,19 @@ Transluce uses for neuron circuits), weighted by each logit's probability.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from workers.compute import replacement
+from workers.compute.graph_config import GraphConfig
 from workers.compute.graph_scores import Layout
 
+__all__ = ["AttributionGraph", "GraphConfig", "build_graph"]
+
 Report = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class GraphConfig:
-    """How one attribution graph is built; stored with it, its hash names the graph."""
-
-    basis: str = "neurons"
-    """The units: ``neurons`` (MLP activations at ``mlp.hook_post``, every layer)."""
-    max_logits: int = 10
-    """At most this many target logits (the most probable next tokens) ..."""
-    logit_probability: float = 0.95
-    """... taken until their probabilities sum to this."""
-    target_tokens: tuple[int, ...] = ()
-    """Explicit target token ids (instead of the top logits)."""
-    max_units: int = 256
-    """Units that become nodes, by total attribution to the targets; each costs one backward row."""
-    node_threshold: float = 0.8
-    """Pruning keeps the nodes that explain this share of the influence on the targets."""
-    edge_threshold: float = 0.98
-    """... then the edges that explain this share of the kept graph's edge influence."""
-    batch_size: int = 32
-    """Target rows per batched backward pass."""
-    version: int = 1
-    """Bumped when the computation changes, so an old graph is not taken for a new one."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "target_tokens": list(self.target_tokens)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GraphConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown graph settings: {', '.join(unknown)}")
-        values = dict(data)
-        values["target_tokens"] = tuple(int(t) for t in values.get("target_tokens", ()))
-        return cls(**values)
-
-    def hash(self, *, model: str, tokens: list[int]) -> str:
-        payload = json.dumps({"config": self.to_dict(), "model": model, "tokens": tokens}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass
@@ -190,8 +150,7 @@ def build_graph(model: Any, ids: torch.Tensor, config: GraphConfig, report: Repo
     """The full attribution graph of the prompt ``ids`` [T] for the model's next token."""
     import time
 
-    if config.basis != "neurons":
-        raise ValueError(f"basis {config.basis!r} is not computed by this module (neurons only)")
+    config.validate()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     started = time.perf_counter()
