@@ -120,3 +120,15 @@ def test_unsupported_architecture_and_parallel_resid_mid_are_clear_errors() -> N
         pass
     with pytest.raises(hooks.HookError, match="unknown hook point 'blocks.1.attn'"):
         hooks.parse_hook("blocks.1.attn", N_LAYERS)
+
+
+@pytest.mark.parametrize("arch_name", ["gemma2", "gemma3_text"])
+def test_gemma_resid_pre_of_block_0_is_the_scaled_embedding(arch_name: str) -> None:
+    model = build_tiny(arch_name, vocab_size=VOCAB)
+    arch = hooks.architecture_for(model.config.model_type)
+    ids, mask = _inputs()
+    got: dict[str, torch.Tensor] = {}
+    with hooks.capture(model, arch, ["blocks.0.hook_resid_pre"], N_LAYERS, lambda n, a: got.__setitem__(n, a.clone())):
+        hooks.forward(model, ids, mask)
+    want = model.model.embed_tokens.weight.detach()[ids] * torch.tensor(32**0.5)
+    assert torch.allclose(got["blocks.0.hook_resid_pre"], want, atol=1e-6)
