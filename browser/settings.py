@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "browser.accounts",
     "browser.exports",
     "browser.imports",
+    "browser.graphs",
     "workers",
 ]
 
