@@ -9,4 +9,5 @@ urlpatterns = [
     path("api/v1/", include("browser.api.urls")),
     path("", include("browser.labels.urls")),
     path("", include("browser.catalog.urls")),
+    path("", include("browser.graphs.urls")),
 ]

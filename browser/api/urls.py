@@ -19,6 +19,7 @@ urlpatterns = [
     path("labels/<int:pk>/revisions/", label_apis.LabelRevisions.as_view(), name="api-label-revisions"),
     path("imports/neuronpedia/", NeuronpediaImportApi.as_view(), name="api-imports-neuronpedia"),
     path("exports/", include("browser.exports.urls")),
+    path("", include("browser.graphs.api_urls")),
     path("jobs/", run_apis.JobList.as_view(), name="api-jobs"),
     path("jobs/<int:pk>/", run_apis.JobDetail.as_view(), name="api-job"),
     path("jobs/<int:pk>/cancel/", run_apis.JobCancel.as_view(), name="api-job-cancel"),

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from browser.graphs import apis
+
+urlpatterns = [
+    path("graphs/", apis.GraphListCreate.as_view(), name="api-graphs"),
+    path("graphs/<int:pk>/", apis.GraphDetail.as_view(), name="api-graph"),
+]

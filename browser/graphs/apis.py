@@ -1,0 +1,70 @@
+"""/api/v1/graphs/: request a graph (signed-in users, throttled, like every compute request) and
+read one (the graph page's JSON twin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from browser.api.compute import CanCompute, ComputeThrottle, compute_send
+from browser.api.permissions import CanRead
+from browser.graphs.selectors import graph_detail, graph_get, graph_list
+from browser.graphs.services import graph_request
+from workers.compute.graph_config import BASES, MAX_PROMPT_CHARS, MAX_UNITS
+
+TASK = "workers.tasks_graphs.compute_graph"
+
+
+class GraphRequestSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=100)
+    prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, trim_whitespace=False)
+    basis = serializers.ChoiceField(choices=["neurons", "sae", "transcoder"], default="neurons")
+    target = serializers.CharField(max_length=200, required=False, allow_blank=True, trim_whitespace=False)
+    max_units = serializers.IntegerField(min_value=1, max_value=MAX_UNITS, required=False)
+
+
+class GraphListCreate(APIView):
+    def get_permissions(self) -> list[Any]:
+        return [CanCompute()] if self.request.method == "POST" else [CanRead()]
+
+    def get_throttles(self) -> list[Any]:
+        return [ComputeThrottle()] if self.request.method == "POST" else super().get_throttles()
+
+    def get(self, request: Request) -> Response:
+        graphs = graph_list(model=request.query_params.get("model") or None)
+        return Response({"results": [{"id": g.pk, "model": g.model.name, "prompt": g.prompt, "basis": g.basis,
+                                      "status": g.status, "url": f"/graphs/{g.pk}/"} for g in graphs]})
+
+    def post(self, request: Request) -> Response:
+        """Queue a graph (202) or return the one already made with the same settings (200)."""
+        params = GraphRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        from workers.celery import ROUTES
+        from workers.presence import workers_alive
+
+        if not workers_alive(ROUTES[TASK]):
+            return Response({"detail": "No worker is running, so nothing can compute this now."},
+                            status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        try:
+            graph, created = graph_request(model_name=data["model"], prompt=data["prompt"], basis=data["basis"],
+                                           target=data.get("target") or None, max_units=data.get("max_units"),
+                                           created_by=request.user)
+        except ValidationError as exc:
+            return Response({"detail": exc.messages[0]}, status=status.HTTP_400_BAD_REQUEST)
+        if created:
+            compute_send(TASK, [graph.job_id])
+        body = {"id": graph.pk, "status": graph.status, "url": f"/graphs/{graph.pk}/",
+                "api": f"/api/v1/graphs/{graph.pk}/", "bases": list(BASES)}
+        return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+
+
+class GraphDetail(APIView):
+
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(graph_detail(graph_get(pk=pk)))

@@ -1,0 +1,83 @@
+"""Reads of attribution graphs: one graph with what the browser knows of each node's unit (label,
+top token), the same dict for the page and its JSON twin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404
+
+from browser.catalog.models import Unit
+from browser.graphs.models import Graph
+from browser.labels.models import Label
+
+NODE_KEYS = ("kind", "layer", "position", "index", "value", "influence")
+
+
+def graph_get(*, pk: int) -> Graph:
+    graph = Graph.objects.select_related("model", "job").filter(pk=pk).first()
+    if graph is None:
+        raise Http404(f"no graph #{pk}")
+    return graph
+
+
+def graph_list(*, model: str | None = None, limit: int = 50) -> QuerySet[Graph]:
+    graphs = Graph.objects.select_related("model").order_by("-created")
+    return (graphs.filter(model__name=model) if model else graphs)[:limit]
+
+
+def neuron_source(layer: int) -> str:
+    """The neuron source's name (its hook point) of a layer: unit pages live under it."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def _units(graph: Graph, nodes: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(source, index) -> {label, top_token} for the graph's unit nodes the browser has."""
+    wanted = {(neuron_source(n["layer"]), n["index"]) for n in nodes if n["kind"] == "unit"}
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    sources = {source for source, _ in wanted}
+    units = Unit.objects.filter(source__model=graph.model, source__name__in=sources,
+                                index__in={index for _, index in wanted}).select_related("source")
+    for unit in units:
+        key = (unit.source.name, unit.index)
+        if key in wanted:
+            found[key] = {"unit_id": unit.pk, "top_token": unit.top_token, "label": ""}
+    by_id = {info["unit_id"]: info for info in found.values()}
+    for label in Label.objects.filter(unit_id__in=by_id).order_by("machine", "-updated"):
+        if not by_id[label.unit_id]["label"]:
+            by_id[label.unit_id]["label"] = label.text
+    return found
+
+
+def graph_detail(graph: Graph) -> dict[str, Any]:
+    """Everything the page and ``/api/v1/graphs/<id>/`` show."""
+    nodes = [dict(zip(NODE_KEYS, row, strict=True)) for row in graph.nodes]
+    known = _units(graph, nodes)
+    tokens = [text for _, text in graph.tokens]
+    for node in nodes:
+        node["token"] = tokens[node["position"]] if 0 <= node["position"] < len(tokens) else ""
+        if node["kind"] == "unit":
+            source = neuron_source(node["layer"])
+            node["source"] = source
+            node["uid"] = f"{graph.model.name}/{source}/{node['index']}"
+            node.update({k: v for k, v in known.get((source, node["index"]), {}).items() if k != "unit_id"})
+            node["harvested"] = (source, node["index"]) in known
+    return {
+        "id": graph.pk, "model": graph.model.name, "prompt": graph.prompt, "basis": graph.basis,
+        "status": graph.status, "error": graph.error, "config": graph.config, "config_hash": graph.config_hash,
+        "n_layers": graph.model.n_layers, "created": graph.created.isoformat(),
+        "finished": graph.finished.isoformat() if graph.finished else None,
+        "job": graph.job_id, "progress": _progress(graph),
+        "tokens": [{"id": t, "text": text} for t, text in graph.tokens],
+        "logits": [{"id": t, "text": text, "probability": p, "logit": v} for t, text, p, v in graph.logits],
+        "scores": graph.scores, "nodes": nodes,
+        "edges": [{"source": s, "target": t, "weight": w} for s, t, w in graph.edges],
+    }
+
+
+def _progress(graph: Graph) -> dict[str, Any] | None:
+    job = graph.job
+    if job is None:
+        return None
+    return {"status": job.status, "done": job.done, "total": job.total, "message": job.message}

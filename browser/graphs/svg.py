@@ -1,0 +1,101 @@
+"""The graph drawn as server-side SVG: prompt positions left to right, layers bottom to top (token
+embeddings below layer 0, target logits above the last layer), nodes sized by influence and coloured
+by kind, edges blue (positive) or red (negative) with width by |weight|."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils.html import escape
+
+COLOURS = {"unit": "#3b6fd8", "error": "#e0902a", "token": "#777777", "logit": "#2f9e55"}
+MAX_EDGES_DRAWN = 600  # the strongest ones; the JSON twin has them all
+COL_W, ROW_H, MARGIN_L, MARGIN_T = 92, 26, 120, 30
+
+
+@dataclass(frozen=True)
+class Placed:
+    x: float
+    y: float
+    r: float
+
+
+def _row(node: dict[str, Any], n_layers: int) -> int:
+    """Rows from the top: logits first, then layers from the last down, tokens at the bottom."""
+    if node["kind"] == "logit":
+        return 0
+    if node["kind"] == "token":
+        return n_layers + 1
+    return n_layers - node["layer"]
+
+
+def place(nodes: list[dict[str, Any]], n_layers: int) -> list[Placed]:
+    """Nodes sharing a cell (layer, position) are spread across it; radius by sqrt of influence."""
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i, node in enumerate(nodes):
+        cells.setdefault((_row(node, n_layers), node["position"]), []).append(i)
+    top = max((abs(n["influence"]) for n in nodes if n["kind"] in ("unit", "error")), default=0.0) or 1.0
+    placed: list[Placed] = [Placed(0, 0, 0)] * len(nodes)
+    for (row, pos), members in cells.items():
+        for k, i in enumerate(sorted(members, key=lambda i: -abs(nodes[i]["influence"]))):
+            offset = (k - (len(members) - 1) / 2) * min(12.0, (COL_W - 12) / max(len(members), 1))
+            share = 1.0 if nodes[i]["kind"] in ("token", "logit") else abs(nodes[i]["influence"]) / top
+            placed[i] = Placed(MARGIN_L + pos * COL_W + COL_W / 2 + offset, MARGIN_T + row * ROW_H,
+                               2.5 + 6.5 * math.sqrt(min(share, 1.0)))
+    return placed
+
+
+def _title(node: dict[str, Any]) -> str:
+    kind = node["kind"]
+    if kind == "unit":
+        label = node.get("label") or ("no label yet" if node.get("harvested") else "not harvested yet")
+        top = node.get("top_token") or "?"
+        return (f"neuron {node['uid']} at {node['token']!r}: {label}; top token {top!r}; "
+                f"activation {node['value']:.3g}; influence {node['influence']:.3g}")
+    if kind == "error":
+        return (f"other neurons of layer {node['layer']} at {node['token']!r} (not selected); "
+                f"influence {node['influence']:.3g}")
+    if kind == "token":
+        return f"token {node['position']}: {node['token']!r}"
+    return f"logit of {node.get('target', '?')!r}: {node['value']:.3g} (probability {node['influence']:.3g})"
+
+
+def _node_svg(i: int, node: dict[str, Any], at: Placed) -> str:
+    data = (f'data-node="{i}" data-kind="{node["kind"]}" data-title="{escape(_title(node))}"')
+    circle = (f'<circle class="gnode" cx="{at.x:.1f}" cy="{at.y:.1f}" r="{at.r:.1f}" '
+              f'fill="{COLOURS[node["kind"]]}" {data}><title>{escape(_title(node))}</title></circle>')
+    if node["kind"] == "unit":
+        return f'<a href="/u/{escape(node["uid"])}/" class="gunit">{circle}</a>'
+    return circle
+
+
+def graph_svg(detail: dict[str, Any]) -> str:
+    nodes, n_layers = detail["nodes"], detail["n_layers"]
+    logits = {entry["id"]: entry["text"] for entry in detail["logits"]}
+    for node in nodes:
+        if node["kind"] == "logit":
+            node["target"] = logits.get(node["index"], "?")
+    placed = place(nodes, n_layers)
+    width = MARGIN_L + max(len(detail["tokens"]), 1) * COL_W + 20
+    height = MARGIN_T + (n_layers + 2) * ROW_H + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="attribution graph">']
+    for row, text in [(0, "logits"), *((n_layers - layer, f"layer {layer}") for layer in range(n_layers)),
+                      (n_layers + 1, "tokens")]:
+        parts.append(f'<text x="8" y="{MARGIN_T + row * ROW_H + 4}" class="glayer">{text}</text>')
+    for pos, token in enumerate(detail["tokens"]):
+        parts.append(f'<text x="{MARGIN_L + pos * COL_W + COL_W / 2:.1f}" y="{height - 8}" class="gtoken" '
+                     f'text-anchor="middle">{escape(token["text"][:12])}</text>')
+    edges = detail["edges"][:MAX_EDGES_DRAWN]
+    top = max((abs(e["weight"]) for e in edges), default=1.0) or 1.0
+    for edge in reversed(edges):  # strongest drawn last, on top
+        a, b = placed[edge["source"]], placed[edge["target"]]
+        colour = "#3b6fd8" if edge["weight"] > 0 else "#d8453b"
+        width_px = 0.4 + 3.6 * abs(edge["weight"]) / top
+        parts.append(f'<line x1="{a.x:.1f}" y1="{a.y:.1f}" x2="{b.x:.1f}" y2="{b.y:.1f}" stroke="{colour}" '
+                     f'stroke-width="{width_px:.2f}" stroke-opacity="0.45"/>')
+    parts.extend(_node_svg(i, node, placed[i]) for i, node in enumerate(nodes))
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from browser.graphs import views
+
+urlpatterns = [
+    path("graphs/", views.graph_list_view, name="graphs"),
+    path("graphs/<int:pk>/", views.graph_view, name="graph"),
+]

@@ -1,0 +1,87 @@
+"""Compute one requested attribution graph on a worker and store its pruned nodes and edges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from browser.graphs.models import Graph
+from browser.graphs.services import graph_claim, graph_fail, graph_finish
+from workers.compute.attribution import AttributionGraph, build_graph
+from workers.compute.graph_config import GraphConfig
+from workers.compute.graph_scores import Pruned, graph_scores, prune
+from workers.jobs import Progress
+from workers.pipeline.loader import device_for, model_on
+
+KINDS = ("unit", "error", "token", "logit")
+
+
+def _node(graph: AttributionGraph, pruned: Pruned, i: int) -> list[Any]:
+    """[kind, layer, position, index, value, influence] of node ``i`` of the full graph."""
+    layout, n_pos = graph.layout, len(graph.tokens)
+    value, influence = round(float(graph.values[i]), 5), round(float(pruned.node_influence[i]), 6)
+    if i < layout.units:
+        layer, pos, index = (int(v) for v in graph.units[i])
+        return ["unit", layer, pos, index, value, influence]
+    i -= layout.units
+    if i < layout.errors:
+        return ["error", i // n_pos, i % n_pos, -1, value, influence]
+    i -= layout.errors
+    if i < layout.tokens:
+        return ["token", -1, i, graph.tokens[i], value, influence]
+    i -= layout.tokens
+    return ["logit", -1, n_pos - 1, int(graph.logit_tokens[i]), value, round(float(graph.logit_probs[i]), 6)]
+
+
+def graph_payload(graph: AttributionGraph, pruned: Pruned) -> tuple[list[Any], list[Any]]:
+    """(nodes, edges) kept by pruning; edges as [source, target, weight] over the kept nodes' order."""
+    kept = pruned.node_mask.nonzero()[:, 0].tolist()
+    position = {node: k for k, node in enumerate(kept)}
+    nodes = [_node(graph, pruned, i) for i in kept]
+    targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
+    weights = graph.adjacency[targets, sources]
+    order = weights.abs().argsort(descending=True).tolist()
+    edges = [[position[int(sources[k])], position[int(targets[k])], round(float(weights[k]), 5)] for k in order
+             if int(sources[k]) in position and int(targets[k]) in position]
+    return nodes, edges
+
+
+def graph_scores_of(graph: AttributionGraph, pruned: Pruned, config: GraphConfig) -> dict[str, Any]:
+    replacement, completeness = graph_scores(graph.adjacency, graph.layout, graph.logit_probs)
+    return {"replacement_score": round(replacement, 6), "completeness": round(completeness, 6),
+            "kept_share": round(pruned.kept_share, 6), "selected_share": round(graph.selected_share, 6),
+            "full_nodes": graph.layout.size, "nodes": int(pruned.node_mask.sum()),
+            "edges": int(pruned.edge_mask.sum()), "node_threshold": config.node_threshold,
+            "edge_threshold": config.edge_threshold,
+            "timings": {k: round(v, 3) for k, v in graph.timings.items()}}
+
+
+def graph_compute(*, graph_id: int, progress: Progress | None = None, device: str = "auto") -> None:
+    """Claim, compute and store graph ``graph_id``; any error marks it failed and is re-raised."""
+    if not graph_claim(graph_id=graph_id):
+        return
+    try:
+        _compute(Graph.objects.select_related("model__tokenizer").get(pk=graph_id), progress, device)
+    except Exception as exc:
+        graph_fail(graph_id=graph_id, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _compute(row: Graph, progress: Progress | None, device: str) -> None:
+    model, _, tokenizer = model_on(row.model, device_for(device))
+    ids = tokenizer(row.prompt)["input_ids"]
+    config = GraphConfig.from_dict(row.config)
+    graph = build_graph(model, torch.tensor(ids, device=next(model.parameters()).device), config, progress)
+    pruned = prune(graph.adjacency, graph.layout, graph.logit_probs, config.node_threshold, config.edge_threshold)
+    nodes, edges = graph_payload(graph, pruned)
+    shown = row.model.tokenizer.tokens if row.model.tokenizer is not None else []
+
+    def text(token: int) -> str:
+        return shown[token] if token < len(shown) else tokenizer.decode([token])
+
+    logits = [[int(t), text(int(t)), round(float(p), 6), round(float(v), 5)] for t, p, v in
+              zip(graph.logit_tokens, graph.logit_probs, graph.values[graph.layout.size - graph.layout.logits:],
+                  strict=True)]
+    graph_finish(graph_id=row.pk, tokens=[[t, text(t)] for t in ids], logits=logits, nodes=nodes, edges=edges,
+                 scores=graph_scores_of(graph, pruned, config))
