@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from browser.catalog.models import Model, Sae
+from workers.compute.saebench import core_output, read_core
+
+
+class Command(BaseCommand):
+    help = (
+        "Write an SAE's held-out quality as a SAEBench core-eval result JSON (export), or read one into the "
+        "SAE's quality under 'saebench' (import), so results travel between the product and SAEBench."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("action", choices=["export", "import"])
+        parser.add_argument("sae", help="the SAE source's name")
+        parser.add_argument("path", help="the JSON file to write or read")
+        parser.add_argument("--model", required=True)
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        row = Sae.objects.select_related("source").filter(source__model__name=opts["model"],
+                                                          source__name=opts["sae"]).first()
+        if row is None or not Model.objects.filter(name=opts["model"]).exists():
+            raise CommandError(f"no SAE {opts['sae']!r} on model {opts['model']!r}")
+        path = Path(opts["path"])
+        if opts["action"] == "export":
+            data = core_output(row.quality, row.cfg, model_name=opts["model"], sae_id=row.source.name)
+            path.write_text(json.dumps(data, indent=2))
+            self.stdout.write(f"Wrote {path} ({sum(len(v) for v in data['eval_result_metrics'].values())} metrics).\n")
+            return
+        try:
+            read = read_core(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+        row.quality = {**row.quality, "saebench": read}
+        row.save(update_fields=["quality"])
+        self.stdout.write(f"Read {len(read)} metrics into {row.source.name}'s quality (saebench).\n")
