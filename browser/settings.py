@@ -48,6 +48,13 @@ assert _database is not None and _redis is not None
 DATABASES = {"default": _database.django()}
 if EMBEDDED:
     DATABASES["default"]["ENGINE"] = "browser.core.embedded_db"  # starts the servers on first connection
+# Seconds a database connection is kept for the next request of the same thread (0: one per
+# request). gunicorn's configuration sets 60 for the web processes: opening a connection costs a
+# PostgreSQL backend fork, a large share of a short request (docs/settings.md).
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("BROWSER_DB_CONN_MAX_AGE", 0, minimum=0, maximum=3600)
+# A Celery worker lowers its CPU priority by this much (os.nice) when it starts, so that a harvest
+# on the machine that also serves the site leaves the CPU to requests first. 0: unchanged.
+WORKER_NICE = env_int("BROWSER_WORKER_NICE", 10, minimum=0, maximum=19)
 REDIS_URL = _redis
 
 INSTALLED_APPS = [
@@ -67,6 +74,7 @@ INSTALLED_APPS = [
     "browser.runs",
     "browser.examples",
     "browser.labels",
+    "browser.search",
     "browser.accounts",
     "browser.exports",
     "browser.imports",

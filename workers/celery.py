@@ -35,6 +35,8 @@ ROUTES = {
     "workers.tasks_steer.steer_prompt": "gpu",
     "workers.tasks_steer.score_interventions": "gpu",
     "workers.tasks_groundtruth.sae_sweep": "gpu",
+    "workers.tasks_search.embed_pending": "gpu",
+    "workers.tasks_search.embed_source": "gpu",
     "workers.tasks_graphs.compute_graph": "gpu",
 }
 _prefix = {"value": ""}
@@ -65,6 +67,7 @@ configure_queues(_configured_prefix())
 app.autodiscover_tasks(["workers"])
 app.autodiscover_tasks(["workers"], related_name="tasks_steer")
 app.autodiscover_tasks(["workers"], related_name="tasks_groundtruth")
+app.autodiscover_tasks(["workers"], related_name="tasks_search")
 app.autodiscover_tasks(["workers"], related_name="tasks_graphs")
 
 

@@ -120,6 +120,7 @@ class UnitFilters:
     top_token: str = ""
     q: str = ""
     sort: str = "index"
+    semantic: bool = False  # mode=semantic: q ranked by meaning, merged with full text (browser/search)
 
     @property
     def descending(self) -> bool:
@@ -196,7 +197,7 @@ def parse_unit_filters(params: Params | Mapping[str, str], **fixed: str) -> Unit
         density_min=_float(p, "density_min"), density_max=_float(p, "density_max"),
         scores=_score_ranges(p), labeled=None if not labeled else labeled in ("1", "true", "yes"),
         label=(p.get("label") or "").strip(), top_token=p.get("top_token") or "",
-        q=(p.get("q") or "").strip(), sort=sort,
+        q=(p.get("q") or "").strip(), sort=sort, semantic=(p.get("mode") or "").strip() == "semantic",
     )
 
 
@@ -292,6 +293,10 @@ class UnitPage:
 def unit_page(filters: UnitFilters, *, cursor: str | None = None, size: int = PAGE_SIZE) -> UnitPage:
     """One page of the filtered, sorted units (keyset pagination: cost independent of depth)."""
     size = max(1, min(size, MAX_PAGE_SIZE))
+    if filters.semantic and filters.q:
+        from browser.search.selectors import semantic_page
+
+        return semantic_page(filters, size=size)
     qs, keys = _sorted(unit_queryset(filters), filters)
     direction, values = decode_cursor(cursor, len(keys)) if cursor else ("after", None)
     down = filters.descending != (direction == "before")

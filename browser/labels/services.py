@@ -14,6 +14,7 @@ from browser.accounts import access
 from browser.catalog.models import Unit
 from browser.catalog.uids import storable, unit_by_uid
 from browser.labels.models import Label, LabelRevision
+from browser.search.services import embedding_queue
 
 MAX_TEXT = 2000
 MAX_TAGS = 20
@@ -91,6 +92,7 @@ def unit_refresh_labels(unit_id: int) -> None:
             """,
             [unit_id, unit_id],
         )
+    embedding_queue(unit_ids=[unit_id])  # semantic search re-embeds the unit once this commits
 
 
 @transaction.atomic

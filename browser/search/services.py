@@ -1,0 +1,56 @@
+"""Writes of the search side: queue units for (re-)embedding, store vectors, record a snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from django.db import connection, transaction
+from django.utils import timezone
+
+from browser.core.blobs import blob_delete, blob_write
+from browser.search.models import IndexSnapshot, UnitEmbedding
+
+EMBED_TASK = "workers.tasks_search.embed_pending"
+
+
+def _send_embed_task() -> None:
+    from workers.celery import app
+
+    app.send_task(EMBED_TASK)
+
+
+def embedding_queue(*, unit_ids: Iterable[int]) -> None:
+    """Mark units for re-embedding, in the caller's transaction; once it commits, one task per
+    transaction wakes a worker (the rows stay queued if the broker is down: the next task takes them)."""
+    ids = sorted(set(unit_ids))
+    if not ids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO search_pendingembedding (unit_id, queued) SELECT u, now() FROM unnest(%s) u "
+                       "JOIN catalog_unit c ON c.id = u ON CONFLICT DO NOTHING", [ids])
+    queued = any(getattr(entry[1], "__name__", "") == _send_embed_task.__name__
+                 for entry in getattr(connection, "run_on_commit", []))
+    if not queued:
+        transaction.on_commit(_send_embed_task, robust=True)
+
+
+def embeddings_store(*, rows: list[tuple[int, np.ndarray, str]], embedder: str) -> int:
+    """Upsert (unit id, vector, text sha) rows; ``updated`` is now, so web processes pick them up."""
+    now = timezone.now()
+    objs = [UnitEmbedding(unit_id=uid, vector=np.asarray(vec, "<f4").tobytes(), text_sha=sha, embedder=embedder,
+                          updated=now) for uid, vec, sha in rows]
+    UnitEmbedding.objects.bulk_create(objs, update_conflicts=True, unique_fields=["unit"],
+                                      update_fields=["vector", "text_sha", "embedder", "updated"], batch_size=2000)
+    return len(objs)
+
+
+def snapshot_store(*, data: bytes, as_of: object, count: int) -> IndexSnapshot:
+    """Keep the new snapshot and drop the older ones (their blobs too)."""
+    with transaction.atomic():
+        blob = blob_write(key=f"search-index-{timezone.now().timestamp():.6f}", data=data)
+        snap = IndexSnapshot.objects.create(blob=blob, as_of=as_of, count=count)
+        old = list(IndexSnapshot.objects.exclude(pk=snap.pk).values_list("pk", "blob_id"))
+        IndexSnapshot.objects.filter(pk__in=[p for p, _ in old]).delete()
+        blob_delete(blob_ids=[b for _, b in old])
+    return snap

@@ -1,0 +1,34 @@
+"""Celery tasks of search and the source overviews: re-embedding queued units (woken by label writes),
+embedding a whole source, snapshots of the vector index. Thin: the work is in ``workers.pipeline``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from browser.runs.models import Job
+from workers.jobs import Progress, guarded, run_job
+
+
+@shared_task(bind=True, name="workers.tasks_search.embed_pending", soft_time_limit=600, time_limit=660)
+def embed_pending(self: Any) -> None:
+    """Embed the units queued by label writes (``browser.search.services.embedding_queue``)."""
+    from workers.pipeline.search import embed_pending as work
+
+    guarded(self, work, job_id=None)
+
+
+def embed_source_work(job: Job, progress: Progress) -> None:
+    from workers.pipeline.search import embed_source, snapshot_build
+
+    written = embed_source(int(job.params["source_id"]),  # type: ignore[call-overload]
+                           progress=lambda done, total: progress(done, total))
+    count = snapshot_build()
+    progress.log(f"{written} vectors written; index snapshot of {count} vectors")
+
+
+@shared_task(bind=True, name="workers.tasks_search.embed_source")
+def embed_source(self: Any, job_id: int) -> None:
+    """Embed every unit of a source for semantic search, then snapshot the index."""
+    run_job(self, job_id, embed_source_work)
