@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +17,13 @@ from browser.graphs.services import graph_request
 from workers.compute.graph_config import BASES, MAX_PROMPT_CHARS, MAX_UNITS
 
 TASK = "workers.tasks_graphs.compute_graph"
+
+
+class NoWorker(exceptions.APIException):
+    status_code = 503
+    default_detail = ("No worker is running, so nothing can compute this now. "
+                      "Start one with `celery -A workers worker -Q gpu,default --pool solo`.")
+    default_code = "no_worker"
 
 
 class GraphRequestSerializer(serializers.Serializer):
@@ -49,14 +55,11 @@ class GraphListCreate(APIView):
         from workers.presence import workers_alive
 
         if not workers_alive(ROUTES[TASK]):
-            return Response({"detail": "No worker is running, so nothing can compute this now."},
-                            status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        try:
-            graph, created = graph_request(model_name=data["model"], prompt=data["prompt"], basis=data["basis"],
-                                           target=data.get("target") or None, max_units=data.get("max_units"),
-                                           created_by=request.user)
-        except ValidationError as exc:
-            return Response({"detail": exc.messages[0]}, status=status.HTTP_400_BAD_REQUEST)
+            raise NoWorker()
+        # Bad input raises Django's ValidationError: a 400 in the API's error format, nothing stored.
+        graph, created = graph_request(model_name=data["model"], prompt=data["prompt"], basis=data["basis"],
+                                       target=data.get("target") or None, max_units=data.get("max_units"),
+                                       created_by=request.user)
         if created:
             compute_send(TASK, [graph.job_id])
         body = {"id": graph.pk, "status": graph.status, "url": f"/graphs/{graph.pk}/",

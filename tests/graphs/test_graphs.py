@@ -1,0 +1,152 @@
+"""Attribution graphs through their interfaces: the command (computed in-process on a tiny LLaMA),
+the page and its JSON twin, and POST /api/v1/graphs/ with every bad request refused before anything
+is stored."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from django.core.cache import cache
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from browser.catalog.models import Model
+from browser.catalog.services import source_get_or_create, units_ensure
+from browser.graphs.models import Graph
+from browser.labels.services import label_save
+from browser.runs.models import Job
+from fixtures.tiny import build_tiny_bert
+from fixtures.tiny_llama import build_tiny_llama
+from tests.conftest import Cast
+from workers import presence
+from workers.celery import queue
+from workers.compute import hooks
+from workers.compute.graph_config import MAX_PROMPT_CHARS
+from workers.pipeline.loader import model_on
+from workers.pipeline.models import model_register
+
+pytestmark = pytest.mark.slow
+PROMPT = "Now is the winter of our discontent"
+HOOK = "blocks.1.mlp.hook_post"
+
+
+@pytest.fixture
+def models(db: None, tmp_path: Path, cast: Cast) -> Iterator[Model]:
+    model = model_register(location=str(build_tiny_llama(tmp_path / "llama")), name="tiny-llama")
+    for layer in range(2):
+        hook = f"blocks.{layer}.mlp.hook_post"
+        source = source_get_or_create(model=model, name=hook, hook_point=hook, layer=layer, kind="neurons",
+                                      n_units=model.d_mlp)
+        units_ensure(source=source)
+    model_register(location=str(build_tiny_bert(tmp_path / "bert")), name="tiny-bert")
+    for user in (cast.owner, cast.outsider):
+        cache.delete(f"throttle_compute_user-{user.pk}")
+    presence.announce("graph-test-worker", [queue("gpu")])
+    yield model
+    presence.withdraw("graph-test-worker")
+
+
+def _graph(**options: Any) -> Graph:
+    call_command("graph", model="tiny-llama", prompt=PROMPT, inline=True, stdout=io.StringIO(), **options)
+    return Graph.objects.get()
+
+
+def test_command_stores_a_graph_whose_nodes_are_the_models_own_activations(models: Model) -> None:
+    graph = _graph(max_units=40)
+    assert graph.status == Graph.Status.DONE, graph.error
+    kinds = {node[0] for node in graph.nodes}
+    assert {"unit", "token", "logit"} <= kinds
+    assert graph.scores["nodes"] == len(graph.nodes) and graph.scores["edges"] == len(graph.edges)
+    assert 0.8 <= graph.scores["kept_share"] <= 1.0
+    assert 0 <= graph.scores["replacement_score"] <= 1 and 0 <= graph.scores["completeness"] <= 1
+    # Reference: the model's neuron activations captured by hooks on its own modules.
+    torch_model, arch, tokenizer = model_on(models, "cpu")
+    ids = tokenizer(PROMPT)["input_ids"]
+    assert [t for t, _ in graph.tokens] == ids
+    seen: dict[str, torch.Tensor] = {}
+    names = ["blocks.0.mlp.hook_post", HOOK]
+    with hooks.capture(torch_model, arch, names, 2, lambda name, t: seen.__setitem__(name, t[0].clone())):
+        hooks.forward(torch_model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    for kind, layer, pos, index, value, _ in graph.nodes:
+        if kind == "unit":
+            assert value == pytest.approx(float(seen[f"blocks.{layer}.mlp.hook_post"][pos, index]), abs=1e-4)
+    with torch.no_grad():
+        probs = torch_model(torch.tensor([ids])).logits[0, -1].softmax(-1)
+    for token, _, probability, _ in graph.logits:
+        assert probability == pytest.approx(float(probs[token]), abs=1e-5)
+    # The same request again is the same graph: no second job.
+    _graph(max_units=40)
+    assert Graph.objects.count() == 1 and Job.objects.count() == 1
+
+
+def test_page_draws_nodes_linking_to_unit_pages_with_labels(models: Model, client: Client, cast: Cast) -> None:
+    graph = _graph(max_units=40)
+    layer, index = next((n[1], n[3]) for n in graph.nodes if n[0] == "unit")
+    unit = models.sources.get(name=f"blocks.{layer}.mlp.hook_post").units.get(index=index)
+    label_save(unit=unit, user=cast.owner, text="winter detector")
+    page = client.get(f"/graphs/{graph.pk}/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "<svg" in html and "cdn" not in html.lower()
+    assert f'href="/u/tiny-llama/blocks.{layer}.mlp.hook_post/{index}/"' in html
+    assert "winter detector" in html
+    assert len(re.findall(r'<circle class="gnode"', html)) == len(graph.nodes)
+    twin = client.get(f"/api/v1/graphs/{graph.pk}/").json()
+    assert len(twin["nodes"]) == len(graph.nodes) and len(twin["edges"]) == len(graph.edges)
+    assert any(n.get("label") == "winter detector" for n in twin["nodes"])
+    assert client.get("/graphs/").status_code == 200
+    assert client.get("/graphs/999999/").status_code == 404
+
+
+def test_api_queues_a_graph_once(models: Model, cast: Cast) -> None:
+    client = cast.client("outsider")
+    response = client.post("/api/v1/graphs/", {"model": "tiny-llama", "prompt": PROMPT}, format="json")
+    assert response.status_code == 202, response.content
+    graph = Graph.objects.get(pk=response.json()["id"])
+    assert graph.status == Graph.Status.QUEUED and graph.job is not None
+    again = client.post("/api/v1/graphs/", {"model": "tiny-llama", "prompt": PROMPT}, format="json")
+    assert again.status_code == 200 and again.json()["id"] == graph.pk
+    assert cast.client("anonymous").post("/api/v1/graphs/", {"model": "tiny-llama", "prompt": PROMPT},
+                                         format="json").status_code == 401
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, f"no more than {MAX_PROMPT_CHARS} characters"),
+    ({"prompt": "   "}, "empty"),
+    ({"model": "tiny-bert"}, "not a causal language model"),
+    ({"model": "nope"}, "unknown model"),
+    ({"basis": "sae"}, "no attribution graphs yet"),
+    ({"target": "zzzqqq-not-a-token"}, "not a token of tiny-llama's vocabulary"),
+    ({"target": "99999999"}, "not a token of tiny-llama's vocabulary"),
+    ({"max_units": 0}, "max_units"),
+])
+def test_bad_requests_store_nothing(models: Model, cast: Cast, body: dict[str, Any], message: str) -> None:
+    request = {"model": "tiny-llama", "prompt": PROMPT, **body}
+    response = cast.client("outsider").post("/api/v1/graphs/", request, format="json")
+    assert response.status_code == 400, response.content
+    assert message in response.json()["error"]["message"]
+    assert not Graph.objects.exists() and not Job.objects.exists()
+
+
+def test_command_refuses_bad_input_and_stores_nothing(models: Model) -> None:
+    with pytest.raises(CommandError, match=f"at most {MAX_PROMPT_CHARS} are traced"):
+        call_command("graph", model="tiny-llama", prompt="y" * (MAX_PROMPT_CHARS + 1), inline=True)
+    with pytest.raises(CommandError, match="not a causal language model"):
+        call_command("graph", model="tiny-bert", prompt=PROMPT, inline=True)
+    with pytest.raises(CommandError, match="not a token"):
+        call_command("graph", model="tiny-llama", prompt=PROMPT, target="zzzqqq", inline=True)
+    assert not Graph.objects.exists() and not Job.objects.exists()
+
+
+def test_no_worker_no_request(models: Model, cast: Cast) -> None:
+    presence.withdraw("graph-test-worker")
+    response = cast.client("outsider").post("/api/v1/graphs/", {"model": "tiny-llama", "prompt": PROMPT},
+                                            format="json")
+    assert response.status_code == 503
+    assert not Graph.objects.exists()
