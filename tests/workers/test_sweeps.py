@@ -4,6 +4,7 @@ recovered, each SAE stores its recovery metrics, a rerun trains nothing twice.""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,7 +49,7 @@ def test_registers_neurons_with_their_true_features(db: None) -> None:
         _register("synth-bad", params='{"n": 4}')
 
 
-def test_sweep_recovers_the_true_l0_and_stores_recovery(db: None, client: Client) -> None:
+def test_sweep_recovers_the_true_l0_and_stores_recovery(db: None, client: Client, tmp_path: Path) -> None:
     _register()
     out = io.StringIO()
     args = ["--synthetic", "synth-small", "--architectures", "topk", "--widths", "64", "--sparsities", "1,3,9",
@@ -79,6 +80,13 @@ def test_sweep_recovers_the_true_l0_and_stores_recovery(db: None, client: Client
     assert "SAE sweeps at this hook" in html and 'aria-label="F1 against L0 for each architecture"' in html
     assert "<title>true L0 3" in html and "topk (64): F1" in html
     assert all(row["name"] in html for row in results)
+    # its quality travels as a SAEBench core result and back
+    path = tmp_path / "core.json"
+    call_command("saebench", "export", best["name"], str(path), "--model", "synth-small", stdout=io.StringIO())
+    call_command("saebench", "import", best["name"], str(path), "--model", "synth-small", stdout=io.StringIO())
+    sae.refresh_from_db()
+    assert sae.quality["saebench"] == pytest.approx({k: sae.quality[k] for k in ("fvu", "l0", "dead_fraction",
+                                                                                  "dense_fraction")})
 
 
 def test_sweep_refuses_bad_grids(db: None) -> None:
