@@ -132,7 +132,7 @@ def frozen_norm(norm: nn.Module | None, d: torch.Tensor) -> torch.Tensor:
         return norm(d) * (d.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
-def neuron_logits(model: nn.Module, layer: int, final_norm: nn.Module, post_mlp_norm: nn.Module | None
+def neuron_logits(model: nn.Module, layer: int, final_norm: nn.Module | None, post_mlp_norm: nn.Module | None
                   ) -> torch.Tensor:
     """[d_mlp, vocab]: each neuron's one-hot through the down projection module, the post-MLP norm
     and the final norm (scales frozen) and the unembedding module, less what zero gives."""
