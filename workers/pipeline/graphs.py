@@ -11,10 +11,13 @@ from browser.graphs.services import graph_claim, graph_fail, graph_finish
 from workers.compute.attribution import AttributionGraph, build_graph
 from workers.compute.graph_config import GraphConfig
 from workers.compute.graph_scores import Pruned, graph_scores, prune
+from workers.compute.steering import cpu_threads
 from workers.jobs import Progress
 from workers.pipeline.loader import device_for, model_on
 
-KINDS = ("unit", "error", "token", "logit")
+# One CPU thread: the backward passes are many small matmuls, and on a shared 2-core machine two
+# threads measured 16x slower than one (spinning OpenMP workers); the steering pipeline does the same.
+GRAPH_THREADS = 1
 
 
 def _node(graph: AttributionGraph, pruned: Pruned, i: int) -> list[Any]:
@@ -69,10 +72,12 @@ def graph_compute(*, graph_id: int, progress: Progress | None = None, device: st
 
 
 def _compute(row: Graph, progress: Progress | None, device: str) -> None:
-    model, _, tokenizer = model_on(row.model, device_for(device))
+    device = device_for(device)
+    model, _, tokenizer = model_on(row.model, device)
     ids = tokenizer(row.prompt)["input_ids"]
     config = GraphConfig.from_dict(row.config)
-    graph = build_graph(model, torch.tensor(ids, device=next(model.parameters()).device), config, progress)
+    with cpu_threads(GRAPH_THREADS if device == "cpu" else None):
+        graph = build_graph(model, torch.tensor(ids, device=device), config, progress)
     pruned = prune(graph.adjacency, graph.layout, graph.logit_probs, config.node_threshold, config.edge_threshold)
     nodes, edges = graph_payload(graph, pruned)
     shown = row.model.tokenizer.tokens if row.model.tokenizer is not None else []

@@ -1,0 +1,88 @@
+"""`bench graph`: attribution graphs on a causal LM (SmolLM2 by default).
+
+- ``neuron_graph_s``: seconds for one neuron-basis graph of a ``--tokens``-token prompt (clean run,
+  unit selection, direct-effect rows, bias terms, pruning and scores), the model already loaded;
+- ``feature_graph_s``: null with ``feature_graph_reason`` (no feature basis is computed yet);
+- ``peak_rss_mb``: the process's peak resident memory (model included); ``graph_rss_mb``: how much
+  the graphs added to the peak reached once the model was loaded and run once;
+- ``replacement_score``, ``completeness``, ``kept_share``, ``selected_share``, ``nodes``, ``edges``
+  (kept by pruning) of the ``--tokens`` graph; ``seconds_by_tokens``: the same at 8, 16 and 32 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from django.conf import settings
+
+from workers.compute.attribution import build_graph
+from workers.compute.graph_config import GraphConfig
+from workers.compute.graph_scores import graph_scores, prune
+from workers.compute.steering import cpu_threads
+from workers.pipeline import loader
+from workers.pipeline.models import model_get_or_register
+
+HELP = "seconds, memory, nodes, edges and scores of a neuron-basis attribution graph; time by prompt length"
+FIXTURE = Path(settings.BASE_DIR) / "fixtures" / "shakespeare-small.jsonl"
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--tokens", type=int, default=16, help="prompt length of the graph reported in full")
+    parser.add_argument("--lengths", default="8,16,32", help="prompt lengths timed, comma-separated")
+    parser.add_argument("--max-units", type=int, default=GraphConfig().max_units)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (the graph pipeline's own setting)")
+
+
+def _prompt(tokenizer: Any, length: int) -> torch.Tensor:
+    text = json.loads(FIXTURE.read_text().splitlines()[0])["text"]
+    return torch.tensor(tokenizer(text)["input_ids"][:length])
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _one(model: Any, ids: torch.Tensor, config: GraphConfig, device: str) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    graph = build_graph(model, ids.to(device), config)
+    pruned = prune(graph.adjacency, graph.layout, graph.logit_probs, config.node_threshold, config.edge_threshold)
+    replacement, completeness = graph_scores(graph.adjacency, graph.layout, graph.logit_probs)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return seconds, {"replacement_score": round(replacement, 4), "completeness": round(completeness, 4),
+                     "kept_share": round(pruned.kept_share, 4), "selected_share": round(graph.selected_share, 4),
+                     "nodes": int(pruned.node_mask.sum()), "edges": int(pruned.edge_mask.sum()),
+                     "full_nodes": graph.layout.size, "phases_s": {k: round(v, 2) for k, v in graph.timings.items()}}
+
+
+def main(opts: dict[str, Any], stderr: Any) -> dict[str, Any]:
+    device = loader.device_for(opts["device"])
+    model_row = model_get_or_register(opts["model"])
+    model, _, tokenizer = loader.model_on(model_row, device)
+    config = GraphConfig(max_units=opts["max_units"])
+    lengths = sorted({int(x) for x in opts["lengths"].split(",") if x.strip()} | {opts["tokens"]})
+    with cpu_threads(opts["threads"] if device == "cpu" else None):
+        _one(model, _prompt(tokenizer, 4), GraphConfig(max_units=8), device)  # warm up
+        loaded_peak = _peak_mb()
+        by_tokens: dict[int, float] = {}
+        result: dict[str, Any] = {}
+        for length in lengths:
+            seconds, facts = _one(model, _prompt(tokenizer, length), config, device)
+            by_tokens[length] = round(seconds, 2)
+            stderr.write(f"{length} tokens: {seconds:.1f} s, {facts['nodes']} nodes, {facts['edges']} edges\n")
+            if length == opts["tokens"]:
+                result = facts
+    return {"model": model_row.name, "device": device, "threads": opts["threads"] if device == "cpu" else None,
+            "tokens": opts["tokens"], "max_units": opts["max_units"],
+            "neuron_graph_s": by_tokens[opts["tokens"]], "feature_graph_s": None,
+            "feature_graph_reason": "no feature basis yet: graphs are computed over MLP neurons only",
+            "peak_rss_mb": round(_peak_mb(), 1), "graph_rss_mb": round(_peak_mb() - loaded_peak, 1),
+            **result, "seconds_by_tokens": by_tokens, "vocab_size": model_row.vocab_size}
