@@ -77,7 +77,8 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
         tuples = {"architectures", "widths", "sparsities", "l1_coefficients", "l0_coefficients"}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in data.items()}
+        return cls(**values)
 
 
 def sae_name(job_id: int, arch: str, width: int, value: float) -> str:
