@@ -49,12 +49,13 @@ def pick_targets(logits: torch.Tensor, config: GraphConfig) -> tuple[torch.Tenso
     """(token ids, probabilities) of the target logits from the last position's logits [vocab]."""
     probs = logits.float().softmax(-1)
     if config.target_tokens:
-        tokens = torch.tensor(config.target_tokens, dtype=torch.long)
+        tokens = torch.tensor(config.target_tokens, dtype=torch.long, device=probs.device)
         if int(tokens.min()) < 0 or int(tokens.max()) >= len(probs):
             raise ValueError(f"target tokens must be ids below the vocabulary size {len(probs)}")
         return tokens, probs[tokens]
     top = probs.topk(min(config.max_logits, len(probs)))
-    count = int(torch.searchsorted(torch.cumsum(top.values, 0), torch.tensor(config.logit_probability))) + 1
+    cumulative = torch.cumsum(top.values, 0)
+    count = int(torch.searchsorted(cumulative, cumulative.new_tensor(config.logit_probability))) + 1
     count = min(count, len(top.values))
     return top.indices[:count], top.values[:count]
 
@@ -64,7 +65,8 @@ def select_units(model: Any, frozen: replacement.Frozen, tokens: torch.Tensor, p
     """([U, 3] layer, position, index of the units with the largest total attribution, share they carry)."""
     run = replacement.frozen_run(model, frozen, 1, total=True)
     logits = replacement.logits_at(model, run.final[0, -1], tokens)  # [k]
-    grads = torch.autograd.grad(logits, run.leaves, grad_outputs=torch.eye(len(tokens)), is_grads_batched=True)
+    grads = torch.autograd.grad(logits, run.leaves, grad_outputs=torch.eye(len(tokens), device=tokens.device),
+                                is_grads_batched=True)
     acts = torch.stack(frozen.acts)  # [L, T, d_mlp]
     attribution = neuron_grads(model, grads) * acts  # [k, L, T, d_mlp]
     share = attribution.abs() / attribution.abs().flatten(1).sum(1).clamp(min=1e-10)[:, None, None, None]
@@ -77,7 +79,7 @@ def select_units(model: Any, frozen: replacement.Frozen, tokens: torch.Tensor, p
 def _target_values(model: Any, run: replacement.Linear, units: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """[U + k]: each selected unit's computed activation, then each target logit."""
     # Read layer by layer: a stack of every layer would route each backward pass through all of them.
-    unit_values = torch.zeros(len(units), dtype=run.final.dtype)
+    unit_values = run.final.new_zeros(len(units))
     for layer in units[:, 0].unique().tolist():
         rows = (units[:, 0] == layer).nonzero()[:, 0]
         unit_values = unit_values.index_put((rows,), run.computed[layer][0, units[rows, 1], units[rows, 2]])
@@ -91,22 +93,41 @@ def neuron_grads(model: Any, leaf_grads: Any) -> torch.Tensor:
     return torch.stack([g[:, 0] @ layers[i].mlp.down_proj.weight for i, g in enumerate(leaf_grads)], 1)
 
 
-def _rows(model: Any, grads: tuple[torch.Tensor, ...], frozen: replacement.Frozen, units: torch.Tensor,
-          layout: Layout) -> torch.Tensor:
+@dataclass
+class _Columns:
+    """What every batch of rows reuses: the selected units' down-projection columns and activations,
+    and each layer's MLP output."""
+
+    units: torch.Tensor  # [U, 3]
+    down: torch.Tensor  # [U, d_model]
+    acts: torch.Tensor  # [U]
+    mlp_out: torch.Tensor  # [L, T, d_model]
+    embeds: torch.Tensor  # [T, d_model]
+
+    @classmethod
+    def of(cls, model: Any, frozen: replacement.Frozen, units: torch.Tensor) -> _Columns:
+        layers = model.model.layers
+        down = torch.stack([layers[int(layer)].mlp.down_proj.weight[:, int(index)]
+                            for layer, index in zip(units[:, 0], units[:, 2], strict=True)]) if len(units) else \
+            frozen.embeds.new_zeros(0, frozen.embeds.shape[1])
+        acts = torch.stack(frozen.acts)[units[:, 0], units[:, 1], units[:, 2]]
+        return cls(units, down, acts, torch.stack(frozen.mlp_out), frozen.embeds)
+
+
+def _rows(grads: tuple[torch.Tensor, ...], columns: _Columns, layout: Layout) -> torch.Tensor:
     """Adjacency rows [b, n] of a batch of targets from their gradients (embeddings, then leaves).
     Only the selected units' columns go through the down projections; the rest of a layer's neurons
     at a position is the whole MLP output's effect minus theirs."""
     embed_grad, *leaf_grads = grads
     out_grads = torch.stack([g[:, 0] for g in leaf_grads], 1)  # [b, L, T, d_model]
     b, n_layers, n_pos, _ = out_grads.shape
-    down = torch.stack([layer.mlp.down_proj.weight for layer in model.model.layers])  # [L, d_model, d_mlp]
-    columns = down[units[:, 0], :, units[:, 2]]  # [U, d_model]
-    unit_grads = (out_grads[:, units[:, 0], units[:, 1]] * columns[None]).sum(-1)  # [b, U]
-    unit_cols = unit_grads * torch.stack(frozen.acts)[units[:, 0], units[:, 1], units[:, 2]][None]
-    rest = (out_grads * torch.stack(frozen.mlp_out)[None]).sum(-1)  # [b, L, T]
-    rest.index_put_((torch.arange(b)[:, None], units[:, 0][None], units[:, 1][None]), -unit_cols, accumulate=True)
-    tokens = (embed_grad[:, 0] * frozen.embeds).sum(-1)  # [b, T]
-    logits = torch.zeros(b, layout.logits)
+    units = columns.units
+    unit_cols = (out_grads[:, units[:, 0], units[:, 1]] * columns.down[None]).sum(-1) * columns.acts[None]  # [b, U]
+    rest = (out_grads * columns.mlp_out[None]).sum(-1)  # [b, L, T]
+    rest.index_put_((torch.arange(b, device=rest.device)[:, None], units[:, 0][None], units[:, 1][None]),
+                    -unit_cols, accumulate=True)
+    tokens = (embed_grad[:, 0] * columns.embeds).sum(-1)  # [b, T]
+    logits = rest.new_zeros(b, layout.logits)
     return torch.cat([unit_cols, rest.reshape(b, n_layers * n_pos), tokens, logits], 1)
 
 
@@ -117,20 +138,22 @@ def direct_adjacency(model: Any, frozen: replacement.Frozen, units: torch.Tensor
     layout = Layout(units=len(units), errors=n_layers * n_pos, tokens=n_pos, logits=len(tokens))
     run = replacement.frozen_run(model, frozen, 1, total=False)
     targets = _target_values(model, run, units, tokens)
-    rows = torch.zeros(len(targets), layout.size)
-    eye = torch.eye(len(targets))
+    rows = targets.new_zeros(len(targets), layout.size)
+    columns = _Columns.of(model, frozen, units)
+    eye = torch.eye(len(targets), device=targets.device)
     for start in range(0, len(targets), batch_size):
         chunk = slice(start, min(start + batch_size, len(targets)))
         grads = torch.autograd.grad(targets, [run.embeds, *run.leaves], grad_outputs=eye[chunk],
                                     is_grads_batched=True, retain_graph=True)
-        rows[chunk] = _rows(model, grads, frozen, units, layout)
+        rows[chunk] = _rows(grads, columns, layout)
         if report is not None:
             report(chunk.stop, len(targets), "edges")
     adjacency = torch.zeros(layout.size, layout.size)
     target_index = torch.cat([torch.arange(layout.units), torch.arange(layout.size - layout.logits, layout.size)])
+    rows = rows.cpu()
     adjacency[target_index] = rows
     values = torch.zeros(layout.size)
-    values[target_index] = targets.detach()
+    values[target_index] = targets.detach().cpu()
     return adjacency, values
 
 
@@ -141,8 +164,8 @@ def bias_terms(model: Any, frozen: replacement.Frozen, units: torch.Tensor, toke
         run = replacement.frozen_run(model, frozen, 1, total=False, zero=True)
         targets = _target_values(model, run, units, tokens)
     bias = torch.zeros(layout.size)
-    bias[: layout.units] = targets[: layout.units]
-    bias[layout.size - layout.logits:] = targets[layout.units:]
+    bias[: layout.units] = targets[: layout.units].cpu()
+    bias[layout.size - layout.logits:] = targets[layout.units:].cpu()
     return bias
 
 
@@ -155,7 +178,7 @@ def build_graph(model: Any, ids: torch.Tensor, config: GraphConfig, report: Repo
         parameter.requires_grad_(False)
     started = time.perf_counter()
     frozen = replacement.clean_run(model, ids)
-    last = replacement.logits_at(model, frozen.final[-1], torch.arange(replacement.unembed(model).shape[0]))
+    last = replacement.logits_at(model, frozen.final[-1], torch.arange(replacement.unembed(model).shape[0], device=ids.device))
     tokens, probs = pick_targets(last, config)
     units, share = select_units(model, frozen, tokens, probs, config.max_units)
     selected = time.perf_counter()
@@ -164,6 +187,6 @@ def build_graph(model: Any, ids: torch.Tensor, config: GraphConfig, report: Repo
     layout = Layout(units=len(units), errors=n_layers * n_pos, tokens=n_pos, logits=len(tokens))
     bias = bias_terms(model, frozen, units, tokens, layout)
     timings = {"select_s": selected - started, "edges_s": time.perf_counter() - selected}
-    return AttributionGraph(tokens=[int(t) for t in ids], layout=layout, units=units, values=values,
-                            adjacency=adjacency, bias=bias, logit_tokens=tokens, logit_probs=probs,
+    return AttributionGraph(tokens=[int(t) for t in ids], layout=layout, units=units.cpu(), values=values,
+                            adjacency=adjacency, bias=bias, logit_tokens=tokens.cpu(), logit_probs=probs.cpu(),
                             selected_share=share, timings=timings)
