@@ -19,6 +19,9 @@ FIXTURE_CORPUS = ROOT / "fixtures" / "shakespeare-small.jsonl"
 # CI jobs) never take each other's tasks. Worker subprocesses inherit it through project_env.
 QUEUE_PREFIX = f"test{os.getpid()}."
 os.environ["BROWSER_QUEUE_PREFIX"] = QUEUE_PREFIX
+# Test workers keep the CPU priority of the suite: a niced worker on a busy machine would miss the
+# tests' deadlines (the product's default lowers it; see docs/settings.md).
+os.environ.setdefault("BROWSER_WORKER_NICE", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,6 +11,16 @@ def _start_embedded(**_: Any) -> None:
     embedded.ensure_configured()
 
 
+def _lower_priority(**_: Any) -> None:
+    """A worker yields the CPU to the web processes on a shared machine (settings.WORKER_NICE)."""
+    import os
+
+    from django.conf import settings
+
+    if settings.WORKER_NICE:
+        os.nice(settings.WORKER_NICE)
+
+
 class WorkersConfig(AppConfig):
     """Holds the management commands that need torch, so the web side never imports it."""
 
@@ -26,3 +36,4 @@ class WorkersConfig(AppConfig):
 
         # A worker needs its broker before anything touches the database.
         worker_init.connect(_start_embedded, weak=False)
+        worker_init.connect(_lower_priority, weak=False)
