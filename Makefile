@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench stop
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/python manage.py demo
+
+# Stop the embedded PostgreSQL and Redis under .data/ (a demo stops them itself when it ends).
+stop:
+	test ! -x $(BIN)/python || $(BIN)/python manage.py embedded stop
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
