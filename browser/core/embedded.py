@@ -317,6 +317,8 @@ def stop_started() -> list[str]:
     """Stop the servers this process started (and only those); what was stopped, for a message."""
     stopped = []
     for data_dir, name in sorted(_started):
+        if not data_dir.exists():
+            continue  # removed with its servers' data: nothing left to stop
         with _locked(data_dir):
             (stop_postgres if name == "postgres" else stop_redis)(data_dir)
         stopped.append(f"{name} ({data_dir})")
