@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from browser.catalog.models import Model, Source, Unit
 from browser.corpora.models import Context, Corpus
@@ -123,3 +124,18 @@ def test_harvest_of_every_hook_point_equals_the_hand_brute_force(arch_name: str,
         _check(run, source.hook, position, acts[source.hook], invalid)
     if arch_name != "bert":
         _check_logit_effects(model, run)
+
+
+def test_a_parallel_models_resid_mid_fails_the_run_with_a_clear_message(db: None, tmp_path: Path) -> None:
+    """The catalog keeps only a model's type, so the worker refuses it when it loads the model."""
+    model = model_register(location=str(save_tiny("pythia", tmp_path / "pythia")), name="tiny-pythia")
+    corpus = _corpus(model, tmp_path)
+    config = HarvestConfig(sources=neuron_sources([f"blocks.{LAYER}.hook_resid_mid"]))
+    run, _ = harvest_create(model=model, corpus=corpus, config=config)
+    assert run.job is not None
+    message = "blocks.1.hook_resid_mid does not exist in this model: its blocks are parallel"
+    with pytest.raises(CommandError, match=message):
+        run_here(harvest_work, run.job, io.StringIO())
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED and message in run.error
+    assert not UnitStats.objects.filter(run=run).exists()

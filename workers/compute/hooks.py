@@ -45,6 +45,11 @@ def parse_hook(name: str, n_layers: int) -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
+def _parallel(name: str) -> HookError:
+    return HookError(f"{name} does not exist in this model: its blocks are parallel (attention and MLP "
+                     f"both read hook_resid_pre, as in Pythia); hook hook_resid_pre or mlp.hook_in instead")
+
+
 def expand_hooks(pattern: str, n_layers: int) -> list[str]:
     """Expand a comma-separated list of names or globs (``blocks.*.mlp.hook_post``)."""
     valid = hook_points(n_layers)
@@ -81,8 +86,7 @@ def _site(arch: Architecture, block: nn.Module, name: str, kind: str) -> tuple[n
         return arch.mlp(block), True
     module = arch.resid_mid(block)
     if module is None:
-        raise HookError(f"{name} does not exist in this model: its blocks are parallel (attention and MLP "
-                        f"both read hook_resid_pre, as in Pythia); hook hook_resid_pre or mlp.hook_in instead")
+        raise _parallel(name)
     return module, True
 
 
