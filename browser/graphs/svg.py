@@ -12,7 +12,9 @@ from django.utils.html import escape
 
 COLOURS = {"unit": "#3b6fd8", "error": "#e0902a", "token": "#777777", "logit": "#2f9e55"}
 MAX_EDGES_DRAWN = 600  # the strongest ones; the JSON twin has them all
-COL_W, ROW_H, MARGIN_L, MARGIN_T = 92, 26, 120, 30
+COL_W, MARGIN_L, MARGIN_T = 96, 120, 24
+GAP, ROW_PAD = 14, 12  # centre to centre of nodes sharing a cell; space between layers
+CELL_COLS = (COL_W - 6) // GAP
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,13 @@ class Placed:
     x: float
     y: float
     r: float
+
+
+@dataclass
+class Layout:
+    nodes: list[Placed]
+    row_y: dict[int, float]  # each row's first line
+    height: float
 
 
 def _row(node: dict[str, Any], n_layers: int) -> int:
@@ -31,20 +40,29 @@ def _row(node: dict[str, Any], n_layers: int) -> int:
     return n_layers - node["layer"]
 
 
-def place(nodes: list[dict[str, Any]], n_layers: int) -> list[Placed]:
-    """Nodes sharing a cell (layer, position) are spread across it; radius by sqrt of influence."""
+def place(nodes: list[dict[str, Any]], n_layers: int) -> Layout:
+    """Nodes sharing a cell (row, position) fill it line by line, most influential first, so none
+    overlaps; a row is as tall as its fullest cell. Radius by the square root of influence."""
     cells: dict[tuple[int, int], list[int]] = {}
     for i, node in enumerate(nodes):
         cells.setdefault((_row(node, n_layers), node["position"]), []).append(i)
+    lines = {row: 1 for row in range(n_layers + 2)}
+    for (row, _), members in cells.items():
+        lines[row] = max(lines[row], math.ceil(len(members) / CELL_COLS))
+    row_y, y = {}, float(MARGIN_T)
+    for row in range(n_layers + 2):
+        row_y[row] = y
+        y += lines[row] * GAP + ROW_PAD
     top = max((abs(n["influence"]) for n in nodes if n["kind"] in ("unit", "error")), default=0.0) or 1.0
     placed: list[Placed] = [Placed(0, 0, 0)] * len(nodes)
     for (row, pos), members in cells.items():
         for k, i in enumerate(sorted(members, key=lambda i: -abs(nodes[i]["influence"]))):
-            offset = (k - (len(members) - 1) / 2) * min(12.0, (COL_W - 12) / max(len(members), 1))
+            line, col = divmod(k, CELL_COLS)
+            in_line = min(CELL_COLS, len(members) - line * CELL_COLS)
             share = 1.0 if nodes[i]["kind"] in ("token", "logit") else abs(nodes[i]["influence"]) / top
-            placed[i] = Placed(MARGIN_L + pos * COL_W + COL_W / 2 + offset, MARGIN_T + row * ROW_H,
-                               2.5 + 6.5 * math.sqrt(min(share, 1.0)))
-    return placed
+            placed[i] = Placed(MARGIN_L + pos * COL_W + COL_W / 2 + (col - (in_line - 1) / 2) * GAP,
+                               row_y[row] + line * GAP, 2.0 + (GAP / 2 - 2.5) * math.sqrt(min(share, 1.0)))
+    return Layout(placed, row_y, y)
 
 
 def _title(node: dict[str, Any]) -> str:
@@ -77,16 +95,17 @@ def graph_svg(detail: dict[str, Any]) -> str:
     for node in nodes:
         if node["kind"] == "logit":
             node["target"] = logits.get(node["index"], "?")
-    placed = place(nodes, n_layers)
+    layout = place(nodes, n_layers)
+    placed = layout.nodes
     width = MARGIN_L + max(len(detail["tokens"]), 1) * COL_W + 20
-    height = MARGIN_T + (n_layers + 2) * ROW_H + 30
+    height = layout.height + 24
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="attribution graph">']
     for row, text in [(0, "logits"), *((n_layers - layer, f"layer {layer}") for layer in range(n_layers)),
                       (n_layers + 1, "tokens")]:
-        parts.append(f'<text x="8" y="{MARGIN_T + row * ROW_H + 4}" class="glayer">{text}</text>')
+        parts.append(f'<text x="8" y="{layout.row_y[row] + 4:.1f}" class="glayer">{text}</text>')
     for pos, token in enumerate(detail["tokens"]):
-        parts.append(f'<text x="{MARGIN_L + pos * COL_W + COL_W / 2:.1f}" y="{height - 8}" class="gtoken" '
+        parts.append(f'<text x="{MARGIN_L + pos * COL_W + COL_W / 2:.1f}" y="{height - 6}" class="gtoken" '
                      f'text-anchor="middle">{escape(token["text"][:12])}</text>')
     edges = detail["edges"][:MAX_EDGES_DRAWN]
     top = max((abs(e["weight"]) for e in edges), default=1.0) or 1.0
