@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from browser.catalog import apis, steer_apis, toy_apis
+from browser.catalog import apis, steer_apis, sweep_apis, toy_apis
 
 urlpatterns = [
     path("overview/", apis.OverviewApi.as_view(), name="api-overview"),
@@ -14,6 +14,7 @@ urlpatterns = [
     path("models/<str:model>/toy/", toy_apis.ToyApi.as_view(), name="api-toy"),
     path("sources/", apis.SourceListApi.as_view(), name="api-sources"),
     path("sources/<str:model>/<str:source>/", apis.SourceUnitsApi.as_view(), name="api-source"),
+    path("sources/<str:model>/<str:source>/sweeps/", sweep_apis.SweepsApi.as_view(), name="api-source-sweeps"),
     path("units/", apis.UnitListApi.as_view(), name="api-units"),
     path("units/<str:model>/<str:source>/<int:index>/", apis.UnitDetailApi.as_view(), name="api-unit"),
     path("units/<str:model>/<str:source>/<int:index>/probe/", apis.UnitProbeApi.as_view(), name="api-unit-probe"),
