@@ -51,6 +51,8 @@ BROWSE_HOOK = "blocks.0.mlp.hook_post"
 HOOKS = {"full": "blocks.0.mlp.hook_post,blocks.1.mlp.hook_post,blocks.2.mlp.hook_post", "quick": BROWSE_HOOK}
 HARVEST_LIMIT_S = 1800
 THINK_S = 2.0  # a quick annotator: a click every 2 s on average (1 to 3 s)
+# Every gunicorn worker's first requests load the views, templates and the API schema: not counted.
+WARMUP_S = 10.0
 
 
 def add_arguments(parser: Any) -> None:
@@ -332,7 +334,9 @@ def _measure(procs: list[subprocess.Popen[bytes]], env: dict[str, str], logs: Pa
     actors = make_actors(clients=clients, hot=hot, browse=browse, n_units=source.n_units)
     port = free_port()
     procs.append(start_web(env=env, port=port, workers=web_workers, threads=web_threads, log=logs / "web.log"))
-    log.write(f"gunicorn on 127.0.0.1:{port}\n")
+    log.write(f"gunicorn on 127.0.0.1:{port}; warming it up ({WARMUP_S:.0f} s, not counted)...\n")
+    warm_start = time.monotonic()
+    hammer(actors, port, lambda: time.monotonic() - warm_start >= WARMUP_S, seed=3, think_s=think_s)
     load_avg_idle = os.getloadavg()
     idle_tally, idle = _idle(actors, port, idle_seconds, think_s, log)
     log.write(f"timing the harvest alone ({hooks})...\n")
