@@ -36,8 +36,8 @@ class Command(BaseCommand):
         except (ValidationError, ValueError) as exc:
             message = exc.messages[0] if isinstance(exc, ValidationError) else str(exc)
             raise CommandError(message) from None
-        if created or graph.status == Graph.Status.QUEUED and (opts["inline"] or opts["wait"]):
-            job = submit(compute_graph, graph_work, Job.objects.get(pk=graph.job_id), wait=opts["wait"],
+        if graph.job is not None and (created or graph.status == Graph.Status.QUEUED and (opts["inline"] or opts["wait"])):
+            job = submit(compute_graph, graph_work, graph.job, wait=opts["wait"],
                          inline=opts["inline"], stdout=self.stdout)  # type: ignore[arg-type]
             if job.status == Job.Status.FAILED:
                 raise CommandError(job.error.strip().splitlines()[-1] if job.error else "the graph failed")
