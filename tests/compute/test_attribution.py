@@ -212,3 +212,37 @@ def test_config_round_trips_and_hash_depends_on_prompt() -> None:
     assert GraphConfig.from_dict(config.to_dict()) == config
     assert config.hash(model="m", prompt="a b") != config.hash(model="m", prompt="a c")
     assert config.hash(model="m", prompt="a") == GraphConfig.from_dict(config.to_dict()).hash(model="m", prompt="a")
+
+
+def tiny_gpt2() -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    config = GPT2Config(vocab_size=40, n_positions=32, n_embd=16, n_layer=3, n_head=4, n_inner=24,
+                        initializer_range=0.3, attn_implementation="eager")
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # biases and norm weights that are not zeros and ones
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                param.add_(0.2 * torch.randn_like(param))
+    return model
+
+
+def test_gpt2_clean_run_and_exact_rows_with_biases() -> None:
+    model = tiny_gpt2()
+    frozen = replacement.clean_run(model, IDS)
+    with torch.no_grad():
+        logits = model(IDS[None]).logits[0]
+    torch.testing.assert_close(replacement.logits_at(model, frozen.final, torch.arange(40)), logits,
+                               atol=1e-5, rtol=1e-5)
+    arch = hooks.architecture_for("gpt2")
+    seen: dict[str, torch.Tensor] = {}
+    names = [f"blocks.{i}.mlp.hook_post" for i in range(3)]
+    with hooks.capture(model, arch, names, 3, lambda name, t: seen.__setitem__(name, t[0].clone())):
+        hooks.forward(model, IDS[None], torch.ones(1, len(IDS), dtype=torch.long))
+    for i, name in enumerate(names):
+        torch.testing.assert_close(frozen.acts[i], seen[name], atol=1e-5, rtol=1e-5)
+    graph = build_graph(model, IDS, GraphConfig(max_units=50, batch_size=16))
+    sums, values = _rows_and_values(graph)
+    torch.testing.assert_close(sums, values, atol=1e-4, rtol=1e-4)
+    assert graph.bias.abs().max() > 0.05  # the biases carry part of every value, and the rows account for it

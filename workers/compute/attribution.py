@@ -89,8 +89,8 @@ def _target_values(model: Any, run: replacement.Linear, units: torch.Tensor, tok
 def neuron_grads(model: Any, leaf_grads: Any) -> torch.Tensor:
     """[b, L, T, d_mlp] gradients at the neurons from the leaves' [b, 1, T, d_model] ones (through
     each layer's down projection)."""
-    layers = model.model.layers
-    return torch.stack([g[:, 0] @ layers[i].mlp.down_proj.weight for i, g in enumerate(leaf_grads)], 1)
+    layers = replacement.layers(model)
+    return torch.stack([g[:, 0] @ replacement.down(model, layers[i])[0].T for i, g in enumerate(leaf_grads)], 1)
 
 
 @dataclass
@@ -106,8 +106,8 @@ class _Columns:
 
     @classmethod
     def of(cls, model: Any, frozen: replacement.Frozen, units: torch.Tensor) -> _Columns:
-        layers = model.model.layers
-        down = torch.stack([layers[int(layer)].mlp.down_proj.weight[:, int(index)]
+        layers = replacement.layers(model)
+        down = torch.stack([replacement.down(model, layers[int(layer)])[0][int(index)]
                             for layer, index in zip(units[:, 0], units[:, 2], strict=True)]) if len(units) else \
             frozen.embeds.new_zeros(0, frozen.embeds.shape[1])
         acts = torch.stack(frozen.acts)[units[:, 0], units[:, 1], units[:, 2]]

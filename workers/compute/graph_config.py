@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 BASES = ("neurons",)
+# Model types whose blocks workers.compute.replacement writes out.
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gpt2")
 # A prompt longer than this many characters is refused before anything is queued (a token is at
 # least one character, so this also bounds the tokens the worker traces).
 MAX_PROMPT_CHARS = 256

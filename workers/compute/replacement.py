@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-# Architectures whose blocks this module writes out (pre-RMSNorm, rotary attention, gated MLP).
-SUPPORTED = ("llama", "qwen2")
+from workers.compute.graph_config import SUPPORTED_MODEL_TYPES as SUPPORTED
 
 
 class ReplacementError(ValueError):
@@ -58,8 +58,56 @@ def check_supported(model: Any) -> None:
                                f"this model is {model_type!r}")
 
 
-def _rms_scale(norm: Any, x: torch.Tensor) -> torch.Tensor:
+def _gpt2(model: Any) -> bool:
+    return getattr(model.config, "model_type", "") == "gpt2"
+
+
+def layers(model: Any) -> Any:
+    return model.transformer.h if _gpt2(model) else model.model.layers
+
+
+def _norms(model: Any, layer: Any) -> tuple[Any, Any]:
+    """(the norm attention reads through, the norm the MLP reads through)."""
+    return (layer.ln_1, layer.ln_2) if _gpt2(model) else (layer.input_layernorm, layer.post_attention_layernorm)
+
+
+def _final_norm(model: Any) -> Any:
+    return model.transformer.ln_f if _gpt2(model) else model.model.norm
+
+
+def _scale(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """[T, 1]: the norm's 1/rms (RMSNorm) or 1/std (LayerNorm) of each token: what is frozen."""
+    if isinstance(norm, nn.LayerNorm):
+        return torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps)
     return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+
+
+def _norm(norm: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The norm with its scale given: linear in x (LayerNorm's centring is linear, its bias a bias)."""
+    if isinstance(norm, nn.LayerNorm):
+        return (x - x.mean(-1, keepdim=True)) * scale * norm.weight + norm.bias
+    return x * scale * norm.weight
+
+
+def down(model: Any, layer: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W [d_mlp, d_model], bias [d_model] or None) of the MLP's down projection."""
+    if _gpt2(model):
+        return layer.mlp.c_proj.weight, layer.mlp.c_proj.bias  # Conv1D stores [in, out]
+    return layer.mlp.down_proj.weight.T, layer.mlp.down_proj.bias
+
+
+def _mlp_linear(model: Any, layer: Any, h: torch.Tensor) -> torch.Tensor:
+    """The MLP's linear branch: LLaMA's up projection, GPT-2's pre-activation."""
+    return layer.mlp.c_fc(h) if _gpt2(model) else layer.mlp.up_proj(h)
+
+
+def _gate(model: Any, layer: Any, h: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+    """The multiplier frozen per neuron: LLaMA's act(gate_proj(h)); for GPT-2 act(pre) / pre (the
+    activation function's secant, so gate * pre is the activation; 1/2, its slope, where pre = 0)."""
+    if not _gpt2(model):
+        return layer.mlp.act_fn(layer.mlp.gate_proj(h))
+    safe = torch.where(linear == 0, torch.ones_like(linear), linear)
+    return torch.where(linear == 0, torch.full_like(linear, 0.5), layer.mlp.act(linear) / safe)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -74,51 +122,89 @@ def _heads(attn: Any) -> tuple[int, int, int]:
     return n_heads, attn.k_proj.out_features // head_dim, head_dim
 
 
-def _probs(attn: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """[H, T, T] causal attention pattern of one layer on normed input h [T, d_model]."""
-    n_heads, n_kv, head_dim = _heads(attn)
-    T = h.shape[0]
-    q = _rotate(attn.q_proj(h).view(T, n_heads, head_dim).transpose(0, 1), cos, sin)
-    k = _rotate(attn.k_proj(h).view(T, n_kv, head_dim).transpose(0, 1), cos, sin)
-    k = k.repeat_interleave(n_heads // n_kv, dim=0)
-    scores = (q @ k.transpose(1, 2)) * attn.scaling
-    future = torch.ones(T, T, dtype=torch.bool, device=h.device).triu(1)
+def _causal_softmax(scores: torch.Tensor) -> torch.Tensor:
+    T = scores.shape[-1]
+    future = torch.ones(T, T, dtype=torch.bool, device=scores.device).triu(1)
     return scores.masked_fill(future, float("-inf")).softmax(-1)
 
 
-def _attend(attn: Any, h: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Attention output for h [B, T, d_model] with the pattern ``probs`` [H, T, T] given."""
+def _probs(model: Any, layer: Any, h: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """[H, T, T] causal attention pattern of one layer on normed input h [T, d_model]."""
+    T = h.shape[0]
+    if _gpt2(model):
+        attn = layer.attn
+        q, k, _ = attn.c_attn(h).split(attn.embed_dim, dim=-1)
+        q, k = (t.view(T, attn.num_heads, attn.head_dim).transpose(0, 1) for t in (q, k))
+        return _causal_softmax(q @ k.transpose(1, 2) / attn.head_dim ** 0.5)
+    assert rotary is not None
+    attn = layer.self_attn
     n_heads, n_kv, head_dim = _heads(attn)
+    q = _rotate(attn.q_proj(h).view(T, n_heads, head_dim).transpose(0, 1), *rotary)
+    k = _rotate(attn.k_proj(h).view(T, n_kv, head_dim).transpose(0, 1), *rotary)
+    k = k.repeat_interleave(n_heads // n_kv, dim=0)
+    return _causal_softmax((q @ k.transpose(1, 2)) * attn.scaling)
+
+
+def _attend(model: Any, layer: Any, h: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Attention output for h [B, T, d_model] with the pattern ``probs`` [H, T, T] given."""
     B, T, _ = h.shape
+    if _gpt2(model):
+        attn = layer.attn
+        v = attn.c_attn(h)[..., 2 * attn.embed_dim:].view(B, T, attn.num_heads, attn.head_dim)
+        return attn.c_proj(torch.einsum("hts,bshd->bthd", probs, v).reshape(B, T, attn.embed_dim))
+    attn = layer.self_attn
+    n_heads, n_kv, head_dim = _heads(attn)
     v = attn.v_proj(h).view(B, T, n_kv, head_dim)
     grouped = probs.view(n_kv, n_heads // n_kv, T, T)  # query heads grouped by the key-value head they read
     out = torch.einsum("kgts,bskd->btkgd", grouped, v).reshape(B, T, n_heads * head_dim)
     return attn.o_proj(out)
 
 
+def _embed(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    """[T, d_model]: what enters the residual stream at each position (GPT-2: token + position)."""
+    if _gpt2(model):
+        return model.transformer.wte(ids) + model.transformer.wpe(torch.arange(len(ids), device=ids.device))
+    return model.model.embed_tokens(ids)
+
+
+def _down_apply(model: Any, layer: Any, acts: torch.Tensor) -> torch.Tensor:
+    """The down projection without its bias (added apart, as a bias of the replacement model)."""
+    weight, _ = down(model, layer)
+    return acts @ weight
+
+
+def _down_bias(model: Any, layer: Any) -> torch.Tensor | float:
+    _, bias = down(model, layer)
+    return 0.0 if bias is None else bias
+
+
 def clean_run(model: Any, ids: torch.Tensor) -> Frozen:
     """Run the prompt ``ids`` [T] once and record what the replacement model freezes."""
     check_supported(model)
-    trunk = model.model
     frozen = Frozen([], [], torch.empty(0), [], [], [], [], torch.empty(0), torch.empty(0))
     with torch.no_grad():
-        x = trunk.embed_tokens(ids[None])[0]
+        x = _embed(model, ids)
         frozen.embeds = x.clone()
-        cos, sin = trunk.rotary_emb(x[None], torch.arange(len(ids), device=x.device)[None])
-        for layer in trunk.layers:
-            frozen.attn_scale.append(_rms_scale(layer.input_layernorm, x))
-            h = x * frozen.attn_scale[-1] * layer.input_layernorm.weight
-            frozen.probs.append(_probs(layer.self_attn, h, cos[0], sin[0]))
-            x = x + _attend(layer.self_attn, h[None], frozen.probs[-1])[0]
-            frozen.mlp_scale.append(_rms_scale(layer.post_attention_layernorm, x))
-            h = x * frozen.mlp_scale[-1] * layer.post_attention_layernorm.weight
-            mlp = layer.mlp
-            frozen.gates.append(mlp.act_fn(mlp.gate_proj(h)))
-            frozen.acts.append(frozen.gates[-1] * mlp.up_proj(h))
-            frozen.mlp_out.append(mlp.down_proj(frozen.acts[-1]))
-            x = x + frozen.mlp_out[-1]
-        frozen.final_scale = _rms_scale(trunk.norm, x)
-        frozen.final = x * frozen.final_scale * trunk.norm.weight
+        rotary = None
+        if not _gpt2(model):
+            cos, sin = model.model.rotary_emb(x[None], torch.arange(len(ids), device=x.device)[None])
+            rotary = (cos[0], sin[0])
+        for layer in layers(model):
+            attn_norm, mlp_norm = _norms(model, layer)
+            frozen.attn_scale.append(_scale(attn_norm, x))
+            h = _norm(attn_norm, x, frozen.attn_scale[-1])
+            frozen.probs.append(_probs(model, layer, h, rotary))
+            x = x + _attend(model, layer, h[None], frozen.probs[-1])[0]
+            frozen.mlp_scale.append(_scale(mlp_norm, x))
+            h = _norm(mlp_norm, x, frozen.mlp_scale[-1])
+            linear = _mlp_linear(model, layer, h)
+            frozen.gates.append(_gate(model, layer, h, linear))
+            frozen.acts.append(frozen.gates[-1] * linear)
+            frozen.mlp_out.append(_down_apply(model, layer, frozen.acts[-1]))
+            x = x + frozen.mlp_out[-1] + _down_bias(model, layer)
+        final_norm = _final_norm(model)
+        frozen.final_scale = _scale(final_norm, x)
+        frozen.final = _norm(final_norm, x, frozen.final_scale)
     return frozen
 
 
@@ -146,21 +232,19 @@ def frozen_run(model: Any, frozen: Frozen, batch: int, *, total: bool, zero: boo
     the gradient at a leaf is the total effect through later neurons too. ``zero=True`` sets the
     embeddings and leaves to zero: the outputs are then what the biases alone produce.
     """
-    trunk = model.model
     size = (batch, *frozen.embeds.shape)
     embeds = (frozen.embeds.new_zeros(size) if zero else frozen.embeds.expand(size).clone()).requires_grad_()
     run = Linear(embeds, [], [], torch.empty(0))
     x = embeds
-    for index, layer in enumerate(trunk.layers):
-        h = x * frozen.attn_scale[index] * layer.input_layernorm.weight
-        x = x + _attend(layer.self_attn, h, frozen.probs[index])
-        h = x * frozen.mlp_scale[index] * layer.post_attention_layernorm.weight
-        computed = frozen.gates[index] * layer.mlp.up_proj(h)
+    for index, layer in enumerate(layers(model)):
+        attn_norm, mlp_norm = _norms(model, layer)
+        x = x + _attend(model, layer, _norm(attn_norm, x, frozen.attn_scale[index]), frozen.probs[index])
+        computed = frozen.gates[index] * _mlp_linear(model, layer, _norm(mlp_norm, x, frozen.mlp_scale[index]))
         shape = (batch, *frozen.mlp_out[index].shape)
         clean = frozen.embeds.new_zeros(shape) if zero or total else frozen.mlp_out[index].expand(shape).clone()
         leaf = clean.requires_grad_()
-        x = x + (layer.mlp.down_proj(computed) + leaf if total else leaf)
+        x = x + (_down_apply(model, layer, computed) + leaf if total else leaf) + _down_bias(model, layer)
         run.leaves.append(leaf)
         run.computed.append(computed)
-    run.final = x * frozen.final_scale * trunk.norm.weight
+    run.final = _norm(_final_norm(model), x, frozen.final_scale)
     return run
