@@ -1,6 +1,7 @@
 """Intervention scores on a tiny seeded LLaMA where one layer-1 neuron alone drives one output token
 (``fixtures/tiny_llama.py``): that neuron ranks first, a dead one scores zero, and a score equals the
-same ablation computed here by hand (the down projection's column zeroed in a copy of the model)."""
+same ablation computed here by hand (the down projection's column zeroed in a copy of the model), and
+a label naming the token the neuron writes promotes its words while an unrelated label does not."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import torch
 from django.core.management import call_command
 from django.test import Client
 
+from browser.accounts.services import user_create
 from browser.catalog.models import Model, Score, Unit
 from browser.corpora.models import Context
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example
+from browser.labels.services import label_save
 from browser.runs.models import Run
 from fixtures.tiny_llama import build_tiny_llama
 from tests.texts import TEXTS
@@ -45,6 +48,10 @@ def _scores(name: str) -> dict[int, Score]:
 
 
 def test_planted_neuron_ranks_first_and_dead_scores_zero(run: Run, client: Client) -> None:
+    planted = Unit.objects.get(source__name=HOOK, index=PLANTED)
+    ada, bob = (user_create(username=n, password="pw-123456789", role="annotator") for n in ("ada", "bob"))
+    label_save(unit=planted, user=ada, text="kings and royalty")
+    label_save(unit=planted, user=bob, text="sailing ships on the open sea")
     call_command("score", run=run.pk, intervention=True, contexts=8, inline=True, stdout=io.StringIO())
     kl, drop = _scores("intervention_kl"), _scores("intervention_logit_drop")
     assert len(kl) == len(drop) == 48 and {s.version for s in kl.values()} == {1}
@@ -59,6 +66,11 @@ def test_planted_neuron_ranks_first_and_dead_scores_zero(run: Run, client: Clien
     assert listed["results"][0]["index"] == PLANTED
     page = client.get(f"/u/tiny-llama/{HOOK}/{PLANTED}/").content.decode()
     assert "intervention_kl" in page and "zero-ablated" in page and "Its ablation lowers most" in page
+    # Labels meet causality: the label naming the token it writes promotes, the other does not.
+    matches = {s.label.text: s for s in Score.objects.filter(name="label_output_match").select_related("label")}
+    assert matches["kings and royalty"].details["promotes"] and matches["kings and royalty"].details["word"] == "king"
+    assert not matches["sailing ships on the open sea"].details["promotes"]
+    assert "“kings and royalty”: <strong>promotes label words</strong>" in page
     # Running it again replaces the same rows.
     call_command("score", run=run.pk, intervention=True, contexts=8, inline=True, stdout=io.StringIO())
     assert Score.objects.filter(name="intervention_kl", unit__source__name=HOOK).count() == 48

@@ -12,6 +12,7 @@ its max token, are run plain and with the unit zero-ablated at every position:
   the unit does promote them).
 
 A unit without examples (dead) gets 0 for both. Rows are replaced per source in one transaction.
+Then each label of the source's units gets ``label_output_match`` (``workers.pipeline.label_outputs``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from browser.runs.models import Run
 from workers.compute.ablation import ablation_effect
 from workers.compute.interventions import Edit
 from workers.pipeline import loader
+from workers.pipeline.label_outputs import label_output_scores
 from workers.pipeline.scores import ScoreInputError
 
 VERSION = 1
@@ -121,4 +123,6 @@ def intervention_scores(*, run_id: int, contexts: int = 16, progress: Progress, 
         with transaction.atomic():
             counts["scores"] += scores_replace(run=run, unit_ids=[r[0] for r in rows[::2]], names=NAMES,
                                                    version=VERSION, rows=rows)
+        counts["label_output_matches"] = counts.get("label_output_matches", 0) + label_output_scores(
+            run=run, source=source, kl_name=KL, kl_version=VERSION)
     return counts

@@ -6,6 +6,7 @@ from typing import Any
 
 from django import template
 
+from browser.catalog.models import Score
 from browser.catalog.steer import MAX_N_TOKENS
 from browser.examples.selectors import vocab_for
 from workers.compute.ops import OPS
@@ -31,5 +32,8 @@ def ablation_lowered(context: template.Context) -> dict[str, Any]:
     lowered = (score.details.get("lowered") if score is not None else None) or []
     vocab = vocab_for(unit.source.model)
     direct = {int(t) for t, _ in (unit.logit_effects or {}).get("up", [])}
+    matches = Score.objects.filter(unit=unit, name="label_output_match", label__isnull=False).select_related(
+        "label").order_by("label_id")
     return {"lowered": [(vocab.token(int(t)), v, int(t) in direct) for t, v in lowered],
-            "contexts": score.details.get("contexts", 0) if score is not None else 0}
+            "contexts": score.details.get("contexts", 0) if score is not None else 0,
+            "matches": [(m.label.text, m.value, m.details) for m in matches]}
