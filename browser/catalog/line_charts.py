@@ -27,7 +27,7 @@ def _mark(shape: str, x: float, y: float, tip: str) -> str:
 
 
 def lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *, x_label: str, y_label: str,
-              marker_x: float | None = None, width: int = 420, height: int = 200) -> SafeString:
+              marker_x: float | None = None, width: int = 480, height: int = 200) -> SafeString:
     """Several named lines of (x, y) points on a log2 x axis, each with its own point shape (readable
     without colour); ``marker_x`` draws a dashed vertical line (e.g. the true L0)."""
     points = [p for pts in series.values() for p in pts if p[0] > 0 and np.isfinite(p[1])]
@@ -36,7 +36,7 @@ def lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *, x_lab
     xs = [np.log2(p[0]) for p in points] + ([np.log2(marker_x)] if marker_x else [])
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y0, y1 = min(0.0, min(p[1] for p in points)), max(1.0, max(p[1] for p in points))
-    left, bottom, plot_w, plot_h = 40, 30, width - 140, height - 40
+    left, bottom, plot_w, plot_h = 40, 30, width - 170, height - 40
 
     def sx(x: float) -> float:
         return left + (np.log2(x) - x0) / (x1 - x0) * plot_w
