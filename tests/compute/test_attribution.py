@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fixtures.tiny_sae import random_sae
 from workers.compute import attribution, hooks, replacement
 from workers.compute.attribution import GraphConfig, build_graph
 from workers.compute.graph_scores import prune
@@ -201,7 +202,13 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="unknown graph settings: colour"):
         GraphConfig.from_dict({"colour": 1})
     with pytest.raises(ValueError, match="no attribution graphs yet"):
+        build_graph(model, IDS, GraphConfig(basis="transcoder"))
+    with pytest.raises(ValueError, match="names its SAEs"):
         build_graph(model, IDS, GraphConfig(basis="sae"))
+    with pytest.raises(ValueError, match="needs an SAE"):
+        build_graph(model, IDS, GraphConfig(basis="sae", saes=((1, "s"),)))
+    with pytest.raises(ValueError, match="reads 10 values"):
+        build_graph(model, IDS, GraphConfig(basis="sae", saes=((1, "s"),)), saes={1: random_sae(10, 8)})
     model.config.model_type = "bert"
     with pytest.raises(replacement.ReplacementError, match="causal decoder"):
         build_graph(model, IDS, GraphConfig())
@@ -246,3 +253,23 @@ def test_gpt2_clean_run_and_exact_rows_with_biases() -> None:
     sums, values = _rows_and_values(graph)
     torch.testing.assert_close(sums, values, atol=1e-4, rtol=1e-4)
     assert graph.bias.abs().max() > 0.05  # the biases carry part of every value, and the rows account for it
+
+
+def test_sae_basis_features_are_the_saes_own_and_rows_stay_exact() -> None:
+    model = tiny_llama()
+    sae = random_sae(24, 40, k=5, seed=2, hook_name="blocks.1.mlp.hook_post")
+    config = GraphConfig(basis="sae", saes=((1, "sae-1"),), max_units=60, batch_size=16)
+    graph = build_graph(model, IDS, config, saes={1: sae})
+    sums, values = _rows_and_values(graph)
+    torch.testing.assert_close(sums, values, atol=1e-5, rtol=1e-4)
+    arch = hooks.architecture_for("llama")
+    seen: dict[str, torch.Tensor] = {}
+    with hooks.capture(model, arch, ["blocks.1.mlp.hook_post"], 3, lambda name, t: seen.__setitem__(name, t[0].clone())):
+        hooks.forward(model, IDS[None], torch.ones(1, len(IDS), dtype=torch.long))
+    features = sae.encode(seen["blocks.1.mlp.hook_post"])  # [T, 40]: the reference, from the SAE module
+    layer_one = [(k, pos, index) for k, (layer, pos, index) in enumerate(graph.units.tolist()) if layer == 1]
+    assert layer_one, "no feature was selected"
+    for k, pos, index in layer_one:
+        assert index < 40 and float(features[pos, index]) > 0
+        assert float(graph.values[k]) == pytest.approx(float(features[pos, index]), abs=1e-5)
+    assert any(layer != 1 for layer, _, _ in graph.units.tolist())  # neurons on the other layers

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from workers.compute import replacement
+from workers.compute.graph_basis import LayerBasis, layer_bases, unit_values
 from workers.compute.graph_config import GraphConfig
 from workers.compute.graph_scores import Layout
 
@@ -60,37 +61,31 @@ def pick_targets(logits: torch.Tensor, config: GraphConfig) -> tuple[torch.Tenso
     return top.indices[:count], top.values[:count]
 
 
-def select_units(model: Any, frozen: replacement.Frozen, tokens: torch.Tensor, probs: torch.Tensor,
-                 max_units: int) -> tuple[torch.Tensor, float]:
+def select_units(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis], tokens: torch.Tensor,
+                 probs: torch.Tensor, max_units: int) -> tuple[torch.Tensor, float]:
     """([U, 3] layer, position, index of the units with the largest total attribution, share they carry)."""
     run = replacement.frozen_run(model, frozen, 1, total=True)
     logits = replacement.logits_at(model, run.final[0, -1], tokens)  # [k]
     grads = torch.autograd.grad(logits, run.leaves, grad_outputs=torch.eye(len(tokens), device=tokens.device),
                                 is_grads_batched=True)
-    acts = torch.stack(frozen.acts)  # [L, T, d_mlp]
-    attribution = neuron_grads(model, grads) * acts  # [k, L, T, d_mlp]
-    share = attribution.abs() / attribution.abs().flatten(1).sum(1).clamp(min=1e-10)[:, None, None, None]
-    score = (probs[:, None, None, None] * share).sum(0).flatten()
-    top = score.topk(min(max_units, int((score > 0).sum())))
-    layers, positions, index = torch.unravel_index(top.indices, acts.shape)
-    return torch.stack([layers, positions, index], 1), float(top.values.sum() / score.sum().clamp(min=1e-10))
+    # [k, T, n] per layer: activation x gradient at the unit (the leaf's gradient along its direction)
+    attribution = [(g[:, 0] @ basis.directions.T) * basis.acts[None] for g, basis in zip(grads, bases, strict=True)]
+    totals = sum(a.abs().flatten(1).sum(1) for a in attribution).clamp(min=1e-10)  # [k]
+    scores = [((a.abs() / totals[:, None, None]) * probs[:, None, None]).sum(0).flatten() for a in attribution]
+    flat = torch.cat(scores)
+    top = flat.topk(min(max_units, int((flat > 0).sum())))
+    ends = torch.cumsum(torch.tensor([len(s) for s in scores], device=flat.device), 0)
+    layer = torch.searchsorted(ends, top.indices, right=True)
+    within = top.indices - torch.cat([ends.new_zeros(1), ends])[layer]
+    widths = torch.tensor([b.acts.shape[1] for b in bases], device=flat.device)[layer]
+    units = torch.stack([layer, within // widths, within % widths], 1)
+    return units, float(top.values.sum() / flat.sum().clamp(min=1e-10))
 
 
-def _target_values(model: Any, run: replacement.Linear, units: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """[U + k]: each selected unit's computed activation, then each target logit."""
-    # Read layer by layer: a stack of every layer would route each backward pass through all of them.
-    unit_values = run.final.new_zeros(len(units))
-    for layer in units[:, 0].unique().tolist():
-        rows = (units[:, 0] == layer).nonzero()[:, 0]
-        unit_values = unit_values.index_put((rows,), run.computed[layer][0, units[rows, 1], units[rows, 2]])
-    return torch.cat([unit_values, replacement.logits_at(model, run.final[0, -1], tokens)])
-
-
-def neuron_grads(model: Any, leaf_grads: Any) -> torch.Tensor:
-    """[b, L, T, d_mlp] gradients at the neurons from the leaves' [b, 1, T, d_model] ones (through
-    each layer's down projection)."""
-    layers = replacement.layers(model)
-    return torch.stack([g[:, 0] @ replacement.down(model, layers[i])[0].T for i, g in enumerate(leaf_grads)], 1)
+def _target_values(model: Any, run: replacement.Linear, bases: list[LayerBasis], units: torch.Tensor,
+                   tokens: torch.Tensor) -> torch.Tensor:
+    """[U + k]: each selected unit's value on the frozen model, then each target logit."""
+    return torch.cat([unit_values(bases, run.computed, units), replacement.logits_at(model, run.final[0, -1], tokens)])
 
 
 @dataclass
@@ -105,12 +100,12 @@ class _Columns:
     embeds: torch.Tensor  # [T, d_model]
 
     @classmethod
-    def of(cls, model: Any, frozen: replacement.Frozen, units: torch.Tensor) -> _Columns:
-        layers = replacement.layers(model)
-        down = torch.stack([replacement.down(model, layers[int(layer)])[0][int(index)]
-                            for layer, index in zip(units[:, 0], units[:, 2], strict=True)]) if len(units) else \
-            frozen.embeds.new_zeros(0, frozen.embeds.shape[1])
-        acts = torch.stack(frozen.acts)[units[:, 0], units[:, 1], units[:, 2]]
+    def of(cls, frozen: replacement.Frozen, bases: list[LayerBasis], units: torch.Tensor) -> _Columns:
+        down = frozen.embeds.new_zeros(len(units), frozen.embeds.shape[1])
+        acts = frozen.embeds.new_zeros(len(units))
+        for k, (layer, pos, index) in enumerate(units.tolist()):
+            down[k] = bases[layer].directions[index]
+            acts[k] = bases[layer].acts[pos, index]
         return cls(units, down, acts, torch.stack(frozen.mlp_out), frozen.embeds)
 
 
@@ -131,15 +126,16 @@ def _rows(grads: tuple[torch.Tensor, ...], columns: _Columns, layout: Layout) ->
     return torch.cat([unit_cols, rest.reshape(b, n_layers * n_pos), tokens, logits], 1)
 
 
-def direct_adjacency(model: Any, frozen: replacement.Frozen, units: torch.Tensor, tokens: torch.Tensor,
-                     batch_size: int, report: Report | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def direct_adjacency(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis], units: torch.Tensor,
+                     tokens: torch.Tensor, batch_size: int, report: Report | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(adjacency [n, n], values [n]) of the direct effects between the nodes."""
     n_layers, n_pos = len(frozen.acts), frozen.embeds.shape[0]
     layout = Layout(units=len(units), errors=n_layers * n_pos, tokens=n_pos, logits=len(tokens))
     run = replacement.frozen_run(model, frozen, 1, total=False)
-    targets = _target_values(model, run, units, tokens)
+    targets = _target_values(model, run, bases, units, tokens)
     rows = targets.new_zeros(len(targets), layout.size)
-    columns = _Columns.of(model, frozen, units)
+    columns = _Columns.of(frozen, bases, units)
     eye = torch.eye(len(targets), device=targets.device)
     for start in range(0, len(targets), batch_size):
         chunk = slice(start, min(start + batch_size, len(targets)))
@@ -157,35 +153,40 @@ def direct_adjacency(model: Any, frozen: replacement.Frozen, units: torch.Tensor
     return adjacency, values
 
 
-def bias_terms(model: Any, frozen: replacement.Frozen, units: torch.Tensor, tokens: torch.Tensor,
-               layout: Layout) -> torch.Tensor:
+def bias_terms(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis], units: torch.Tensor,
+               tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
     """[n]: each target's value with every embedding and neuron set to zero (the biases' share)."""
     with torch.no_grad():
         run = replacement.frozen_run(model, frozen, 1, total=False, zero=True)
-        targets = _target_values(model, run, units, tokens)
+        targets = _target_values(model, run, bases, units, tokens)
     bias = torch.zeros(layout.size)
     bias[: layout.units] = targets[: layout.units].cpu()
     bias[layout.size - layout.logits:] = targets[layout.units:].cpu()
     return bias
 
 
-def build_graph(model: Any, ids: torch.Tensor, config: GraphConfig, report: Report | None = None) -> AttributionGraph:
-    """The full attribution graph of the prompt ``ids`` [T] for the model's next token."""
+def build_graph(model: Any, ids: torch.Tensor, config: GraphConfig, report: Report | None = None,
+                saes: dict[int, Any] | None = None) -> AttributionGraph:
+    """The full attribution graph of the prompt ``ids`` [T] for the model's next token; with basis
+    ``sae``, ``saes`` maps layers to the SparseAutoencoder on their ``mlp.hook_post``."""
     import time
 
     config.validate()
+    if config.basis == "sae" and not saes:
+        raise ValueError("basis sae needs an SAE on the mlp.hook_post of at least one layer")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     started = time.perf_counter()
     frozen = replacement.clean_run(model, ids)
     last = replacement.logits_at(model, frozen.final[-1], torch.arange(replacement.unembed(model).shape[0], device=ids.device))
     tokens, probs = pick_targets(last, config)
-    units, share = select_units(model, frozen, tokens, probs, config.max_units)
+    bases = layer_bases(model, frozen, saes if config.basis == "sae" and saes else {})
+    units, share = select_units(model, frozen, bases, tokens, probs, config.max_units)
     selected = time.perf_counter()
-    adjacency, values = direct_adjacency(model, frozen, units, tokens, config.batch_size, report)
+    adjacency, values = direct_adjacency(model, frozen, bases, units, tokens, config.batch_size, report)
     n_layers, n_pos = len(frozen.acts), len(ids)
     layout = Layout(units=len(units), errors=n_layers * n_pos, tokens=n_pos, logits=len(tokens))
-    bias = bias_terms(model, frozen, units, tokens, layout)
+    bias = bias_terms(model, frozen, bases, units, tokens, layout)
     timings = {"select_s": selected - started, "edges_s": time.perf_counter() - selected}
     return AttributionGraph(tokens=[int(t) for t in ids], layout=layout, units=units.cpu(), values=values,
                             adjacency=adjacency, bias=bias, logit_tokens=tokens.cpu(), logit_probs=probs.cpu(),

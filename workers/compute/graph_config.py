@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-BASES = ("neurons",)
+BASES = ("neurons", "sae")
 # Model types whose blocks workers.compute.replacement writes out.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gpt2")
 # A prompt longer than this many characters is refused before anything is queued (a token is at
@@ -22,7 +22,10 @@ class GraphConfig:
     """How one attribution graph is built; stored with it, its hash names the graph."""
 
     basis: str = "neurons"
-    """The units: ``neurons`` (MLP activations at ``mlp.hook_post``, every layer)."""
+    """The units: ``neurons`` (MLP activations at ``mlp.hook_post``, every layer) or ``sae`` (the
+    features of the SAEs in ``saes``, neurons on the other layers)."""
+    saes: tuple[tuple[int, str], ...] = ()
+    """Basis ``sae``: (layer, SAE source name) of the SAEs on ``blocks.{layer}.mlp.hook_post``."""
     max_logits: int = 10
     """At most this many target logits (the most probable next tokens) ..."""
     logit_probability: float = 0.95
@@ -41,7 +44,8 @@ class GraphConfig:
     """Bumped when the computation changes, so an old graph is not taken for a new one."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "target_tokens": list(self.target_tokens)}
+        return {**asdict(self), "target_tokens": list(self.target_tokens),
+                "saes": [[layer, name] for layer, name in self.saes]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GraphConfig:
@@ -51,6 +55,7 @@ class GraphConfig:
             raise ValueError(f"unknown graph settings: {', '.join(unknown)}")
         values = dict(data)
         values["target_tokens"] = tuple(int(t) for t in values.get("target_tokens", ()))
+        values["saes"] = tuple((int(layer), str(name)) for layer, name in values.get("saes", ()))
         config = cls(**values)
         config.validate()
         return config
@@ -59,6 +64,8 @@ class GraphConfig:
         """Refuse settings no graph can be built with (a ValueError naming the setting)."""
         if self.basis not in BASES:
             raise ValueError(f"basis {self.basis!r} has no attribution graphs yet; choose from {', '.join(BASES)}")
+        if (self.basis == "sae") != bool(self.saes):
+            raise ValueError("basis sae names its SAEs (and only it does)")
         if not 1 <= self.max_units <= MAX_UNITS:
             raise ValueError(f"max_units must be between 1 and {MAX_UNITS}")
         if not 1 <= self.max_logits <= 50 or not 1 <= self.batch_size <= 256:
