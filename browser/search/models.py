@@ -34,3 +34,36 @@ class IndexSnapshot(models.Model):
     as_of = models.DateTimeField()
     count = models.IntegerField()
     created = models.DateTimeField(auto_now_add=True)
+
+
+class SourceMap(models.Model):
+    """A 2-D layout of a source's units (UMAP of decoder or output directions), for the source state
+    ``state`` (``browser.search.maps.source_state``): a map of an older state is never shown."""
+
+    source = models.ForeignKey("catalog.Source", on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=64)
+    method = models.CharField(max_length=100)
+    coords = models.BinaryField()  # float32 little-endian [n_units, 2], in unit index order
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "state"], name="sourcemap_unique_state")]
+
+
+class FamilyLink(models.Model):
+    """A feature and its nearest feature in another SAE: ``width`` links a wider SAE's feature
+    (child) to its parent in a narrower SAE at the same hook point; ``layer`` links a feature
+    (parent) to its most similar feature in the next layer's SAE (child)."""
+
+    class Kind(models.TextChoices):
+        WIDTH = "width", "parent in a narrower SAE"
+        LAYER = "layer", "most similar in the next layer"
+
+    parent = models.ForeignKey("catalog.Unit", on_delete=models.CASCADE, related_name="+")
+    child = models.ForeignKey("catalog.Unit", on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    cosine = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["child", "kind", "parent"], name="familylink_unique")]
+        indexes = [models.Index(fields=["parent", "kind"], name="familylink_parent")]

@@ -1,0 +1,101 @@
+"""Source maps (stored for the current source state; identical directions land together) and
+feature families (a wider SAE whose features split each narrower one in two gets exactly those
+parent-child pairs; the next layer's copy links feature to feature)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from browser.catalog.models import Sae, Unit
+from browser.core.blobs import blob_write
+from browser.search.models import FamilyLink, SourceMap
+from browser.search.overviews import source_map_current
+from workers.compute.sae import files
+from workers.compute.sae.model import SaeConfig, SparseAutoencoder
+from workers.pipeline.maps import coords_close, layer_families, source_map, width_families
+from workers.pipeline.saes import sae_register
+
+D_IN = 384  # MiniLM's d_model: the SAEs read blocks.N.hook_resid_post
+
+
+def sae_from(w_dec: torch.Tensor, layer: int) -> SparseAutoencoder:
+    cfg = SaeConfig(architecture="relu", d_in=D_IN, d_sae=len(w_dec), hook_name=f"blocks.{layer}.hook_resid_post")
+    return SparseAutoencoder(cfg, {"W_enc": w_dec.T.clone(), "b_enc": torch.zeros(len(w_dec)),
+                                   "W_dec": w_dec.clone(), "b_dec": torch.zeros(D_IN)})
+
+
+def split_pair(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A narrow dictionary [n, d] and a wide one [2n, d] whose rows 2i and 2i+1 split row i in two."""
+    g = torch.Generator().manual_seed(seed)
+    narrow = torch.nn.functional.normalize(torch.randn(n, D_IN, generator=g), dim=-1)
+    offset = torch.nn.functional.normalize(torch.randn(n, D_IN, generator=g), dim=-1) * 0.4
+    wide = torch.stack([narrow + offset, narrow - offset], dim=1).reshape(2 * n, D_IN)  # [n, 2, d] -> [2n, d]
+    return narrow, wide
+
+
+def _pairs(kind: str) -> set[tuple[str, int, str, int]]:
+    return {(link.parent.source.name, link.parent.index, link.child.source.name, link.child.index)
+            for link in FamilyLink.objects.filter(kind=kind).select_related("parent__source", "child__source")}
+
+
+def test_a_split_wider_sae_gets_exactly_the_planted_parents(minilm: Any) -> None:
+    narrow, wide = split_pair()
+    sae_register(model=minilm, name="narrow", sae=sae_from(narrow, 2))
+    sae_register(model=minilm, name="wide", sae=sae_from(wide, 2))
+    width_families(minilm.pk)
+    assert _pairs(FamilyLink.Kind.WIDTH) == {("narrow", i, "wide", c) for i in range(32) for c in (2 * i, 2 * i + 1)}
+
+
+def test_the_next_layer_links_each_feature_to_its_copy(minilm: Any) -> None:
+    narrow, _ = split_pair()
+    g = torch.Generator().manual_seed(9)
+    perm = torch.randperm(32, generator=g)
+    sae_register(model=minilm, name="l2", sae=sae_from(narrow, 2))
+    sae_register(model=minilm, name="l3", sae=sae_from(narrow[perm] + 0.05 * torch.randn(32, D_IN, generator=g), 3))
+    layer_families(minilm.pk)
+    assert _pairs(FamilyLink.Kind.LAYER) == {("l2", int(perm[j]), "l3", j) for j in range(32)}
+
+
+def _replace_weights(sae_row: Sae, sae: SparseAutoencoder) -> None:
+    blob = blob_write(key=f"replaced-{sae_row.pk}-{np.random.default_rng().integers(1 << 30)}", data=files.to_bytes(sae))
+    Sae.objects.filter(pk=sae_row.pk).update(weights=blob)
+
+
+def test_map_is_stored_for_the_current_state_and_identical_directions_land_together(minilm: Any) -> None:
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(8, D_IN, generator=g)  # features in 8 groups, as related features are
+    w = torch.nn.functional.normalize(centres.repeat(12, 1) + 0.7 * torch.randn(96, D_IN, generator=g), dim=-1)
+    w[40], w[71] = w[5], w[5]
+    row = sae_register(model=minilm, name="mapped", sae=sae_from(w, 2))
+    stored = source_map(row.source_id)
+    current, coords = source_map_current(row.source)
+    assert current is not None and current.pk == stored.pk and coords is not None and coords.shape == (96, 2)
+    assert coords_close(coords, 5, 40) < 0.1 and coords_close(coords, 5, 71) < 0.1
+    assert coords_close(coords, 5, 6) > coords_close(coords, 5, 40)
+
+    w2 = w.clone()
+    w2[10], w2[5] = w2[60], w[0]  # new weights: 10 and 60 identical now
+    _replace_weights(row, sae_from(w2, 2))
+    assert source_map_current(row.source) == (None, None)  # the old map is not shown for new weights
+    fresh = source_map(row.source_id)
+    assert fresh.pk != stored.pk and SourceMap.objects.filter(source=row.source).count() == 1
+    _, coords = source_map_current(row.source)
+    assert coords is not None and coords_close(coords, 10, 60) < 0.1
+
+
+def test_a_second_call_reuses_the_stored_map(minilm: Any) -> None:
+    w = torch.nn.functional.normalize(torch.randn(24, D_IN, generator=torch.Generator().manual_seed(1)), dim=-1)
+    row = sae_register(model=minilm, name="again", sae=sae_from(w, 2))
+    assert source_map(row.source_id).pk == source_map(row.source_id).pk
+    assert Unit.objects.filter(source=row.source).count() == 24
+
+
+@pytest.mark.parametrize("n", [3, 12])
+def test_tiny_sources_get_a_pca_layout(minilm: Any, n: int) -> None:
+    w = torch.nn.functional.normalize(torch.randn(n, D_IN, generator=torch.Generator().manual_seed(n)), dim=-1)
+    row = sae_register(model=minilm, name=f"tiny{n}", sae=sae_from(w, 2))
+    assert source_map(row.source_id).method == "pca"
