@@ -228,3 +228,13 @@ def test_sae_registry_refresh_writes_a_table_the_lookups_read(tmp_path: Path) ->
     listing = io.StringIO()
     call_command("sae_registry", GEMMA_RELEASE, stdout=listing)
     assert f"{GEMMA_ID}  ({GEMMA_REPO}/{GEMMA_ID})" in listing.getvalue()
+
+
+def test_a_hub_id_model_loads_from_its_cached_snapshot(tiny: Model, cache: Path, tmp_path: Path) -> None:
+    """Workers load a hub-id model from the snapshot in the cache, not through a hub lookup first."""
+    from workers.compute import loading
+
+    resolved = loading.resolve("org/tiny")
+    assert Path(resolved.path).is_relative_to(cache) and (Path(resolved.path) / "config.json").is_file()
+    model = loading.load_torch_model("org/tiny", tmp_path / "converted", False, "cpu", "float32")
+    assert model.config.hidden_size == D_MODEL

