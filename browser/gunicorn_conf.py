@@ -22,7 +22,7 @@ bind = os.environ.get("BROWSER_WEB_BIND", "127.0.0.1:8000")
 workers = env_int("BROWSER_WEB_WORKERS", 4, minimum=1, maximum=256)
 threads = env_int("BROWSER_WEB_THREADS", 4, minimum=1, maximum=256)
 worker_class = "gthread"
-keepalive = env_int("BROWSER_WEB_KEEPALIVE_S", 5, minimum=0, maximum=3600)
+keepalive = env_int("BROWSER_WEB_KEEPALIVE_S", 75, minimum=0, maximum=3600)
 timeout = env_int("BROWSER_WEB_TIMEOUT_S", 120, minimum=10, maximum=3600)
 backlog = 2048
 
