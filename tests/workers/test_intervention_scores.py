@@ -21,6 +21,7 @@ from browser.examples.models import Example
 from browser.labels.services import label_save
 from browser.runs.models import Run
 from fixtures.tiny_llama import build_tiny_llama
+from tests.conftest import Cast
 from tests.texts import TEXTS
 from workers.compute import loading
 from workers.pipeline.models import model_register
@@ -109,3 +110,16 @@ def test_encoder_runs_are_refused(minilm: Model, tmp_path: Path) -> None:
     run = Run.objects.get(model__name="minilm-l6")
     with pytest.raises(CommandError, match="not a causal language model"):
         call_command("score", run=run.pk, intervention=True, inline=True, stdout=io.StringIO())
+
+
+def test_the_api_queues_the_job_for_curators_only(run: Run, cast: Cast) -> None:
+    from browser.runs.models import Job
+
+    url = f"/api/v1/runs/{run.pk}/intervention-scores/"
+    assert cast.client("anonymous").post(url, {}, format="json").status_code == 401
+    assert cast.client("owner").post(url, {}, format="json").status_code == 403  # an annotator
+    assert cast.client("curator").post(url, {"contexts": 0}, format="json").status_code == 400
+    response = cast.client("curator").post(url, {"contexts": 4}, format="json")
+    assert response.status_code == 202, response.content
+    job = Job.objects.get(pk=response.json()["id"])
+    assert job.params == {"run_id": run.pk, "contexts": 4} and job.kind == Job.Kind.SCORE
