@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench stop
+.PHONY: install demo test test-fast lint bench stop
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ stop:
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop for local work: everything but the tests marked slow (real models, worker
+# processes, browsers). `make test` still runs everything.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check browser workers tests
