@@ -32,9 +32,15 @@ def neuron_source(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def unit_source(graph: Graph, layer: int) -> str:
+    """The source of a unit node: the layer's SAE in an SAE-basis graph, else its neurons."""
+    saes = {int(entry[0]): str(entry[1]) for entry in graph.config.get("saes", [])}
+    return saes.get(layer, neuron_source(layer))
+
+
 def _units(graph: Graph, nodes: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     """(source, index) -> {label, top_token} for the graph's unit nodes the browser has."""
-    wanted = {(neuron_source(n["layer"]), n["index"]) for n in nodes if n["kind"] == "unit"}
+    wanted = {(unit_source(graph, n["layer"]), n["index"]) for n in nodes if n["kind"] == "unit"}
     found: dict[tuple[str, int], dict[str, Any]] = {}
     sources = {source for source, _ in wanted}
     units = Unit.objects.filter(source__model=graph.model, source__name__in=sources,
@@ -58,8 +64,9 @@ def graph_detail(graph: Graph) -> dict[str, Any]:
     for node in nodes:
         node["token"] = tokens[node["position"]] if 0 <= node["position"] < len(tokens) else ""
         if node["kind"] == "unit":
-            source = neuron_source(node["layer"])
+            source = unit_source(graph, node["layer"])
             node["source"] = source
+            node["unit_kind"] = "neuron" if source == neuron_source(node["layer"]) else "feature"
             node["uid"] = f"{graph.model.name}/{source}/{node['index']}"
             node.update({k: v for k, v in known.get((source, node["index"]), {}).items() if k != "unit_id"})
             node["harvested"] = (source, node["index"]) in known

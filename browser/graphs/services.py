@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from browser.catalog.models import Model
+from browser.catalog.models import Model, Source
 from browser.catalog.uids import storable
 from browser.graphs.models import Graph
 from browser.runs.services import job_create
@@ -42,6 +42,23 @@ def _prompt(prompt: str) -> str:
     return prompt
 
 
+def _saes(model: Model) -> tuple[tuple[int, str], ...]:
+    """(layer, source name) of one SAE per layer on ``blocks.{layer}.mlp.hook_post`` (the first by name
+    where a layer has several); refused when no layer has one."""
+    chosen: dict[int, str] = {}
+    sources = (Source.objects.filter(model=model, kind=Source.Kind.SAE, hook_point__endswith=".mlp.hook_post")
+               .select_related("sae").order_by("layer", "name"))
+    for source in sources:
+        mode = source.sae.cfg.get("normalize_activations", "none") if hasattr(source, "sae") else "none"
+        if mode not in ("constant_norm_rescale", "layer_norm"):
+            chosen.setdefault(source.layer, source.name)
+    if not chosen:
+        raise ValidationError(f"{model.name} has no SAE on any layer's mlp.hook_post (one without per-token input "
+                              "normalisation): basis sae has no units; train or import one "
+                              "(train_sae --hook blocks.L.mlp.hook_post)")
+    return tuple(sorted(chosen.items()))
+
+
 def target_token(model: Model, target: str) -> int:
     """A target given as a token id or as the token's exact display string -> its id."""
     vocabulary: list[str] = model.tokenizer.tokens if model.tokenizer is not None else []
@@ -60,6 +77,8 @@ def graph_request(*, model_name: str, prompt: str, basis: str = "neurons", targe
     model = _model(model_name)
     prompt = _prompt(prompt)
     options: dict[str, Any] = {"basis": basis}
+    if basis == "sae":
+        options["saes"] = _saes(model)
     if target:
         options["target_tokens"] = (target_token(model, target),)
     if max_units is not None:

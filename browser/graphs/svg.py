@@ -70,11 +70,11 @@ def _title(node: dict[str, Any]) -> str:
     if kind == "unit":
         label = node.get("label") or ("no label yet" if node.get("harvested") else "not harvested yet")
         top = node.get("top_token") or "?"
-        return (f"neuron {node['uid']} at {node['token']!r}: {label}; top token {top!r}; "
+        return (f"{node['unit_kind']} {node['uid']} at {node['token']!r}: {label}; top token {top!r}; "
                 f"activation {node['value']:.3g}; influence {node['influence']:.3g}")
     if kind == "error":
-        return (f"other neurons of layer {node['layer']} at {node['token']!r} (not selected); "
-                f"influence {node['influence']:.3g}")
+        return (f"the rest of layer {node['layer']}'s MLP output at {node['token']!r} (units not selected; "
+                f"with an SAE also its decoder bias and error); influence {node['influence']:.3g}")
     if kind == "token":
         return f"token {node['position']}: {node['token']!r}"
     return f"logit of {node.get('target', '?')!r}: {node['value']:.3g} (probability {node['influence']:.3g})"

@@ -23,6 +23,7 @@ from browser.labels.services import label_save
 from browser.runs.models import Job
 from fixtures.tiny import build_tiny_bert
 from fixtures.tiny_llama import build_tiny_llama
+from fixtures.tiny_sae import random_sae
 from tests.conftest import Cast
 from workers import presence
 from workers.celery import queue
@@ -30,6 +31,7 @@ from workers.compute import hooks
 from workers.compute.graph_config import MAX_PROMPT_CHARS
 from workers.pipeline.loader import model_on
 from workers.pipeline.models import model_register
+from workers.pipeline.saes import sae_register
 
 pytestmark = pytest.mark.slow
 PROMPT = "Now is the winter of our discontent"
@@ -121,7 +123,8 @@ def test_api_queues_a_graph_once(models: Model, cast: Cast) -> None:
     ({"prompt": "   "}, "empty"),
     ({"model": "tiny-bert"}, "not a causal language model"),
     ({"model": "nope"}, "unknown model"),
-    ({"basis": "sae"}, "no attribution graphs yet"),
+    ({"basis": "sae"}, "has no SAE on any layer's mlp.hook_post"),
+    ({"basis": "transcoder"}, "no attribution graphs yet"),
     ({"target": "zzzqqq-not-a-token"}, "not a token of tiny-llama's vocabulary"),
     ({"target": "99999999"}, "not a token of tiny-llama's vocabulary"),
     ({"max_units": 0}, "max_units"),
@@ -150,3 +153,16 @@ def test_no_worker_no_request(models: Model, cast: Cast) -> None:
                                             format="json")
     assert response.status_code == 503
     assert not Graph.objects.exists()
+
+
+def test_sae_basis_graph_links_features_to_their_pages(models: Model, client: Client) -> None:
+    sae = random_sae(models.d_mlp, 32, k=4, seed=1, hook_name=HOOK)
+    row = sae_register(model=models, name="tiny-sae", sae=sae)
+    graph = _graph(max_units=40, basis="sae")
+    assert graph.status == Graph.Status.DONE, graph.error
+    assert graph.config["saes"] == [[1, row.source.name]]
+    features = [n for n in graph.nodes if n[0] == "unit" and n[1] == 1]
+    assert features and all(0 <= n[3] < 32 for n in features)
+    html = client.get(f"/graphs/{graph.pk}/").content.decode()
+    assert f'href="/u/tiny-llama/{row.source.name}/{features[0][3]}/"' in html
+    assert "feature tiny-llama/" in html

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from browser.catalog.models import Source
 from browser.graphs.models import Graph
 from browser.graphs.services import graph_claim, graph_fail, graph_finish
 from workers.compute.attribution import AttributionGraph, build_graph
@@ -13,7 +14,7 @@ from workers.compute.graph_config import GraphConfig
 from workers.compute.graph_scores import Pruned, graph_scores, prune
 from workers.compute.steering import cpu_threads
 from workers.jobs import Progress
-from workers.pipeline.loader import device_for, model_on
+from workers.pipeline.loader import device_for, model_on, source_sae
 
 # One CPU thread: the backward passes are many small matmuls, and on a shared 2-core machine two
 # threads measured 16x slower than one (spinning OpenMP workers); the steering pipeline does the same.
@@ -76,8 +77,9 @@ def _compute(row: Graph, progress: Progress | None, device: str) -> None:
     model, _, tokenizer = model_on(row.model, device)
     ids = tokenizer(row.prompt)["input_ids"]
     config = GraphConfig.from_dict(row.config)
+    saes = {layer: source_sae(Source.objects.get(model=row.model, name=name), device) for layer, name in config.saes}
     with cpu_threads(GRAPH_THREADS if device == "cpu" else None):
-        graph = build_graph(model, torch.tensor(ids, device=device), config, progress)
+        graph = build_graph(model, torch.tensor(ids, device=device), config, progress, saes)
     pruned = prune(graph.adjacency, graph.layout, graph.logit_probs, config.node_threshold, config.edge_threshold)
     nodes, edges = graph_payload(graph, pruned)
     shown = row.model.tokenizer.tokens if row.model.tokenizer is not None else []
