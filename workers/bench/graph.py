@@ -2,7 +2,10 @@
 
 - ``neuron_graph_s``: seconds for one neuron-basis graph of a ``--tokens``-token prompt (clean run,
   unit selection, direct-effect rows, bias terms, pruning and scores), the model already loaded;
-- ``feature_graph_s``: null with ``feature_graph_reason`` (no feature basis is computed yet);
+- ``feature_graph_s``: the same prompt in the SAE basis, with the SAEs registered on the model's
+  ``mlp.hook_post`` points, else with seeded random TopK SAEs (``--sae-width``, ``--sae-k``) on
+  ``--sae-layers`` (``feature_basis`` says which: random SAEs time the computation, their scores mean
+  nothing); ``feature_nodes``, ``feature_edges``;
 - ``peak_rss_mb``: the process's peak resident memory (model included); ``graph_rss_mb``: how much
   the graphs added to the peak reached once the model was loaded and run once;
 - ``replacement_score``, ``completeness``, ``kept_share``, ``selected_share``, ``nodes``, ``edges``
@@ -20,6 +23,8 @@ from typing import Any
 import torch
 from django.conf import settings
 
+from browser.catalog.models import Source
+from fixtures.tiny_sae import random_sae
 from workers.compute.attribution import build_graph
 from workers.compute.graph_config import GraphConfig
 from workers.compute.graph_scores import graph_scores, prune
@@ -38,6 +43,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--lengths", default="8,16,32", help="prompt lengths timed, comma-separated")
     parser.add_argument("--max-units", type=int, default=GraphConfig().max_units)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the graph pipeline's own setting)")
+    parser.add_argument("--sae-layers", default="5,10,15,20,25", help="layers given random SAEs when none is registered")
+    parser.add_argument("--sae-width", type=int, default=4096)
+    parser.add_argument("--sae-k", type=int, default=32)
 
 
 def _prompt(tokenizer: Any, length: int) -> torch.Tensor:
@@ -49,9 +57,23 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _one(model: Any, ids: torch.Tensor, config: GraphConfig, device: str) -> tuple[float, dict[str, Any]]:
+def _saes(model_row: Any, opts: dict[str, Any], device: str) -> tuple[dict[int, Any], str]:
+    """The SAEs of the feature-basis graph and what they are."""
+    sources = Source.objects.filter(model=model_row, kind=Source.Kind.SAE, hook_point__endswith=".mlp.hook_post")
+    registered = {s.layer: loader.source_sae(s, device) for s in sources.order_by("-name")}
+    if registered:
+        return registered, "registered SAEs on layers " + ",".join(str(k) for k in sorted(registered))
+    layers = [int(x) for x in opts["sae_layers"].split(",") if x.strip()]
+    saes = {layer: random_sae(model_row.d_mlp, opts["sae_width"], k=opts["sae_k"], seed=layer).to(device)
+            for layer in layers}
+    return saes, (f"seeded random TopK SAEs (width {opts['sae_width']}, k {opts['sae_k']}) on layers "
+                  f"{opts['sae_layers']}: no SAE is registered on {model_row.name}; timing only, scores meaningless")
+
+
+def _one(model: Any, ids: torch.Tensor, config: GraphConfig, device: str,
+         saes: dict[int, Any] | None = None) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
-    graph = build_graph(model, ids.to(device), config)
+    graph = build_graph(model, ids.to(device), config, saes=saes)
     pruned = prune(graph.adjacency, graph.layout, graph.logit_probs, config.node_threshold, config.edge_threshold)
     replacement, completeness = graph_scores(graph.adjacency, graph.layout, graph.logit_probs)
     if device.startswith("cuda"):
@@ -80,9 +102,16 @@ def main(opts: dict[str, Any], stderr: Any) -> dict[str, Any]:
             stderr.write(f"{length} tokens: {seconds:.1f} s, {facts['nodes']} nodes, {facts['edges']} edges\n")
             if length == opts["tokens"]:
                 result = facts
+        saes, feature_basis = _saes(model_row, opts, device)
+        feature_config = GraphConfig(basis="sae", saes=tuple((k, "bench") for k in sorted(saes)),
+                                     max_units=opts["max_units"])
+        feature_s, feature_facts = _one(model, _prompt(tokenizer, opts["tokens"]), feature_config, device, saes)
+        stderr.write(f"feature basis: {feature_s:.1f} s, {feature_facts['nodes']} nodes\n")
     return {"model": model_row.name, "device": device, "threads": opts["threads"] if device == "cpu" else None,
             "tokens": opts["tokens"], "max_units": opts["max_units"],
-            "neuron_graph_s": by_tokens[opts["tokens"]], "feature_graph_s": None,
-            "feature_graph_reason": "no feature basis yet: graphs are computed over MLP neurons only",
+            "neuron_graph_s": by_tokens[opts["tokens"]], "feature_graph_s": round(feature_s, 2),
+            "feature_basis": feature_basis, "feature_nodes": feature_facts["nodes"],
+            "feature_edges": feature_facts["edges"], "feature_replacement_score": feature_facts["replacement_score"],
+            "feature_completeness": feature_facts["completeness"],
             "peak_rss_mb": round(_peak_mb(), 1), "graph_rss_mb": round(_peak_mb() - loaded_peak, 1),
             **result, "seconds_by_tokens": by_tokens, "vocab_size": model_row.vocab_size}
