@@ -43,13 +43,16 @@ def withdraw(hostname: str) -> None:
 
 
 def workers_up() -> dict[str, list[str]]:
-    """Every live worker's name and the queues it consumes."""
+    """Every live worker of this deployment (consuming a queue with its ``BROWSER_QUEUE_PREFIX``):
+    its name and the queues it consumes."""
     client = _client(settings.REDIS_URL)
+    ours = {queue("gpu"), queue("default")}
     found = {}
     for key in client.scan_iter(match=KEY_PREFIX + "*", count=100):
         value = client.get(key)
-        if value is not None:  # expired between the scan and the read
-            found[key.decode()[len(KEY_PREFIX):]] = json.loads(value)["queues"]
+        queues = json.loads(value)["queues"] if value is not None else []  # None: expired since the scan
+        if ours & set(queues):
+            found[key.decode()[len(KEY_PREFIX):]] = queues
     return found
 
 

@@ -18,6 +18,7 @@ from django.core.management import call_command
 from browser.catalog.models import Model
 from browser.runs.models import Run, Shard
 from tests.texts import TEXTS
+from workers.celery import queue
 from workers.cli import workers_alive
 
 pytestmark = pytest.mark.slow
@@ -49,6 +50,9 @@ def test_a_busy_solo_worker_is_a_worker_and_a_dead_one_is_not(worker: subprocess
     _until(lambda: Shard.objects.filter(run=busy, status=Shard.Status.CLAIMED, contexts_done__gt=0).exists(),
            "the worker to be mid-shard")
     assert workers_alive("gpu") and workers_alive("default")
+    listed = io.StringIO()
+    call_command("job", "workers", stdout=listed)
+    assert f"test-{os.getpid()}@{os.uname().nodename}  {queue('default')}, {queue('gpu')}" in listed.getvalue()
 
     out = io.StringIO()
     call_command("harvest", model="minilm-l6", corpus=corpus, hooks="blocks.0.mlp.hook_post", k=4, wait=True,
@@ -71,3 +75,6 @@ def test_a_stopped_worker_withdraws_at_once(worker: subprocess.Popen[bytes]) -> 
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=30)
     assert not workers_alive("gpu")
+    listed = io.StringIO()
+    call_command("job", "workers", stdout=listed)
+    assert listed.getvalue() == "No worker is up.\n"

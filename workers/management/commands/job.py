@@ -1,4 +1,5 @@
-"""``job list``, ``job show ID`` and ``job cancel ID``: the jobs of every long task."""
+"""``job list``, ``job show ID``, ``job cancel ID`` and ``job workers``: the jobs of every long
+task, and the workers that run them."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from browser.runs.models import Job
 from browser.runs.selectors import format_duration, job_eta, job_get, job_list, job_log_tail, job_percent
 from browser.runs.services import job_cancel
+from workers.presence import workers_up
 
 
 class Command(BaseCommand):
-    help = "List, show or cancel jobs (imports, harvests and every other long task)."
+    help = "List, show or cancel jobs (imports, harvests and every other long task); list the live workers."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -24,6 +26,7 @@ class Command(BaseCommand):
         show.add_argument("--lines", type=int, default=20, help="log lines to show")
         cancel = sub.add_parser("cancel", help="stop a job: at once if queued, at its next batch if running")
         cancel.add_argument("id", type=int)
+        sub.add_parser("workers", help="the live workers (busy or idle) and the queues they consume")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         action = opts["action"]
@@ -31,6 +34,8 @@ class Command(BaseCommand):
             self._list(opts["limit"])
         elif action == "show":
             self._show(_get(opts["id"]), opts["lines"])
+        elif action == "workers":
+            self._workers()
         else:
             self._cancel(opts["id"])
 
@@ -62,6 +67,13 @@ class Command(BaseCommand):
         tail = job_log_tail(job, lines)
         if tail:
             self.stdout.write("log:\n" + "".join(f"  {line}\n" for line in tail))
+
+    def _workers(self) -> None:
+        up = workers_up()
+        if not up:
+            self.stdout.write("No worker is up.\n")
+        for name, queues in sorted(up.items()):
+            self.stdout.write(f"{name}  {', '.join(queues)}\n")
 
     def _cancel(self, job_id: int) -> None:
         try:
