@@ -37,6 +37,7 @@ ROUTES = {
     "workers.tasks_groundtruth.sae_sweep": "gpu",
     "workers.tasks_search.embed_pending": "gpu",
     "workers.tasks_search.embed_source": "gpu",
+    "workers.tasks_search.source_overview": "gpu",
     "workers.tasks_graphs.compute_graph": "gpu",
 }
 _prefix = {"value": ""}

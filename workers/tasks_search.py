@@ -32,3 +32,27 @@ def embed_source_work(job: Job, progress: Progress) -> None:
 def embed_source(self: Any, job_id: int) -> None:
     """Embed every unit of a source for semantic search, then snapshot the index."""
     run_job(self, job_id, embed_source_work)
+
+
+def overview_work(job: Job, progress: Progress) -> None:
+    """The map of a source (if ``map``), then the families of its model's SAEs (if ``families``)."""
+    from workers.pipeline.maps import layer_families, source_map, width_families
+
+    source_id = int(job.params["source_id"])  # type: ignore[call-overload]
+    if job.params.get("map", True):
+        progress(0, 2, "map: layout of the directions")
+        row = source_map(source_id)
+        progress.log(f"map: {row.method}, state {row.state[:12]}")
+    if job.params.get("families", True):
+        from browser.catalog.models import Source
+
+        model_id = Source.objects.values_list("model_id", flat=True).get(pk=source_id)
+        progress(1, 2, "families: decoder cosines")
+        progress.log(f"families: {width_families(model_id)} width links, {layer_families(model_id)} layer links")
+    progress(2, 2, force=True)
+
+
+@shared_task(bind=True, name="workers.tasks_search.source_overview")
+def source_overview(self: Any, job_id: int) -> None:
+    """A source's map and its model's feature families (``workers.pipeline.maps``)."""
+    run_job(self, job_id, overview_work)

@@ -99,3 +99,28 @@ def test_tiny_sources_get_a_pca_layout(minilm: Any, n: int) -> None:
     w = torch.nn.functional.normalize(torch.randn(n, D_IN, generator=torch.Generator().manual_seed(n)), dim=-1)
     row = sae_register(model=minilm, name=f"tiny{n}", sae=sae_from(w, 2))
     assert source_map(row.source_id).method == "pca"
+
+
+def test_source_page_draws_the_map_and_the_tree_and_the_feature_page_its_family(minilm: Any, client: Any,
+                                                                                cast: Any) -> None:
+    from django.urls import reverse
+
+    from browser.labels.services import label_save
+
+    narrow, wide = split_pair(n=20)
+    row = sae_register(model=minilm, name="narrow", sae=sae_from(narrow, 2))
+    sae_register(model=minilm, name="wide", sae=sae_from(wide, 2))
+    width_families(minilm.pk)
+    label_save(unit=Unit.objects.get(source=row.source, index=4), user=cast.owner, text="semicolons & <tags>")
+    page = client.get(reverse("source", args=["minilm-l6", "narrow"]), {"map_color": "labelled"})
+    html = page.content.decode()
+    assert page.status_code == 200 and "No map for this source" in html and "family-tree" in html
+    source_map(row.source_id)
+    html = client.get(reverse("source", args=["minilm-l6", "narrow"]), {"map_color": "labelled"}).content.decode()
+    assert html.count("<circle") == 20
+    assert '<a href="/u/minilm-l6/narrow/4/"><circle' in html and "<title>#4: semicolons &amp; &lt;tags&gt;</title>" in html
+    assert 'fill="#fde725" data-unit="4"' in html and 'fill="#440154" data-unit="5"' in html  # labelled: yellow
+    html = client.get(reverse("unit", args=["minilm-l6", "wide", 9])).content.decode()
+    assert 'href="/u/minilm-l6/narrow/4/">narrow/4</a>' in html
+    html = client.get(reverse("unit", args=["minilm-l6", "narrow", 4])).content.decode()
+    assert 'href="/u/minilm-l6/wide/8/">wide/8</a>' in html and 'href="/u/minilm-l6/wide/9/">wide/9</a>' in html
