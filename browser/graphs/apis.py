@@ -11,9 +11,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from browser.api.compute import CanCompute, ComputeThrottle, compute_send
-from browser.api.permissions import CanRead
-from browser.graphs.selectors import graph_detail, graph_get, graph_list
+from browser.api.errors import Conflict
+from browser.api.permissions import CanRead, ReadOrLabel
+from browser.graphs.selectors import graph_detail, graph_get, graph_list, supernode_history, supernode_list
 from browser.graphs.services import graph_request
+from browser.graphs.supernodes import SupernodeConflict, supernode_save
 from workers.compute.graph_config import BASES, MAX_PROMPT_CHARS, MAX_UNITS
 
 TASK = "workers.tasks_graphs.compute_graph"
@@ -71,3 +73,33 @@ class GraphDetail(APIView):
 
     def get(self, request: Request, pk: int) -> Response:
         return Response(graph_detail(graph_get(pk=pk)))
+
+
+class SupernodeSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    nodes = serializers.ListField(child=serializers.IntegerField(), max_length=10_000)
+    revision = serializers.IntegerField(required=False)
+
+
+class GraphSupernodes(APIView):
+    """GET: the graph's supernodes and their history; POST ``{name, nodes, revision?}``: save one
+    (annotators; 409 when ``revision`` is not the current one)."""
+
+    permission_classes = [ReadOrLabel]
+
+    def get(self, request: Request, pk: int) -> Response:
+        graph = graph_get(pk=pk)
+        return Response({"results": supernode_list(graph), "history": supernode_history(graph)})
+
+    def post(self, request: Request, pk: int) -> Response:
+        graph = graph_get(pk=pk)
+        params = SupernodeSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        try:
+            node = supernode_save(graph=graph, user=request.user, name=params.validated_data["name"],
+                                  nodes=params.validated_data["nodes"],
+                                  revision=params.validated_data.get("revision"))
+        except SupernodeConflict as exc:
+            raise Conflict(exc.messages[0]) from None
+        return Response({"id": node.pk, "name": node.name, "nodes": node.nodes, "revision": node.revision},
+                        status=status.HTTP_201_CREATED if node.revision == 1 else status.HTTP_200_OK)

@@ -45,3 +45,30 @@ class Graph(models.Model):
 
     def __str__(self) -> str:
         return f"graph #{self.pk} of {self.prompt[:40]!r}"
+
+
+class Supernode(models.Model):
+    """A named group of a graph's nodes (positions in ``Graph.nodes``), saved by a user; every save
+    and delete is kept as a SupernodeRevision, like labels."""
+
+    graph = models.ForeignKey(Graph, on_delete=models.CASCADE, related_name="supernodes")
+    name = models.CharField(max_length=200)
+    nodes = models.JSONField()
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    revision = models.IntegerField(default=1)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["graph", "name"], name="supernode_unique_name")]
+
+
+class SupernodeRevision(models.Model):
+    graph = models.ForeignKey(Graph, on_delete=models.CASCADE, related_name="supernode_revisions")
+    supernode = models.ForeignKey(Supernode, null=True, on_delete=models.SET_NULL, related_name="revisions")
+    name = models.CharField(max_length=200)
+    nodes = models.JSONField()
+    revision = models.IntegerField()
+    deleted = models.BooleanField(default=False)
+    editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField(auto_now_add=True)

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from browser.catalog.models import Unit
-from browser.graphs.models import Graph
+from browser.graphs.models import Graph, Supernode, SupernodeRevision
 from browser.labels.models import Label
 
 NODE_KEYS = ("kind", "layer", "position", "index", "value", "influence")
@@ -78,7 +78,7 @@ def graph_detail(graph: Graph) -> dict[str, Any]:
         "job": graph.job_id, "progress": _progress(graph),
         "tokens": [{"id": t, "text": text} for t, text in graph.tokens],
         "logits": [{"id": t, "text": text, "probability": p, "logit": v} for t, text, p, v in graph.logits],
-        "scores": graph.scores, "nodes": nodes,
+        "scores": graph.scores, "nodes": nodes, "supernodes": supernode_list(graph),
         "edges": [{"source": s, "target": t, "weight": w} for s, t, w in graph.edges],
     }
 
@@ -88,3 +88,15 @@ def _progress(graph: Graph) -> dict[str, Any] | None:
     if job is None:
         return None
     return {"status": job.status, "done": job.done, "total": job.total, "message": job.message}
+
+
+def supernode_list(graph: Graph) -> list[dict[str, Any]]:
+    return [{"id": s.pk, "name": s.name, "nodes": s.nodes, "author": s.author.username, "revision": s.revision,
+             "updated": s.updated.isoformat()}
+            for s in Supernode.objects.filter(graph=graph).select_related("author").order_by("name")]
+
+
+def supernode_history(graph: Graph, *, limit: int = 100) -> list[dict[str, Any]]:
+    revisions = SupernodeRevision.objects.filter(graph=graph).select_related("editor").order_by("-at", "-id")[:limit]
+    return [{"name": r.name, "nodes": r.nodes, "revision": r.revision, "deleted": r.deleted,
+             "editor": r.editor.username, "at": r.at.isoformat()} for r in revisions]

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_POST
 
+from browser.accounts import access
 from browser.graphs.selectors import graph_detail, graph_get, graph_list
+from browser.graphs.supernodes import supernode_save
 from browser.graphs.svg import MAX_EDGES_DRAWN, graph_svg
 
 
@@ -12,8 +17,24 @@ def graph_view(request: HttpRequest, pk: int) -> HttpResponse:
     graph = graph_get(pk=pk)
     detail = graph_detail(graph)
     svg = graph_svg(detail) if detail["status"] == "done" else ""
-    return render(request, "graphs/graph.html", {"d": detail, "svg": mark_safe(svg),  # noqa: S308  # escaped in svg.py
-                                                 "max_edges": MAX_EDGES_DRAWN})
+    return render(request, "graphs/graph.html", {
+        "d": detail, "svg": mark_safe(svg),  # noqa: S308  # escaped in svg.py
+        "max_edges": MAX_EDGES_DRAWN, "can_group": access.can_label(request.user),
+        "error": request.GET.get("error", "")[:300]})
+
+
+@require_POST
+def graph_supernode_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """The page's form: group the pinned nodes under a name (annotators)."""
+    graph = graph_get(pk=pk)
+    nodes = [int(n) for n in request.POST.get("nodes", "").replace(" ", "").split(",") if n.lstrip("-").isdigit()]
+    try:
+        supernode_save(graph=graph, user=request.user, name=request.POST.get("name", ""), nodes=nodes)
+    except PermissionDenied:
+        return HttpResponse("Grouping nodes needs the annotator role.", status=403)
+    except ValidationError as exc:
+        return redirect(f"/graphs/{pk}/?" + urlencode({"error": exc.messages[0][:200]}))
+    return redirect(f"/graphs/{pk}/")
 
 
 def graph_list_view(request: HttpRequest) -> HttpResponse:

@@ -1,5 +1,5 @@
 """End to end in headless Chromium: a graph computed by the command, its page drawn as SVG, a node
-hovered (its description shown), its unit page opened by a click. Screenshots under
+hovered (its description shown), two nodes grouped into a supernode, a unit page opened by a click. Screenshots under
 ``.pytest_cache/e2e-screenshots/``."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
+from browser.accounts.services import user_create
 from browser.catalog.services import source_get_or_create, units_ensure
-from browser.graphs.models import Graph
+from browser.graphs.models import Graph, Supernode
 from fixtures.tiny_llama import build_tiny_llama
+from tests.catalog.builders import PASSWORD
 from tests.e2e.test_browser import _shot, page  # noqa: F401  # the Chromium page fixture
 from workers.pipeline.models import model_register
 
@@ -30,6 +32,7 @@ def test_open_graph_hover_node_open_unit(transactional_db: None, tmp_path: Path,
     call_command("graph", model="tiny-llama", prompt="Now is the winter of our discontent", max_units=40,
                  inline=True, stdout=io.StringIO())
     graph = Graph.objects.get()
+    annotator = user_create(username="ann", password=PASSWORD, role="annotator")
     assert graph.status == Graph.Status.DONE, graph.error
 
     page.goto(f"/graphs/{graph.pk}/")
@@ -40,6 +43,24 @@ def test_open_graph_hover_node_open_unit(transactional_db: None, tmp_path: Path,
     info = page.locator("#node-info").inner_text()
     assert re.search(r"neuron tiny-llama/blocks\.\d\.mlp\.hook_post/\d+ at .*activation -?\d", info), info
     _shot(page, "graph-hover")
+    # Sign in as an annotator, pin two nodes with shift-click and group them into a supernode.
+    page.goto(f"/accounts/login/?next=/graphs/{graph.pk}/")
+    page.fill("#id_username", annotator.username)
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(rf"/graphs/{graph.pk}/$"))
+    circles = page.locator("svg.graph circle.gnode")
+    circles.nth(0).click(modifiers=["Shift"])
+    circles.nth(1).click(modifiers=["Shift"])
+    assert page.url.endswith(f"/graphs/{graph.pk}/")  # shift-click pins instead of following the link
+    assert page.locator("svg.graph circle.gnode.pinned").count() == 2
+    page.fill("#supernode-name", "winter words")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Group pinned nodes").click()
+    assert page.locator("table.supernodes").get_by_text("winter words").count() == 1
+    assert Supernode.objects.get(graph=graph).nodes == [0, 1]
+    _shot(page, "graph-supernode")
+    unit = page.locator("svg.graph a.gunit circle").first
     href = page.locator("svg.graph a.gunit").first.get_attribute("href")
     assert href is not None and re.fullmatch(r"/u/tiny-llama/blocks\.\d\.mlp\.hook_post/\d+/", href)
     unit.click()

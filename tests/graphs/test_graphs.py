@@ -166,3 +166,26 @@ def test_sae_basis_graph_links_features_to_their_pages(models: Model, client: Cl
     html = client.get(f"/graphs/{graph.pk}/").content.decode()
     assert f'href="/u/tiny-llama/{row.source.name}/{features[0][3]}/"' in html
     assert "feature tiny-llama/" in html
+
+
+def test_supernodes_are_saved_with_history_by_annotators(models: Model, cast: Cast) -> None:
+    graph = _graph(max_units=40)
+    url = f"/api/v1/graphs/{graph.pk}/supernodes/"
+    owner = cast.client("owner")
+    assert cast.client("outsider").post(url, {"name": "winter", "nodes": [0, 1]}, format="json").status_code == 403
+    for body, message in (({"name": "w", "nodes": [2]}, "at least two"),
+                          ({"name": "w", "nodes": [0, len(graph.nodes)]}, "node numbers run from 0"),
+                          ({"name": " ", "nodes": [0, 1]}, "name")):
+        response = owner.post(url, body, format="json")
+        assert response.status_code == 400 and message in response.json()["error"]["message"], response.content
+    created = owner.post(url, {"name": "winter", "nodes": [3, 1, 1]}, format="json")
+    assert created.status_code == 201 and created.json()["nodes"] == [1, 3]
+    updated = owner.post(url, {"name": "winter", "nodes": [1, 2, 3], "revision": 1}, format="json")
+    assert updated.status_code == 200 and updated.json()["revision"] == 2
+    stale = cast.client("collaborator").post(url, {"name": "winter", "nodes": [4, 5], "revision": 1}, format="json")
+    assert stale.status_code == 409
+    listed = owner.get(url).json()
+    assert [s["nodes"] for s in listed["results"]] == [[1, 2, 3]]
+    assert [(h["revision"], h["nodes"]) for h in listed["history"]] == [(2, [1, 2, 3]), (1, [1, 3])]
+    twin = owner.get(f"/api/v1/graphs/{graph.pk}/").json()
+    assert twin["supernodes"][0]["name"] == "winter"
