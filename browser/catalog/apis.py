@@ -25,9 +25,9 @@ from browser.catalog.selectors import (
     source_list,
     unit_by_id,
     unit_get,
-    unit_page,
 )
 from browser.catalog.uids import unit_uid
+from browser.search.selectors import unit_list_page
 
 
 # ---- serializers (output shapes; they also make the OpenAPI schema) ----------------------------
@@ -266,6 +266,8 @@ class ProbeSerializer(serializers.Serializer):
 # ---- views -------------------------------------------------------------------------------------
 FILTER_PARAMS = [
     OpenApiParameter("q", str, description="full-text search over labels and top tokens (websearch syntax)"),
+    OpenApiParameter("mode", str, enum=["semantic"], description="semantic: q ranked by meaning (MiniLM), merged "
+                     "with the full-text hits, filters applied; one ranked page, no cursor"),
     OpenApiParameter("source", str, description="model/source"),
     OpenApiParameter("model", str), OpenApiParameter("layer", int),
     OpenApiParameter("kind", str, enum=["neurons", "sae"]),
@@ -287,7 +289,7 @@ def _page_size(request: Request) -> int:
 def _units_response(request: Request, **fixed: str) -> Response:
     try:
         filters = parse_unit_filters(request.query_params, **fixed)
-        page = unit_page(filters, cursor=request.query_params.get("cursor") or None, size=_page_size(request))
+        page = unit_list_page(filters, cursor=request.query_params.get("cursor") or None, size=_page_size(request))
     except FilterError as exc:
         raise ValidationError({"filters": [str(exc)]}) from None
 

@@ -293,10 +293,6 @@ class UnitPage:
 def unit_page(filters: UnitFilters, *, cursor: str | None = None, size: int = PAGE_SIZE) -> UnitPage:
     """One page of the filtered, sorted units (keyset pagination: cost independent of depth)."""
     size = max(1, min(size, MAX_PAGE_SIZE))
-    if filters.semantic and filters.q:
-        from browser.search.selectors import semantic_page
-
-        return semantic_page(filters, size=size)
     qs, keys = _sorted(unit_queryset(filters), filters)
     direction, values = decode_cursor(cursor, len(keys)) if cursor else ("after", None)
     down = filters.descending != (direction == "before")

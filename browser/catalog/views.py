@@ -22,11 +22,11 @@ from browser.catalog.selectors import (
     source_get,
     unit_by_id,
     unit_get,
-    unit_page,
 )
 from browser.catalog.sweep_selectors import sweep_panel
 from browser.catalog.toy_selectors import toy_view
 from browser.labels.views import label_panel
+from browser.search.selectors import unit_list_page
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -36,7 +36,7 @@ def home(request: HttpRequest) -> HttpResponse:
 def _unit_list(request: HttpRequest, context: dict[str, Any], **fixed: str) -> HttpResponse:
     try:
         filters = parse_unit_filters(request.GET, **fixed)
-        page = unit_page(filters, cursor=request.GET.get("cursor") or None)
+        page = unit_list_page(filters, cursor=request.GET.get("cursor") or None)
     except FilterError as exc:
         context["error"] = str(exc)
         filters, page = parse_unit_filters({}, **fixed), None

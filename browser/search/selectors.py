@@ -11,7 +11,7 @@ from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db.models import F, Prefetch
 
 from browser.catalog.models import Unit
-from browser.catalog.selectors import UnitFilters, UnitPage, unit_queryset
+from browser.catalog.selectors import PAGE_SIZE, UnitFilters, UnitPage, unit_page, unit_queryset
 from browser.labels.models import Label
 from browser.search.encoder import query_encoder
 from browser.search.index import live_index
@@ -91,3 +91,10 @@ def semantic_page(filters: UnitFilters, *, size: int) -> UnitPage:
     for unit in units:
         unit.similarity = similarity.get(unit.pk)  # type: ignore[attr-defined]
     return UnitPage(units, None, None, filters)
+
+
+def unit_list_page(filters: UnitFilters, *, cursor: str | None = None, size: int = PAGE_SIZE) -> UnitPage:
+    """The unit list's page: ranked by meaning with ``mode=semantic`` and a query, else ``unit_page``."""
+    if filters.semantic and filters.q:
+        return semantic_page(filters, size=size)
+    return unit_page(filters, cursor=cursor, size=size)

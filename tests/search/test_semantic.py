@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from browser.catalog.selectors import parse_unit_filters, unit_page
+from browser.catalog.selectors import parse_unit_filters
 from browser.labels.models import Label
 from browser.labels.services import label_save
 from browser.search.index import reset_live_index
 from browser.search.models import PendingEmbedding, UnitEmbedding
+from browser.search.selectors import unit_list_page
 from tests.search.planted import PLANTED, plant, words
 from workers.pipeline.search import embed_pending
 
 
 def search(q: str, size: int = 5, **params: str) -> list[Any]:
     reset_live_index()
-    return unit_page(parse_unit_filters({"q": q, "mode": "semantic", **params}), size=size).units
+    return unit_list_page(parse_unit_filters({"q": q, "mode": "semantic", **params}), size=size).units
 
 
 @pytest.fixture
@@ -85,6 +86,9 @@ def test_list_page_and_api_serve_semantic_results(planted: Any, client: Any) -> 
     page = client.get(reverse("units"), {"q": PLANTED[8][1], "mode": "semantic", "source": "planted/L0"})
     assert page.status_code == 200
     assert PLANTED[8][0] in page.content.decode()
+    api = client.get(reverse("api-units"), {"q": PLANTED[9][1], "mode": "semantic", "kind": "neurons"})
+    assert api.status_code == 200
+    assert PLANTED[9][0] in api.json()["results"][0]["labels"] + api.json()["results"][1]["labels"]
 
 
 @pytest.mark.django_db(transaction=True)
