@@ -156,7 +156,7 @@ def steer_request(*, prompt: str, edits: list[UnitEdit], n_tokens: Any = 16, tem
         raise SteerError("All units of one request must belong to one model.")
     model = edits[0].unit.source.model
     if model.kind != Model.Kind.CAUSAL_LM:
-        raise SteerError(f"{model.name} is an {model.get_kind_display()}, not a causal language model: it predicts "
+        raise SteerError(f"{model.name} ({model.get_kind_display()}) is not a causal language model: it predicts "
                          "no next token, so steering has nothing to show. Steer a unit of a causal LM (e.g. SmolLM2).")
     n = int(_number(n_tokens, "n_tokens"))
     t, s = _number(temperature, "temperature"), int(_number(seed, "seed"))

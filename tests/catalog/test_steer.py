@@ -81,7 +81,7 @@ def test_the_page_refuses_the_same_way(data: None, client: Client, cast: Cast) -
     page = client.get("/steer/", {"prompt": "Now", "unit": f"tiny-bert/{HOOK}/3:zero"})
     assert page.status_code == 422 and b"not a causal language model" in page.content
     html = client.get(f"/u/tiny-bert/{HOOK}/3/").content.decode()
-    assert "is an encoder, not a causal language model" in html and 'id="steer-prompt"' not in html
+    assert "(encoder) is not a causal language model" in html and 'id="steer-prompt"' not in html
     assert 'id="steer-prompt"' in client.get(f"/u/tiny-llama/{HOOK}/3/").content.decode()
 
 

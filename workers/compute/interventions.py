@@ -12,6 +12,7 @@ the SAE's reconstruction error passes through untouched. Steering adds ``c d`` w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class Edit:
         width = self.sae.cfg.d_sae if self.sae is not None else None
         if self.index < 0 or (width is not None and self.index >= width):
             raise InterventionError(f"unit index {self.index} out of range")
-        if not torch.isfinite(torch.tensor(self.value)):
+        if not math.isfinite(self.value):
             raise InterventionError(f"the value of an intervention must be finite (got {self.value})")
 
 

@@ -54,7 +54,7 @@ def _units(specs: list[Mapping[str, Any]]) -> tuple[list[Unit], Model]:
         raise SteerInputError("all units of one request must belong to one model")
     model = units[0].source.model
     if model.kind != Model.Kind.CAUSAL_LM:
-        raise SteerInputError(f"{model.name} is {model.get_kind_display()}, not a causal language model: "
+        raise SteerInputError(f"{model.name} ({model.get_kind_display()}) is not a causal language model: "
                               "it predicts no next token, so there is nothing to steer")
     return units, model
 
