@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from browser.api.compute import CanCompute, ComputeThrottle, compute_send
 from browser.api.errors import Conflict
 from browser.api.permissions import CanRead, ReadOrLabel
+from browser.graphs.neuronpedia import graph_neuronpedia
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, supernode_history, supernode_list
 from browser.graphs.services import graph_request
 from browser.graphs.supernodes import SupernodeConflict, supernode_save
@@ -103,3 +104,15 @@ class GraphSupernodes(APIView):
             raise Conflict(exc.messages[0]) from None
         return Response({"id": node.pk, "name": node.name, "nodes": node.nodes, "revision": node.revision},
                         status=status.HTTP_201_CREATED if node.revision == 1 else status.HTTP_200_OK)
+
+
+class GraphNeuronpedia(APIView):
+    """The graph as Neuronpedia's attribution-graph JSON (``browser.graphs.neuronpedia``)."""
+
+    def get(self, request: Request, pk: int) -> Response:
+        graph = graph_get(pk=pk)
+        if graph.status != graph.Status.DONE:
+            raise exceptions.ValidationError({"detail": f"graph #{pk} is {graph.status}"})
+        response = Response(graph_neuronpedia(graph))
+        response["Content-Disposition"] = f'attachment; filename="{graph.model.name}-graph-{pk}.json"'
+        return response

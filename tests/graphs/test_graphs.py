@@ -189,3 +189,26 @@ def test_supernodes_are_saved_with_history_by_annotators(models: Model, cast: Ca
     assert [(h["revision"], h["nodes"]) for h in listed["history"]] == [(2, [1, 2, 3]), (1, [1, 3])]
     twin = owner.get(f"/api/v1/graphs/{graph.pk}/").json()
     assert twin["supernodes"][0]["name"] == "winter"
+
+
+def test_neuronpedia_export_has_the_viewers_layout(models: Model, cast: Cast) -> None:
+    graph = _graph(max_units=40)
+    owner = cast.client("owner")
+    owner.post(f"/api/v1/graphs/{graph.pk}/supernodes/", {"name": "pair", "nodes": [0, 1]}, format="json")
+    response = owner.get(f"/api/v1/graphs/{graph.pk}/neuronpedia/")
+    assert response.status_code == 200 and "attachment" in response["Content-Disposition"]
+    data = response.json()
+    assert set(data) == {"metadata", "qParams", "nodes", "links"}
+    assert data["metadata"]["prompt"] == PROMPT and len(data["metadata"]["prompt_tokens"]) == len(graph.tokens)
+    # The fields of circuit-tracer's frontend Node model, every one present.
+    fields = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit", "run_idx",
+              "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}
+    assert all(set(node) == fields for node in data["nodes"])
+    ids = [node["node_id"] for node in data["nodes"]]
+    assert len(set(ids)) == len(ids) == len(graph.nodes)
+    assert len(data["links"]) == len(graph.edges)
+    assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
+    kinds = {node["feature_type"] for node in data["nodes"]}
+    assert {"cross layer transcoder", "embedding", "logit"} <= kinds
+    assert sum(node["is_target_logit"] for node in data["nodes"]) == 1
+    assert data["qParams"]["supernodes"] == [["pair", ids[0], ids[1]]]
