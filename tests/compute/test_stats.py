@@ -153,3 +153,58 @@ def test_without_numba_the_torch_passes_run(monkeypatch: pytest.MonkeyPatch) -> 
     acc = _accumulate(acts, invalid, list(range(40)), 4, fused=None)
     assert acc.fused is False
     _compare(acc, acts, invalid)
+
+
+def _values_match(acc: UnitAccumulator, acts: torch.Tensor, invalid: torch.Tensor) -> int:
+    """Every example summarize chooses has its kept values: the activations of its unit over its
+    context in float16, and the first position of its maximum over the valid tokens."""
+    from workers.compute.values import lookup, pair_keys
+
+    state = acc.state()
+    checked = 0
+    for u, s in enumerate(summarize(state, n_intervals=NI)):
+        contexts = [c for c, _ in s.top] + [c for _, m in s.intervals for c, _ in m] + [c for c, _ in s.random]
+        for c in contexts:
+            row = int(lookup(state, pair_keys(torch.tensor([u]), torch.tensor([c])))[0])
+            want = acts[c, :, u].float()
+            assert torch.equal(state["ex_val"][row], want.half()), (u, c)
+            assert int(state["ex_pos"][row]) == int(want.masked_fill(invalid[c], float("-inf")).argmax())
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("path", ["fused", "torch", "sparse"])
+@pytest.mark.parametrize("sweep_often", [False, True], ids=["sweeps-rare", "sweeps-often"])
+def test_kept_values_are_the_chosen_examples_activations(path: str, sweep_often: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The values that once came from a second forward pass come from the first one."""
+    from workers.compute import values
+    from workers.compute.sae.stats import SparseUnitAccumulator
+
+    if sweep_often:
+        monkeypatch.setattr(values, "MIN_GROWTH", 0)  # a sweep whenever the store grew by half
+    acts, invalid = _data(5)
+    if path == "sparse":
+        acts = acts.clamp(min=0)
+        acc: UnitAccumulator = SparseUnitAccumulator(9, k=K, samples=S, hist_stride=STRIDE, seed=SEED,
+                                                     unit_offset=100, n_intervals=NI)
+    else:
+        acc = UnitAccumulator(9, k=K, samples=S, hist_stride=STRIDE, seed=SEED, unit_offset=100,
+                              fused=path == "fused", n_intervals=NI)
+    for start in range(0, 40, 3):
+        idx = torch.arange(start, min(start + 3, 40))
+        acc.update(Batch(acts[idx], idx, invalid[idx], start * acts.shape[1]))
+    assert _values_match(acc, acts, invalid) > 100
+    kept = acc.state()["ex_key"].numel()
+    assert kept <= 9 * (K + (NI + 1) * S)  # only what can still be chosen is kept
+
+
+@PATHS
+def test_kept_values_survive_shard_merges(fused: bool) -> None:
+    acts, invalid = _data(2)
+    shards = [list(range(0, 13)), list(range(13, 29)), list(range(29, 40))]
+    states = [_accumulate(acts, invalid, ids, 4, fused).state() for ids in shards]
+    merged = UnitAccumulator.from_state(states[2], seed=SEED, hist_stride=STRIDE, unit_offset=100, n_intervals=NI)
+    for state in (states[0], states[1]):
+        merged.merge_state(state)
+    assert _values_match(merged, acts, invalid) > 100

@@ -103,6 +103,18 @@ def _check_against_brute_force(run: Run, hook: str, position: int, exclude_speci
         random = [ctx_index[e.context_id] for e in examples.filter(kind=2).order_by("rank")]
         assert random == [c for c, _ in w["random"]]
         assert unit.density == pytest.approx(w["fire"] / w["n_tokens"])
+        _check_values(examples, acts, invalid, unit.index, ctx_index)
+
+
+def _check_values(examples: object, acts: np.ndarray, invalid: np.ndarray, unit: int, ctx_index: dict[int, int]) -> None:
+    """Each example's per-token values are the unit's activations over its context's tokens (in
+    float16), and its max position the first maximum over the valid ones."""
+    for context_id, max_pos, values in examples.values_list("context_id", "max_pos", "values"):  # type: ignore[attr-defined]
+        c = ctx_index[context_id]
+        got = np.frombuffer(bytes(values), dtype="<f2")
+        want = acts[c, :, unit]
+        assert got.tolist() == want[: len(got)].astype(np.float16).tolist()
+        assert max_pos == int(np.where(invalid[c], -np.inf, want).argmax())
 
 
 def test_tiny_model_equals_brute_force(tiny: Model, corpus: Corpus) -> None:

@@ -100,7 +100,7 @@ def bare_pass(setup: Setup, batches: list[TokenBatch]) -> float:
 
 def _accumulators(setup: Setup, k: int = 32) -> dict[str, UnitAccumulator]:
     return {rt.name: UnitAccumulator(rt.n_units, k=k, samples=6, hist_stride=7, seed=0, unit_offset=rt.unit_offset,
-                                     device=setup.device) for rt in setup.runtimes}
+                                     device=setup.device, n_intervals=6) for rt in setup.runtimes}
 
 
 def _harvester(setup: Setup) -> Callable[[TokenBatch], None]:

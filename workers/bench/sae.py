@@ -149,7 +149,8 @@ def sae_harvester(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder) 
     runtimes = [SourceRuntime(HOOK, HOOK, D_MLP, 0),
                 SourceRuntime("sae", HOOK, sae.cfg.d_sae, 1 << 21, sae.encode, sparse=True)]
     accumulators = {rt.name: (SparseUnitAccumulator if rt.sparse else UnitAccumulator)(
-        rt.n_units, k=32, samples=6, hist_stride=7, seed=0, unit_offset=rt.unit_offset) for rt in runtimes}
+        rt.n_units, k=32, samples=6, hist_stride=7, seed=0, unit_offset=rt.unit_offset, n_intervals=6)
+        for rt in runtimes}
     return lambda batch: harvest_pass(model, arch, N_LAYERS, runtimes, accumulators, [batch], CONTEXT_LENGTH)
 
 

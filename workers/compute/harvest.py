@@ -1,9 +1,9 @@
-"""The harvest passes: one forward pass feeding every source's accumulator, and a second pass
-over only the chosen contexts for per-token display values."""
+"""The harvest pass: one forward pass feeding every source's accumulator (which also keeps the
+per-token values of the contexts that may become examples: there is no second pass)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -113,56 +113,3 @@ def harvest_pass(model: nn.Module, arch: Architecture, n_layers: int, sources: S
             forward(model, batch.ids, batch.attention_mask)
             if on_batch is not None:
                 on_batch(batch.ids.shape[0])
-
-
-@dataclass(frozen=True)
-class PairValues:
-    """Per-token values of (unit, context) pairs of one source, for one batch."""
-
-    source: str
-    units: list[int]
-    contexts: list[int]
-    values: torch.Tensor
-    """[P, L] float32 on the CPU."""
-    invalid: torch.Tensor
-    """[P, L] the batch's invalid mask for each pair's context."""
-
-
-def token_values(model: nn.Module, arch: Architecture, n_layers: int, sources: Sequence[SourceRuntime],
-                 wanted: dict[str, dict[int, list[int]]], batches: Iterable[TokenBatch],
-                 on_batch: Callable[[int], None] | None = None) -> Iterator[PairValues]:
-    """Second pass: per batch and source, the values of every (unit, context) pair in
-    ``wanted[source][context]``."""
-    device = next(model.parameters()).device
-    captured: dict[str, torch.Tensor] = {}
-    hooks = sorted({s.hook for s in sources})
-    with capture(model, arch, hooks, n_layers, lambda hook, acts: captured.__setitem__(hook, acts)):
-        for batch in batches:
-            batch_dev = _to(batch, device)
-            forward(model, batch_dev.ids, batch_dev.attention_mask)
-            for source in sources:
-                pairs = _gather(source, captured[source.hook], batch, wanted[source.name])
-                if pairs is not None:
-                    yield pairs
-            if on_batch is not None:
-                on_batch(batch.ids.shape[0])
-
-
-def _gather(source: SourceRuntime, acts: torch.Tensor, batch: TokenBatch,
-            wanted: dict[int, list[int]]) -> PairValues | None:
-    rows, units, ctxs = [], [], []
-    for row, ctx in enumerate(batch.contexts.tolist()):
-        for unit in wanted.get(ctx, ()):
-            rows.append(row)
-            units.append(unit)
-            ctxs.append(ctx)
-    if not rows:
-        return None
-    row_t = torch.tensor(rows, device=acts.device)
-    unit_t = torch.tensor(units, device=acts.device)
-    if source.encode is None:
-        values = acts[row_t, :, unit_t]  # [P, L]
-    else:
-        needed, inverse = torch.unique(row_t, return_inverse=True)
-        values = source.encode(acts[needed])[inverse, :, unit_t]  # encode only the rows needed
-    return PairValues(source.name, units, ctxs, values.float().cpu(), batch.invalid[torch.tensor(rows)])

@@ -47,7 +47,7 @@ def _compiled(function: Callable[..., None]) -> Callable[..., None]:
 @_compiled
 def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one flat kernel signature
                 hist_offset, hist_stride, hist_lo, n_bins, octave_lo, n_octaves, chunk,
-                fire, total, unit_max, hist_t, keys, sk_pri, sk_ctx, sk_val, bad):
+                fire, total, unit_max, hist_t, keys, sk_pri, sk_ctx, sk_val, bad, entered):
     """Statistics of one batch; see the module docstring.
 
     Inputs: ``x`` [B*T, U] float32 and ``bits`` (the same memory as int32), ``valid`` [B*T],
@@ -64,6 +64,8 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
     slots, so the inserts need no locks and no buffers.
     Set: ``bad`` [n_chunks] (filled with -1 by the caller) to ``b * U + u`` of the chunk's first
     context whose sum over its valid tokens is not finite (a NaN or an infinity in it).
+    Written: ``entered`` [U, B] 1 where the context entered the unit's sketch slot (its values
+    are kept, see workers.compute.values), else 0.
     """
     N, U = x.shape
     B = N // T
@@ -112,6 +114,7 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
                     p = ((p ^ (p >> 12)) * 0x297A2D39) & MASK31
                     p = p ^ (p >> 15)
                     slot = u * n_octaves + min(max((m_bits[j] >> 23) - octave_lo, 0), n_octaves - 1)
+                    entered[u, b] = p < sk_pri[slot, last]
                     if p < sk_pri[slot, last]:
                         i = last
                         while i > 0 and sk_pri[slot, i - 1] > p:
@@ -124,5 +127,6 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
                         sk_val[slot, i] = v
                 else:
                     keys[u, b] = -1
+                    entered[u, b] = 0
         for j in range(n):
             fire[u0 + j] += fired[j]

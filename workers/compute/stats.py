@@ -25,11 +25,18 @@ import torch
 
 from workers.compute import grid
 from workers.compute.grid import HIST_KEY_LO, N_HIST_BINS, N_OCTAVES, OCTAVE_LO
+from workers.compute.values import (
+    EMPTY_PRIORITY,
+    MASK32,
+    ValueStore,
+    candidate_keys,
+    random_entries,
+    rank_in_group,
+)
 
 log = logging.getLogger(__name__)
 
 MASK31 = (1 << 31) - 1
-MASK32 = (1 << 32) - 1
 # Sums are kept in fixed point (int64, 2^-16 steps) so that they add up the same in any order:
 # shards merged in finalize give bit-identical means to a single pass.
 FIXED_SCALE = 1 << 16
@@ -41,7 +48,6 @@ PENDING_LIMIT = 32_768
 # Top-k keys of this many times k contexts wait before one merge.
 TOP_PENDING_FACTOR = 4
 TOP_PENDING_MAX = 512
-EMPTY_PRIORITY = 1 << 31  # above every 31-bit priority
 
 
 def hist_bins(x: torch.Tensor) -> torch.Tensor:
@@ -129,8 +135,13 @@ class UnitAccumulator:
     """The mergeable state of ``n_units`` units; see the module docstring."""
 
     def __init__(self, n_units: int, *, k: int, samples: int, hist_stride: int, seed: int,
-                 unit_offset: int = 0, device: torch.device | str = "cpu", fused: bool | None = None) -> None:
+                 unit_offset: int = 0, device: torch.device | str = "cpu", fused: bool | None = None,
+                 n_intervals: int | None = None) -> None:
         self.n_units, self.k, self.samples, self.hist_stride, self.seed = n_units, k, samples, hist_stride, seed
+        # Per-token values of the pairs that may become examples (workers.compute.values); the
+        # interval octaves summarize will show (None: keep every used octave's).
+        self.n_intervals = n_intervals
+        self.store = ValueStore(n_units)
         dev = torch.device(device)
         # One compiled pass per batch on the CPU (workers.compute.kernels), torch's passes
         # elsewhere; None: decided at the first batch (numba is imported then, if at all).
@@ -187,8 +198,28 @@ class UnitAccumulator:
             x.index_copy_(0, invalid_rows, saved)
         self.max = torch.maximum(self.max, ctx_max.amax(0))
         ctx_max = ctx_max.masked_fill(~(ctx_max > 0), float("-inf"))  # only firing contexts
-        self._merge_top(ctx_max.T.contiguous(), batch.contexts)
-        self._sketch(ctx_max, batch.contexts)
+        entered_top = self._merge_top(ctx_max.T.contiguous(), batch.contexts)
+        self._keep_values(batch, entered_top.T | self._sketch(ctx_max, batch.contexts))
+
+    def _keep_values(self, batch: Batch, admitted: torch.Tensor) -> None:
+        """Keep the per-token values of the batch's admitted pairs ([B, U]); sweep the store when
+        it has grown."""
+        self.store.add(batch.acts, batch.invalid, batch.contexts, admitted)
+        if self.store.full:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop the kept values that can no longer be chosen (on the exact state: waiting top-k
+        keys and sketch candidates are merged first)."""
+        self._flush_sketch()
+        self._flush_top()
+        self.store.keep(candidate_keys(self.top_key, self.sk_pri, self.sk_ctx, self.n_intervals))
+
+    def _kth_key(self) -> torch.Tensor:
+        """[U] each unit's lowest held top-k key (-1 while fewer than k are held): a context
+        beating it enters the top-k. Keys still waiting to merge are not counted, so it admits
+        a few extra, never too few."""
+        return self.top_key.min(1).values
 
     def _update_fused(self, batch: Batch) -> None:
         """The whole update in one compiled pass over the batch (CPU only; see kernels)."""
@@ -201,16 +232,20 @@ class UnitAccumulator:
         threads = torch.get_num_threads()
         kernels.set_threads(threads)
         chunk = -(-U // threads)  # each thread's units
+        keys = self._top_slots(B)
+        kth = self._kth_key()
+        entered = torch.empty(U, B, dtype=torch.uint8)
         args = [x, x.view(torch.int32), valid, T, batch.contexts, self.units, self.seed,
                 (-batch.first_token) % self.hist_stride, self.hist_stride, HIST_KEY_LO - 1, N_HIST_BINS,
                 OCTAVE_LO, N_OCTAVES, chunk, self.fire, self.total, self.max, self._hist_table(x.device),
-                self._top_slots(B), self.sk_pri, self.sk_ctx, self.sk_val, bad := torch.full((-(-U // chunk),), -1)]
+                keys, self.sk_pri, self.sk_ctx, self.sk_val, bad := torch.full((-(-U // chunk),), -1), entered]
         kernels.batch_stats(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
         if bool((bad >= 0).any()):  # each thread's first context (then unit) with a non-finite sum
             first = int(bad[bad >= 0].min())
             sums = torch.full((B, U), 0.0)
             sums[first // U, first % U] = float("nan")
             check_finite(sums, x.masked_fill(~valid[:, None], 0.0).view(B, T, U), batch.contexts)
+        self._keep_values(batch, ((keys > kth[:, None]) | entered.bool()).T)
 
     def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int,
                      contexts: torch.Tensor) -> None:
@@ -255,9 +290,12 @@ class UnitAccumulator:
             self.hist += self._hist_t.T.reshape(-1)
             self._hist_t = None
 
-    def _merge_top(self, values: torch.Tensor, contexts: torch.Tensor) -> None:
-        """values [U, B] (-inf where not firing), contexts [B]."""
-        self._top_slots(values.shape[1]).copy_(top_keys(values, contexts.unsqueeze(0).expand_as(values)))
+    def _merge_top(self, values: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        """values [U, B] (-inf where not firing), contexts [B]; returns [U, B] True where the
+        context enters the unit's top-k (as far as the merged keys tell)."""
+        keys = top_keys(values, contexts.unsqueeze(0).expand_as(values))
+        self._top_slots(values.shape[1]).copy_(keys)
+        return keys > self._kth_key()[:, None]
 
     def _top_slots(self, n: int) -> torch.Tensor:
         """A [U, n] view of the top-k buffer to write one batch's keys into (merging the waiting
@@ -283,17 +321,18 @@ class UnitAccumulator:
             self._top_pending_n = 0
             self.top_key = torch.topk(merged, self.k, dim=1, sorted=False).values
 
-    def _sketch(self, ctx_max: torch.Tensor, contexts: torch.Tensor) -> None:
+    def _sketch(self, ctx_max: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
         """ctx_max [B, U] (-inf where not firing): queue every (context, unit) whose priority is
-        no worse than its slot's current last, a few in a thousand after warm-up."""
+        no worse than its slot's current last, a few in a thousand after warm-up; returns them
+        as a [B, U] mask."""
         # Dense over [B, U]: elementwise ops cost less than gathering the firing entries first.
         pri = priority(contexts.unsqueeze(1), self.units, self.seed)
         slot = self._slot_base + octave(ctx_max)
         keep = (pri <= self.sk_pri.view(-1)[slot * self.samples + (self.samples - 1)]) & (ctx_max > 0)
         b_idx, u_idx = keep.nonzero(as_tuple=True)
-        if b_idx.numel() == 0:
-            return
-        self._queue_candidates((slot[b_idx, u_idx], pri[b_idx, u_idx], contexts[b_idx], ctx_max[b_idx, u_idx]))
+        if b_idx.numel():
+            self._queue_candidates((slot[b_idx, u_idx], pri[b_idx, u_idx], contexts[b_idx], ctx_max[b_idx, u_idx]))
+        return keep
 
     def _queue_candidates(self, candidates: tuple[torch.Tensor, ...]) -> None:
         """(slot, priority, context, value) of sketch candidates, in ascending context order
@@ -330,7 +369,7 @@ class UnitAccumulator:
         all_pri = torch.cat([self.sk_pri[rows].reshape(-1), pri])
         sorted_key, order = torch.sort(all_slot * (1 << 32) + all_pri, stable=True)
         sorted_slot = sorted_key >> 32
-        rank = _rank_in_group(sorted_slot)
+        rank = rank_in_group(sorted_slot)
         keep = rank < s
         picked, target_slot, target_rank = order[keep], sorted_slot[keep], rank[keep]
         # Gather every source value before writing: held rows are read and written here.
@@ -343,9 +382,9 @@ class UnitAccumulator:
 
     # ---- merging and results ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
-        """The state on the CPU; sketch slots are stored sparsely (most octaves stay empty)."""
-        self._flush_sketch()
-        self._flush_top()
+        """The state on the CPU; sketch slots are stored sparsely (most octaves stay empty). The
+        kept values (``ex_*``) are only those of the pairs that summarize could choose."""
+        self._sweep()
         self._fold_hist()
         names = ["n_tokens", "fire", "total", "max", "hist", "top_key"]
         out = {name: getattr(self, name).detach().cpu().contiguous() for name in names}
@@ -355,6 +394,7 @@ class UnitAccumulator:
         out["sk_shape"] = torch.tensor(list(self.sk_pri.shape))
         for name in ("sk_pri", "sk_ctx", "sk_val"):
             out[name] = getattr(self, name)[used].cpu().contiguous()
+        out.update(self.store.state())
         return out
 
     @staticmethod
@@ -391,13 +431,16 @@ class UnitAccumulator:
         pri, sctx, sval = pri.gather(1, order), sctx.gather(1, order), sval.gather(1, order)
         order = torch.sort(pri, dim=1, stable=True).indices[:, : self.samples]
         self.sk_pri, self.sk_ctx, self.sk_val = pri.gather(1, order), sctx.gather(1, order), sval.gather(1, order)
+        if "ex_key" in other:  # partials stored before values were kept have none
+            self.store.merge(other, dev)
+        self._sweep()
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], *, seed: int, hist_stride: int,
-                   unit_offset: int = 0) -> UnitAccumulator:
+                   unit_offset: int = 0, n_intervals: int | None = None) -> UnitAccumulator:
         n_units, k = state["top_key"].shape
         acc = cls(n_units, k=k, samples=int(state["sk_shape"][1]), hist_stride=hist_stride, seed=seed,
-                  unit_offset=unit_offset)
+                  unit_offset=unit_offset, n_intervals=n_intervals)
         acc.merge_state(state)
         return acc
 
@@ -447,15 +490,6 @@ def decode_top_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.masked_fill(empty, 0.0), contexts.masked_fill(empty, -1)
 
 
-def _rank_in_group(sorted_groups: torch.Tensor) -> torch.Tensor:
-    """Position of each element within its run of equal values (the input is sorted)."""
-    index = torch.arange(sorted_groups.numel(), device=sorted_groups.device)
-    starts = torch.ones_like(sorted_groups, dtype=torch.bool)
-    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
-    first = torch.cummax(torch.where(starts, index, 0), 0).values
-    return index - first
-
-
 @dataclass(frozen=True)
 class UnitSummary:
     n_tokens: int
@@ -492,13 +526,8 @@ def summarize(state: dict[str, torch.Tensor], *, n_intervals: int) -> list[UnitS
         intervals[unit[r]].append(
             (bucket[r], [(ctx_l[r][j], val_l[r][j]) for j in range(s) if filled[r][j]]))
     # Random firing examples: each unit's s lowest (priority, context) over all its octaves.
-    held = (pri < EMPTY_PRIORITY).reshape(-1)
-    e_unit = unit_t.repeat_interleave(s)[held]
-    e_pri, e_ctx, e_val = pri.reshape(-1)[held], ctx.reshape(-1)[held], val.reshape(-1)[held]
-    order = torch.sort(e_ctx, stable=True).indices
-    order = order[torch.sort(e_pri[order], stable=True).indices]
-    order = order[torch.sort(e_unit[order], stable=True).indices]
-    first = order[_rank_in_group(e_unit[order]) < s]
+    held, first = random_entries(unit_t, pri, ctx, s)
+    e_unit, e_ctx, e_val = unit_t.repeat_interleave(s)[held], ctx.reshape(-1)[held], val.reshape(-1)[held]
     random: list[list[tuple[int, float]]] = [[] for _ in range(n_units)]
     for u, c, v in zip(e_unit[first].tolist(), e_ctx[first].tolist(), e_val[first].tolist(), strict=True):
         random[u].append((c, v))

@@ -34,8 +34,8 @@ class SparseUnitAccumulator(UnitAccumulator):
         ctx_max = self._context_max(rows // T, units, values, valid.view(B, T).any(1), U)
         self.max = torch.maximum(self.max, ctx_max.amax(0))
         ctx_max = ctx_max.masked_fill(~(ctx_max > 0), float("-inf"))  # only firing contexts
-        self._merge_top(ctx_max.T.contiguous(), batch.contexts)
-        self._sketch(ctx_max, batch.contexts)
+        entered_top = self._merge_top(ctx_max.T.contiguous(), batch.contexts)
+        self._keep_values(batch, entered_top.T | self._sketch(ctx_max, batch.contexts))
 
     def _sparse_histogram(self, rows: torch.Tensor, units: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
                           first_token: int) -> None:

@@ -1,40 +1,38 @@
-"""Finalize: merge every shard's state exactly, run a second pass over the chosen contexts for
-per-token values, and write statistics, examples and browse fields with COPY in one transaction."""
+"""Finalize: merge every shard's state exactly (with the per-token values its first pass kept for
+the examples that could be chosen), compute logit effects, and write statistics, examples and
+browse fields with COPY in one transaction. No forward pass: the model is loaded only for the
+logit effects of a causal LM."""
 
 from __future__ import annotations
 
-import pickle
-import tempfile
-from collections import defaultdict
+import time
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from django.db import connection, transaction
 from safetensors.torch import load as st_load
 
-from browser.catalog.models import Source, Unit
+from browser.catalog.models import Model, Source, Unit
 from browser.catalog.services import units_ensure
 from browser.core.blobs import blob_read
-from browser.corpora.models import Context
-from browser.examples.models import Example
 from browser.examples.services import examples_write, run_results_clear, stats_write, units_set_browse_fields
 from browser.runs.models import Job, Run, Shard
 from browser.runs.services import FINALIZE_LOCK, job_finish, run_claim_finalize, run_lock, run_mark
 from workers.compute.config import HarvestConfig
-from workers.compute.harvest import TokenBatch, token_values
 from workers.compute.logits import logit_effects
 from workers.compute.stats import UnitAccumulator, UnitSummary, summarize
 from workers.pipeline.harvest.create import HarvestInputError
-from workers.pipeline.harvest.runtime import (
-    UNIT_OFFSET_STRIDE,
-    Loaded,
-    batches,
-    load_for_run,
-    note,
-    worker_name,
+from workers.pipeline.harvest.examples import (
+    SourceExamples,
+    context_rows,
+    example_rows,
+    source_examples,
+    top_tokens,
 )
+from workers.pipeline.harvest.runtime import UNIT_OFFSET_STRIDE, note, worker_name
+from workers.pipeline.loader import device_for, model_on
 from workers.pipeline.saes import sae_directions
 
 
@@ -52,7 +50,8 @@ def merged_states(run: Run, config: HarvestConfig) -> dict[str, dict[str, torch.
                 merged[source.name].merge_state(state)
             else:
                 merged[source.name] = UnitAccumulator.from_state(
-                    state, seed=config.seed, hist_stride=config.hist_stride, unit_offset=offsets[source.name])
+                    state, seed=config.seed, hist_stride=config.hist_stride, unit_offset=offsets[source.name],
+                    n_intervals=config.n_intervals)
     return {name: acc.state() for name, acc in merged.items()}
 
 
@@ -74,40 +73,79 @@ def finalize(*, run_id: int, progress: Callable[..., None]) -> Run:
 
 def _finalize(run: Run, progress: Callable[..., None]) -> Run:
     config = HarvestConfig.from_dict(run.config)
+    clock = _Phases()
     # Each phase names itself on the job (the bar's text), forced past the throttle.
     progress(run.contexts_total, run.contexts_total, f"finalizing: merging {run.n_shards} shard state(s)", force=True)
-    summaries = {name: summarize(state, n_intervals=config.n_intervals)
-                 for name, state in merged_states(run, config).items()}
-    loaded = load_for_run(run, config)
+    states = merged_states(run, config)
+    summaries = {name: summarize(state, n_intervals=config.n_intervals) for name, state in states.items()}
+    chosen = {name: source_examples(summaries[name], state) for name, state in states.items()}
+    del states  # what is left of them is held by the chosen examples
+    contexts = context_rows(run.corpus, {int(c) for ex in chosen.values() for c in np.unique(ex.context)})
+    strings = run.corpus.tokenizer.tokens
+    best = {key: token for name, ex in chosen.items() for key, token in top_tokens(name, ex, contexts, strings).items()}
     sources = {s.name: s for s in run.sources.all()}
-    with tempfile.TemporaryFile() as spool:
-        top_tokens, n_examples = _spool_examples(run, config, loaded, summaries, spool, progress)
-        effects = _logit_effects(run, loaded, sources)
-        n_units = sum(len(units) for units in summaries.values())
-        # Progress can't be reported from inside the transaction (its row would stay locked and
-        # unseen until the commit): the last message says what the commit writes.
-        progress(run.contexts_total, run.contexts_total,
-                 f"finalizing: writing {n_examples:,} examples of {n_units:,} units", force=True)
-        with transaction.atomic():
-            # A crash before the WAL reaches disk loses only this commit, and the run is then
-            # finalized again: no need to wait for the flush of a large bulk load.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit = off")
-            for source in sources.values():
-                units_ensure(source=source)
-            run_results_clear(run=run, sources=list(sources.values()))
-            unit_ids = {(src_id, index): pk for pk, src_id, index in
-                        Unit.objects.filter(source__in=sources.values()).values_list("pk", "source_id", "index")}
-            stats_write(run=run, rows=_stats_rows(summaries, sources, unit_ids, config))
-            examples_write(run=run, rows=_unspool(spool, sources, unit_ids))
-            units_set_browse_fields(run=run, rows=(
-                (unit_ids[(sources[name].pk, u)], top_tokens.get((name, u), ""), effects.get((name, u), {}))
-                for name, units in summaries.items() for u in range(len(units))))
-            run_mark(run=run, status=Run.Status.DONE)
-            if run.job_id:
-                job_finish(job_id=run.job_id, status=Job.Status.SUCCEEDED)
+    clock.lap("merge")
+    n_units = sum(len(units) for units in summaries.values())
+    progress(run.contexts_total, run.contexts_total, f"finalizing: logit effects of {n_units:,} units", force=True)
+    effects = _logit_effects(run, config, sources)
+    clock.lap("logit_effects")
+    _write(run, config, summaries, chosen, contexts, best, effects, sources, progress)
+    clock.lap("write")
+    _report_phases(run, clock.seconds)
     run.refresh_from_db()
     return run
+
+
+def _write(run: Run, config: HarvestConfig, summaries: dict[str, list[UnitSummary]],
+           chosen: dict[str, SourceExamples], contexts: dict[int, tuple[int, int, bytes]],
+           best: dict[tuple[str, int], str], effects: dict[tuple[str, int], dict[str, Any]],
+           sources: dict[str, Source], progress: Callable[..., None]) -> None:
+    """Everything in one transaction: readers see all of the run's results or none."""
+    n_units = sum(len(units) for units in summaries.values())
+    # Progress can't be reported from inside the transaction (its row would stay locked and
+    # unseen until the commit): the last message says what the commit writes.
+    progress(run.contexts_total, run.contexts_total,
+             f"finalizing: writing {sum(len(ex) for ex in chosen.values()):,} examples of {n_units:,} units",
+             force=True)
+    with transaction.atomic():
+        # A crash before the WAL reaches disk loses only this commit, and the run is then
+        # finalized again: no need to wait for the flush of a large bulk load.
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+        for source in sources.values():
+            units_ensure(source=source)
+        run_results_clear(run=run, sources=list(sources.values()))
+        unit_ids = {(src_id, index): pk for pk, src_id, index in
+                    Unit.objects.filter(source__in=sources.values()).values_list("pk", "source_id", "index")}
+        stats_write(run=run, rows=_stats_rows(summaries, sources, unit_ids, config))
+        examples_write(run=run, rows=example_rows(chosen, sources, unit_ids, contexts))
+        units_set_browse_fields(run=run, rows=(
+            (unit_ids[(sources[name].pk, u)], best.get((name, u), ""), effects.get((name, u), {}))
+            for name, units in summaries.items() for u in range(len(units))))
+        run_mark(run=run, status=Run.Status.DONE)
+        if run.job_id:
+            job_finish(job_id=run.job_id, status=Job.Status.SUCCEEDED)
+
+
+class _Phases:
+    """Seconds of each finalize phase, in order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+
+def _report_phases(run: Run, seconds: dict[str, float]) -> None:
+    """The phases' seconds on the job: a log line, and ``params["finalize_s"]`` for the bench."""
+    note(run, "finalize took " + ", ".join(f"{name.replace('_', ' ')} {s:.1f} s" for name, s in seconds.items()))
+    if run.job_id:
+        job = Job.objects.get(pk=run.job_id)
+        Job.objects.filter(pk=run.job_id).update(params={**job.params, "finalize_s": seconds})
 
 
 def _stats_rows(summaries: dict[str, list[UnitSummary]], sources: dict[str, Source],
@@ -120,99 +158,20 @@ def _stats_rows(summaries: dict[str, list[UnitSummary]], sources: dict[str, Sour
                    config.hist_stride)
 
 
-Chosen = dict[str, dict[int, dict[int, list[tuple[int, int, int, float]]]]]
-
-
-def _chosen(summaries: dict[str, list[UnitSummary]]) -> Chosen:
-    """Per source, context and unit: (kind, bucket, rank, max value) of every example to write."""
-    top, interval, random = int(Example.Kind.TOP), int(Example.Kind.INTERVAL), int(Example.Kind.RANDOM)
-    chosen: Chosen = {}
-    for name, units in summaries.items():
-        by_ctx: dict[int, dict[int, list[tuple[int, int, int, float]]]] = defaultdict(dict)
-        for u, s in enumerate(units):
-            for rank, (ctx, v) in enumerate(s.top):
-                by_ctx[ctx].setdefault(u, []).append((top, 0, rank, v))
-            for bucket, members in s.intervals:
-                for rank, (ctx, v) in enumerate(members):
-                    by_ctx[ctx].setdefault(u, []).append((interval, bucket, rank, v))
-            for rank, (ctx, v) in enumerate(s.random):
-                by_ctx[ctx].setdefault(u, []).append((random, 0, rank, v))
-        chosen[name] = dict(by_ctx)
-    return chosen
-
-
-def _spool_examples(run: Run, config: HarvestConfig, loaded: Loaded, summaries: dict[str, list[UnitSummary]],
-                    spool: BinaryIO, progress: Callable[..., None]) -> tuple[dict[tuple[str, int], str], int]:
-    """Second pass over the chosen contexts; pickle example rows (one list per batch) into
-    ``spool`` with the source name and unit index in place of the unit id. Returns the top
-    tokens and how many rows were spooled."""
-    chosen = _chosen(summaries)
-    contexts = sorted({ctx for by_ctx in chosen.values() for ctx in by_ctx})
-    context_ids = dict(Context.objects.filter(corpus=run.corpus, index__in=contexts).values_list("index", "id"))
-    wanted = {name: {ctx: sorted(units) for ctx, units in by_ctx.items()} for name, by_ctx in chosen.items()}
-    tokens = run.corpus.tokenizer.tokens
-    top_tokens: dict[tuple[str, int], str] = {}
-    token_ids: dict[int, list[int]] = {}
-    seen = {"contexts": 0, "rows": 0}
-    pending: list[tuple[Any, ...]] = []
-
-    def on_batch(n: int) -> None:
-        seen["contexts"] += n
-        seen["rows"] += len(pending)
-        pickle.dump(pending, spool)
-        pending.clear()
-        progress(seen["contexts"], len(contexts), "finalizing: second pass over the chosen contexts")
-
-    def chosen_batches() -> Iterator[TokenBatch]:
-        for batch in batches(run.corpus, contexts, loaded, config):
-            for row, ctx in enumerate(batch.contexts.tolist()):
-                token_ids[ctx] = batch.ids[row][batch.attention_mask[row].bool()].tolist()
-            yield batch
-
-    for pairs in token_values(loaded.torch_model, loaded.arch, run.model.n_layers, loaded.runtimes, wanted,
-                              chosen_batches(), on_batch):
-        masked = pairs.values.masked_fill(pairs.invalid, float("-inf"))  # padding, and specials if excluded
-        max_pos = masked.argmax(1).tolist()
-        packed = pairs.values.clamp(-65504, 65504).numpy().astype("<f2")
-        by_unit = chosen[pairs.source]
-        for i, (unit, ctx) in enumerate(zip(pairs.units, pairs.contexts, strict=True)):
-            ids = token_ids[ctx]
-            values_bytes = packed[i, : len(ids)].tobytes()
-            for kind, bucket, rank, value in by_unit[ctx][unit]:
-                if kind == Example.Kind.TOP and rank == 0:
-                    top_tokens[(pairs.source, unit)] = tokens[ids[max_pos[i]]]
-                pending.append((pairs.source, unit, kind, bucket, rank, context_ids[ctx], value, max_pos[i],
-                                values_bytes))
-    seen["rows"] += len(pending)
-    pickle.dump(pending, spool)
-    spool.seek(0)
-    return top_tokens, seen["rows"]
-
-
-def _unspool(spool: BinaryIO, sources: dict[str, Source],
-             unit_ids: dict[tuple[int, int], int]) -> Iterator[tuple[Any, ...]]:
-    while True:
-        try:
-            rows = pickle.load(spool)
-        except EOFError:
-            return
-        for name, u, *rest in rows:
-            yield (unit_ids[(sources[name].pk, u)], *rest)
-
-
-def _logit_effects(run: Run, loaded: Loaded, sources: dict[str, Source]) -> dict[tuple[str, int], dict[str, Any]]:
-    if not loaded.arch.causal:
+def _logit_effects(run: Run, config: HarvestConfig,
+                   sources: dict[str, Source]) -> dict[tuple[str, int], dict[str, Any]]:
+    if run.model.kind != Model.Kind.CAUSAL_LM:
         return {}
+    torch_model, arch, _ = model_on(run.model, device_for(config.device), config.dtype)
     out: dict[tuple[str, int], dict[str, Any]] = {}
-    layers = loaded.arch.layers(loaded.torch_model)
+    layers = arch.layers(torch_model)
     for name, source in sources.items():
         if source.kind == Source.Kind.SAE:
-            directions = sae_directions(source, loaded.arch, loaded.torch_model)
+            directions = sae_directions(source, arch, torch_model)
         elif source.hook_point.endswith("mlp.hook_post"):
-            directions = loaded.arch.neuron_directions(layers[source.layer])
+            directions = arch.neuron_directions(layers[source.layer])
         else:
             continue
-        for u, effect in enumerate(logit_effects(loaded.torch_model, loaded.arch, directions)):
+        for u, effect in enumerate(logit_effects(torch_model, arch, directions)):
             out[(name, u)] = effect
     return out
-

@@ -150,7 +150,8 @@ def _accumulator(rt: SourceRuntime, config: HarvestConfig, loaded: Loaded) -> Un
     device = next(loaded.torch_model.parameters()).device
     accumulator = SparseUnitAccumulator if rt.sparse else UnitAccumulator
     return accumulator(rt.n_units, k=config.k, samples=config.samples_per_interval,
-                       hist_stride=config.hist_stride, seed=config.seed, unit_offset=rt.unit_offset, device=device)
+                       hist_stride=config.hist_stride, seed=config.seed, unit_offset=rt.unit_offset, device=device,
+                       n_intervals=config.n_intervals)
 
 
 def _fail_if_shards_failed(run: Run) -> bool:
