@@ -22,7 +22,8 @@ def tiny_llama(seed: int = 0) -> Any:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=4, max_position_embeddings=64,
-                         initializer_range=0.4, tie_word_embeddings=False, attn_implementation="eager")
+                         initializer_range=0.4, tie_word_embeddings=False,
+                         attn_implementation="eager")  # type: ignore[call-arg]  # a PretrainedConfig keyword
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # norms that are not all ones, so a missed weight shows
         for name, param in model.named_parameters():
@@ -71,7 +72,9 @@ class HandModel:
     a direct effect propagated by hand through the attention of each layer in between."""
 
     def __init__(self, model: Any, ids: torch.Tensor) -> None:
-        self.model, self.inputs, self.gates = model, {}, {}
+        self.model = model
+        self.inputs: dict[tuple[str, int], torch.Tensor] = {}
+        self.gates: dict[int, torch.Tensor] = {}
         handles = []
         for i, layer in enumerate(model.model.layers):
             for key, module in ((("attn", i), layer.input_layernorm), (("mlp", i), layer.post_attention_layernorm)):
@@ -226,7 +229,7 @@ def tiny_gpt2() -> Any:
 
     torch.manual_seed(3)
     config = GPT2Config(vocab_size=40, n_positions=32, n_embd=16, n_layer=3, n_head=4, n_inner=24,
-                        initializer_range=0.3, attn_implementation="eager")
+                        initializer_range=0.3, attn_implementation="eager")  # type: ignore[call-arg]
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # biases and norm weights that are not zeros and ones
         for name, param in model.named_parameters():

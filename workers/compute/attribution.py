@@ -70,7 +70,7 @@ def select_units(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis]
                                 is_grads_batched=True)
     # [k, T, n] per layer: activation x gradient at the unit (the leaf's gradient along its direction)
     attribution = [(g[:, 0] @ basis.directions.T) * basis.acts[None] for g, basis in zip(grads, bases, strict=True)]
-    totals = sum(a.abs().flatten(1).sum(1) for a in attribution).clamp(min=1e-10)  # [k]
+    totals = torch.stack([a.abs().flatten(1).sum(1) for a in attribution]).sum(0).clamp(min=1e-10)  # [k]
     scores = [((a.abs() / totals[:, None, None]) * probs[:, None, None]).sum(0).flatten() for a in attribution]
     flat = torch.cat(scores)
     top = flat.topk(min(max_units, int((flat > 0).sum())))
