@@ -123,14 +123,17 @@ def run_job(task: Any, job_id: int, work: Callable[[Job, Progress], None], liste
 def run_task(task: Any, run_id: int, body: Callable[[], object]) -> None:
     """A run task (a harvest's shards, its finalize): ``body`` through :func:`guarded`, ending
     the run and its job as one."""
-    guarded(task, body, job_id=_job_id(run_id), run_id=run_id)
+    guarded(task, body, job_id=None, run_id=run_id)
 
 
 def guarded(task: Any, body: Callable[[], object], *, job_id: int | None, run_id: int | None = None) -> None:
     """The one failure path of every task: a cancel ends the job (and run) cancelled; bad input
     (``ValueError``) fails it at once with its message; a transient error is retried with backoff
     while attempts are left; anything else fails it with the traceback and is re-raised for the
-    worker's log. Attempts are capped: a task's retries, a job's claims, a shard's claims."""
+    worker's log. Attempts are capped: a task's retries, a job's claims, a shard's claims.
+
+    A run's job (``job_id`` None with a ``run_id``) is looked up when it is needed, once the
+    database is back if it was what failed."""
     if task is not None:  # a worker's connection may have gone stale between tasks
         close_old_connections()
     try:
@@ -141,7 +144,7 @@ def guarded(task: Any, body: Callable[[], object], *, job_id: int | None, run_id
         _end(job_id, run_id, "failed", str(exc), f"failed: {type(exc).__name__}: {str(exc)[:300]}")
     except Exception as exc:
         if may_retry(task, exc):
-            retry(task, exc, job_id)
+            retry(task, exc, job_id if job_id is not None or run_id is None else _job_id(run_id))
         _end(job_id, run_id, "failed", "".join(traceback.format_exception(exc)),
              f"failed: {type(exc).__name__}: {str(exc)[:300]}")
         raise
@@ -150,6 +153,8 @@ def guarded(task: Any, body: Callable[[], object], *, job_id: int | None, run_id
 def _end(job_id: int | None, run_id: int | None, status: str, error: str, line: str) -> None:
     """Record how the work ended, best effort: the database may be what failed."""
     try:
+        if job_id is None and run_id is not None:
+            job_id = _job_id(run_id)
         work_end(job_id=job_id, run_id=run_id, status=status, error=error)
         if job_id is not None:
             job_log(job_id=job_id, line=line)

@@ -1,20 +1,31 @@
-"""One failure path for every task (issue 14 item 5): routes name real tasks, and a job whose
-worker died at every attempt is failed after the attempt cap instead of being run again."""
+"""One failure path for every task (issue 14 item 5): routes name real tasks, a job whose
+worker died at every attempt is failed after the attempt cap instead of being run again, and a
+run task fails its run and job as the in-process job does."""
 
 from __future__ import annotations
 
+import io
+import shutil
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from browser.catalog.models import Model
 from browser.corpora.models import Corpus
 from browser.corpora.services import corpus_import
-from browser.runs.models import Job
+from browser.runs.models import Job, Run
 from browser.runs.services import job_create
+from fixtures.tiny import build_tiny_bert
 from tests.conftest import FIXTURE_CORPUS
 from workers.celery import ROUTES, app
+from workers.compute.config import HarvestConfig
+from workers.pipeline.harvest import harvest_create, neuron_sources
+from workers.pipeline.models import model_register
 
 
 def test_every_route_names_a_registered_task() -> None:
@@ -53,3 +64,30 @@ def test_a_job_below_the_cap_is_still_taken_over(transactional_db: None, minilm:
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert job.attempts == settings.JOB_MAX_ATTEMPTS
+
+
+@pytest.mark.parametrize("path", ["task", "inline"])
+def test_a_run_task_and_a_job_fail_the_same_way(transactional_db: None, tmp_path: Path, path: str) -> None:
+    """A run whose model vanished after it was created: queued (the shard task) or in-process
+    (the harvest job), the run and its job end failed with the loader's message."""
+    from workers.cli import run_here
+    from workers.tasks import harvest_shards, harvest_work
+
+    location = build_tiny_bert(tmp_path / "tiny")
+    model = model_register(location=str(location), name="gone")
+    (tmp_path / "t.txt").write_text("To be, or not to be, that is the question. " * 20)
+    call_command("import_corpus", str(tmp_path / "t.txt"), name="t", context_length=16, tokenizer="gone",
+                 inline=True, stdout=io.StringIO())
+    config = HarvestConfig(sources=neuron_sources(["blocks.0.mlp.hook_post"]), k=4)
+    run, _ = harvest_create(model=model, corpus=Corpus.objects.get(name="t"), config=config)
+    shutil.rmtree(location)
+    if path == "task":
+        harvest_shards.apply(args=[run.pk])
+    else:
+        with pytest.raises(CommandError):
+            run_here(harvest_work, run.job, io.StringIO())  # type: ignore[arg-type]
+    run.refresh_from_db()
+    job = Job.objects.get(pk=run.job_id)
+    assert (run.status, job.status) == (Run.Status.FAILED, Job.Status.FAILED)
+    assert run.error == job.error == f"no model at {location} (no such file or directory)"
+    assert f"failed: ModelLoadError: no model at {location}" in job.log
