@@ -18,8 +18,10 @@ def test_groundtruth_bench_reports_recovery_and_diagnosis() -> None:
         assert key in result
     table = result["recovery"]
     assert set(table) == {"topk", "relu"}
-    assert result["best_mcc"] == max(row["mcc"] for row in table.values())
-    assert result["best_f1"] == max(row["f1"] for row in table.values())
+    at_l0 = [row for row in table.values() if row["at_true_l0"]]
+    assert table["topk"]["at_true_l0"] and all(abs(row["l0"] - 3) <= 0.75 for row in at_l0)
+    assert result["best_mcc"] == max(row["mcc"] for row in at_l0)
+    assert result["best_f1"] == max(row["f1"] for row in at_l0)
     assert table["topk"]["l0"] == 3.0 or abs(table["topk"]["l0"] - 3) < 0.5
     assert table["topk"]["mcc"] > 0.8
     assert result["diagnosis"]["units"] == 80 and result["diagnosis_accuracy_true_dictionary"] == 1.0
