@@ -56,9 +56,9 @@ def shards_work(*, run_id: int, on_all_done: Callable[[int], None],
     died once their lease expires, and finalizes the run itself if its finalizer died, so a run
     completes while any worker that took one of its tasks is alive. The others return.
     """
-    run = Run.objects.select_related("model", "corpus", "corpus__tokenizer").get(pk=run_id)
-    if run.status not in {Run.Status.QUEUED, Run.Status.HARVESTING, Run.Status.FINALIZING}:
-        return 0
+    run = Run.objects.select_related("model", "corpus", "corpus__tokenizer").filter(pk=run_id).first()
+    if run is None or run.status not in {Run.Status.QUEUED, Run.Status.HARVESTING, Run.Status.FINALIZING}:
+        return 0  # deleted (a task queued before), finished or given up: nothing to do
     Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(status=Run.Status.HARVESTING)
     if run.job_id:
         job_start(job_id=run.job_id)
