@@ -276,3 +276,26 @@ def test_sae_basis_features_are_the_saes_own_and_rows_stay_exact() -> None:
         assert index < 40 and float(features[pos, index]) > 0
         assert float(graph.values[k]) == pytest.approx(float(features[pos, index]), abs=1e-5)
     assert any(layer != 1 for layer, _, _ in graph.units.tolist())  # neurons on the other layers
+
+
+def test_zero_ablation_check_in_the_planted_circuit() -> None:
+    from workers.compute.graph_check import zero_ablation_check
+
+    model = planted_llama()
+    ids = torch.tensor([2, 3, 4, 1])
+    graph = build_graph(model, ids, GraphConfig(max_units=8))
+    b_row = [i for i, unit in enumerate(graph.units.tolist()) if unit == [1, 3, 1]][0]
+    edge_b_to_logit = float(graph.adjacency[-1, b_row])
+    check = zero_ablation_check(model, ids, [(1, 3, 1)], 5)
+    # B reaches the logit only directly: the prediction is minus that edge.
+    assert check.predicted == pytest.approx(-edge_b_to_logit, rel=1e-5)
+    # The real change, from a plain hook that zeroes B's activation before the down projection.
+    handle = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(
+        lambda module, args: (args[0].index_put((torch.tensor([0]), torch.tensor([3]), torch.tensor([1])),
+                                                torch.tensor(0.0)),))
+    with torch.no_grad():
+        zeroed = float(model(ids[None]).logits[0, -1, 5])
+    handle.remove()
+    assert check.clean == pytest.approx(float(graph.values[-1]), rel=1e-5)
+    assert check.real == pytest.approx(zeroed - check.clean, rel=1e-5)
+    assert check.real < 0 and check.predicted < 0
