@@ -39,6 +39,7 @@ ROUTES = {
     "workers.tasks_search.embed_source": "gpu",
     "workers.tasks_search.source_overview": "gpu",
     "workers.tasks_graphs.compute_graph": "gpu",
+    "workers.tasks_graphs.check_graph": "gpu",
 }
 _prefix = {"value": ""}
 
