@@ -50,8 +50,11 @@ class LiveIndex:
         self.lock = threading.Lock()
         snapshot = IndexSnapshot.objects.select_related("blob").order_by("-as_of").first()
         if snapshot is not None:
-            self.index = Index.restore(blob_read(snapshot.blob))
-            self.index.expansion_search = EXPANSION_SEARCH
+            restored = Index.restore(blob_read(snapshot.blob))
+            if restored is None:
+                raise ValueError(f"index snapshot {snapshot.pk} cannot be read")
+            self.index = restored
+            self.index.expansion_search = EXPANSION_SEARCH  # type: ignore[misc]  # not saved with the index
             self.seen = snapshot.as_of
 
     def upsert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
@@ -115,7 +118,8 @@ class LiveIndex:
         held = [k for k, p in zip(keys, present.tolist(), strict=True) if p]
         if not held:
             return [], np.empty((0, DIM), np.float32)
-        return held, np.vstack(self.index.get(np.array(held, np.uint64), dtype=np.float32)).reshape(len(held), DIM)
+        rows = self.index.get(np.array(held, np.uint64), dtype="f32")
+        return held, np.vstack(rows).reshape(len(held), DIM)  # type: ignore[arg-type]
 
 
 _live: dict[str, LiveIndex] = {}

@@ -66,7 +66,7 @@ def map_svg(source: Source, coords: np.ndarray, color_by: str) -> tuple[SafeStri
     lo_xy, hi_xy = coords.min(0), coords.max(0)
     scale = (SIZE - 2 * PAD) / np.maximum(hi_xy - lo_xy, 1e-9)
     xy = (coords - lo_xy) * scale + PAD
-    shown = np.linspace(0, len(coords) - 1, min(len(coords), MAX_POINTS)).astype(int) if len(coords) else []
+    shown: list[int] = np.linspace(0, len(coords) - 1, min(len(coords), MAX_POINTS)).astype(int).tolist()
     base = reverse("unit", args=[source.model.name, source.name, 0])[:-2]  # ".../0/" -> ".../"
     parts = [f'<svg class="source-map" viewBox="0 0 {SIZE} {SIZE}" width="{SIZE}" height="{SIZE}" role="img" '
              f'aria-label="map of {len(coords)} units of {escape(str(source))}">']

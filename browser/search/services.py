@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 import numpy as np
 from django.db import connection, transaction
@@ -45,7 +46,7 @@ def embeddings_store(*, rows: list[tuple[int, np.ndarray, str]], embedder: str) 
     return len(objs)
 
 
-def snapshot_store(*, data: bytes, as_of: object, count: int) -> IndexSnapshot:
+def snapshot_store(*, data: bytes, as_of: datetime, count: int) -> IndexSnapshot:
     """Keep the new snapshot and drop the older ones (their blobs too)."""
     with transaction.atomic():
         blob = blob_write(key=f"search-index-{timezone.now().timestamp():.6f}", data=data)

@@ -88,7 +88,7 @@ def main(opts: dict[str, Any], err: Any) -> dict[str, Any]:
         embed_ms.append((time.perf_counter() - t) * 1000)
     qv = np.stack(query_vectors)
     index, add_s = new_index(), 0.0
-    best = [np.full((len(qv), 0), -2.0, np.float32), np.zeros((len(qv), 0), np.int64)]
+    best: list[np.ndarray] = [np.full((len(qv), 0), -2.0, np.float32), np.zeros((len(qv), 0), np.int64)]
     for start_key in range(0, opts["units"], opts["chunk"]):
         vectors = _chunk(bases, start_key, min(opts["chunk"], opts["units"] - start_key))
         keys = np.arange(start_key, start_key + len(vectors), dtype=np.uint64)

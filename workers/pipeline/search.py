@@ -122,5 +122,6 @@ def snapshot_build(*, batch: int = 50_000) -> int:
             break
         index.add(np.array([r[0] for r in rows], np.uint64), vectors_of([bytes(r[1]) for r in rows]))
         last = rows[-1][0]
-    snapshot_store(data=bytes(index.save()), as_of=as_of, count=len(index))
+    data = index.save()  # None only when saving to a path
+    snapshot_store(data=bytes(data or b""), as_of=as_of, count=len(index))
     return len(index)
