@@ -20,3 +20,11 @@ def graph_work(job: Job, progress: Progress) -> None:
 def compute_graph(self: Any, job_id: int) -> None:
     """Compute one requested attribution graph (``browser.graphs.services.graph_request``)."""
     run_job(self, job_id, graph_work)
+
+
+@shared_task(name="workers.tasks_graphs.check_graph", soft_time_limit=120, time_limit=150)
+def check_graph(graph_id: int, nodes: list[int]) -> dict[str, Any]:
+    """Ablate graph nodes: predicted vs real change of the target logit; the web request awaits it."""
+    from workers.pipeline.graphs import graph_check
+
+    return graph_check(graph_id=graph_id, nodes=nodes)

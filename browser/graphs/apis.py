@@ -10,9 +10,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from browser.api.compute import CanCompute, ComputeThrottle, compute_send
+from browser.api.compute import CanCompute, ComputeError, ComputeThrottle, compute_send
 from browser.api.errors import Conflict
 from browser.api.permissions import CanRead, ReadOrLabel
+from browser.graphs.checks import MAX_CHECK_NODES, check_nodes, check_run
 from browser.graphs.neuronpedia import graph_neuronpedia
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, supernode_history, supernode_list
 from browser.graphs.services import graph_request
@@ -116,3 +117,32 @@ class GraphNeuronpedia(APIView):
         response = Response(graph_neuronpedia(graph))
         response["Content-Disposition"] = f'attachment; filename="{graph.model.name}-graph-{pk}.json"'
         return response
+
+
+class NoAnswer(exceptions.APIException):
+    status_code = 422
+    default_code = "no_answer"
+
+
+class CheckSerializer(serializers.Serializer):
+    nodes = serializers.ListField(child=serializers.IntegerField(), required=False, max_length=MAX_CHECK_NODES)
+    supernode = serializers.CharField(max_length=200, required=False)
+
+
+class GraphCheck(APIView):
+    """Zero-ablate unit nodes (``nodes``) or a supernode's (``supernode``) together: the top target
+    logit's change as the graph's replacement model predicts it and as the model really shows it."""
+
+    permission_classes = [CanCompute]
+    throttle_classes = [ComputeThrottle]
+
+    def post(self, request: Request, pk: int) -> Response:
+        graph = graph_get(pk=pk)
+        params = CheckSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        nodes = check_nodes(graph=graph, nodes=params.validated_data.get("nodes"),
+                            supernode=params.validated_data.get("supernode"))
+        try:
+            return Response(check_run(graph=graph, nodes=nodes))
+        except ComputeError as exc:
+            raise NoAnswer(str(exc)) from None

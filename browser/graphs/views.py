@@ -8,6 +8,8 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from browser.accounts import access
+from browser.api.compute import ComputeError, compute_refusal
+from browser.graphs.checks import check_nodes, check_run
 from browser.graphs.selectors import graph_detail, graph_get, graph_list
 from browser.graphs.supernodes import supernode_save
 from browser.graphs.svg import MAX_EDGES_DRAWN, graph_svg
@@ -21,6 +23,25 @@ def graph_view(request: HttpRequest, pk: int) -> HttpResponse:
         "d": detail, "svg": mark_safe(svg),  # noqa: S308  # escaped in svg.py
         "max_edges": MAX_EDGES_DRAWN, "can_group": access.can_label(request.user),
         "error": request.GET.get("error", "")[:300]})
+
+
+@require_POST
+def graph_check_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """A supernode's "ablate" button: the page again with the predicted and real change."""
+    graph = graph_get(pk=pk)
+    refusal = compute_refusal(request)
+    if refusal is not None:
+        return HttpResponse(refusal[1], status=refusal[0])
+    try:
+        nodes = check_nodes(graph=graph, supernode=request.POST.get("supernode", ""))
+        check: dict[str, object] = {"supernode": request.POST.get("supernode", ""), **check_run(graph=graph, nodes=nodes)}
+    except (ValidationError, ComputeError) as exc:
+        message = exc.messages[0] if isinstance(exc, ValidationError) else str(exc)
+        return redirect(f"/graphs/{pk}/?" + urlencode({"error": message[:200]}))
+    detail = graph_detail(graph)
+    return render(request, "graphs/graph.html", {
+        "d": detail, "svg": mark_safe(graph_svg(detail)),  # noqa: S308  # escaped in svg.py
+        "max_edges": MAX_EDGES_DRAWN, "can_group": access.can_label(request.user), "check": check})
 
 
 @require_POST

@@ -212,3 +212,48 @@ def test_neuronpedia_export_has_the_viewers_layout(models: Model, cast: Cast) ->
     assert {"cross layer transcoder", "embedding", "logit"} <= kinds
     assert sum(node["is_target_logit"] for node in data["nodes"]) == 1
     assert data["qParams"]["supernodes"] == [["pair", ids[0], ids[1]]]
+
+
+def test_check_requests_are_validated_before_any_work(models: Model, cast: Cast) -> None:
+    graph = _graph(max_units=40)
+    url = f"/api/v1/graphs/{graph.pk}/check/"
+    token = next(i for i, n in enumerate(graph.nodes) if n[0] == "token")
+    unit = next(i for i, n in enumerate(graph.nodes) if n[0] == "unit")
+    assert cast.client("anonymous").post(url, {"nodes": [unit]}, format="json").status_code == 401
+    client = cast.client("outsider")
+    for body, message in (({"nodes": [token]}, "not a unit node"), ({"supernode": "nope"}, "no supernode"),
+                          ({"nodes": []}, "name 1 to 64 nodes")):
+        response = client.post(url, body, format="json")
+        assert response.status_code == 400 and message in response.json()["error"]["message"], response.content
+    presence.withdraw("graph-test-worker")
+    response = client.post(url, {"nodes": [unit]}, format="json")
+    assert response.status_code == 422 and "No worker" in response.json()["error"]["message"]
+
+
+def test_worker_check_predicts_and_measures_an_ablation(models: Model) -> None:
+    from workers.pipeline.graphs import graph_check
+
+    graph = _graph(max_units=40)
+    picked = [i for i, n in enumerate(graph.nodes) if n[0] == "unit"][:3]
+    result = graph_check(graph_id=graph.pk, nodes=picked, device="cpu")
+    assert result["target"] == graph.logits[0][0] and result["clean"] == pytest.approx(graph.logits[0][3], abs=1e-4)
+    # Reference for the real change: the same units zeroed by plain hooks on the down projections.
+    torch_model, _, tokenizer = model_on(models, "cpu")
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    handles = []
+    for layer in (0, 1):
+        cells = [(n[2], n[3]) for i, n in enumerate(graph.nodes) if i in picked and n[1] == layer]
+
+        def zero(module: Any, args: Any, cells: list[tuple[int, int]] = cells) -> Any:
+            x = args[0].clone()
+            for pos, index in cells:
+                x[0, pos, index] = 0
+            return (x,)
+
+        handles.append(torch_model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(zero))
+    with torch.no_grad():
+        edited = float(torch_model(ids).logits[0, -1, result["target"]])
+    for handle in handles:
+        handle.remove()
+    assert result["real"] == pytest.approx(edited - result["clean"], abs=1e-4)
+    assert result["predicted"] != 0
