@@ -21,14 +21,18 @@ from browser.examples.models import Example
 from browser.labels.services import label_save
 from browser.runs.models import Run
 from fixtures.tiny_llama import build_tiny_llama
+from fixtures.tiny_sae import random_sae
 from tests.conftest import Cast
 from tests.texts import TEXTS
 from workers.compute import loading
+from workers.pipeline.loader import source_sae
 from workers.pipeline.models import model_register
+from workers.pipeline.saes import sae_register
 
 pytestmark = pytest.mark.slow
 HOOK = "blocks.1.mlp.hook_post"
 PLANTED, TOKEN, DEAD = 7, 2332, 3  # token 2332 is "king" in MiniLM's vocabulary
+SAE = "blocks.1.mlp.sae-relu-24"
 
 
 @pytest.fixture
@@ -39,8 +43,10 @@ def run(minilm: Model, tmp_path: Path) -> Run:
         (folder / f"{i}.txt").write_text(" ".join([text] * 3))
     call_command("import_corpus", str(folder), name="lines", context_length=16, inline=True, stdout=io.StringIO())
     location = build_tiny_llama(tmp_path / "tiny-llama", planted=(PLANTED, TOKEN), dead=DEAD)
-    model_register(location=str(location), name="tiny-llama")
-    call_command("harvest", model="tiny-llama", corpus="lines", hooks=HOOK, k=6, inline=True, stdout=io.StringIO())
+    model = model_register(location=str(location), name="tiny-llama")
+    sae_register(model=model, name=SAE, sae=random_sae(48, 24, "relu", seed=3, hook_name=HOOK))
+    call_command("harvest", model="tiny-llama", corpus="lines", hooks=HOOK, saes=SAE, k=6, inline=True,
+                 stdout=io.StringIO())
     return Run.objects.get(model__name="tiny-llama")
 
 
@@ -97,6 +103,41 @@ def test_a_score_equals_the_ablation_by_hand(run: Run) -> None:
     score = Score.objects.get(unit=unit, name="intervention_kl")
     assert score.details["contexts"] == len(pairs)
     assert score.value == pytest.approx(sum(kls) / len(kls), rel=1e-3)
+
+
+def test_a_feature_score_equals_its_ablation_by_hand(run: Run) -> None:
+    """An SAE feature is ablated as x - a_f W_dec[f] at the hook (its error term kept): here by a
+    plain pre-hook on the down projection with a_f encoded by hand."""
+    call_command("score", run=run.pk, intervention=True, contexts=256, inline=True, stdout=io.StringIO())
+    scores = {s.unit.index: s for s in Score.objects.filter(name="intervention_kl", unit__source__name=SAE)
+              .select_related("unit")}
+    assert len(scores) == 24
+    feature = max(scores, key=lambda i: scores[i].value)
+    unit = scores[feature].unit
+    tensors = source_sae(unit.source).tensors()
+    W_enc, b_enc, W_dec, b_dec = (tensors[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
+
+    def ablate(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        a = torch.relu((args[0] - b_dec) @ W_enc[:, feature] + b_enc[feature])  # [B, T]
+        return (args[0] - a[..., None] * W_dec[feature],)
+
+    location = Model.objects.get(name="tiny-llama").location
+    model = loading.load_torch_model(location, Path("/nonexistent"), True, "cpu", "float32")
+    pairs = set(Example.objects.filter(unit=unit, kind__in=[Example.Kind.TOP, Example.Kind.INTERVAL]).values_list(
+        "context_id", "max_pos"))
+    kls = []
+    with torch.inference_mode():
+        for ctx, pos in pairs:
+            ids = torch.tensor([decode_tokens(bytes(Context.objects.get(pk=ctx).tokens))[: pos + 1]])
+            log_p = torch.log_softmax(model(input_ids=ids).logits[0, -1].double(), -1)
+            handle = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(ablate)
+            try:
+                log_q = torch.log_softmax(model(input_ids=ids).logits[0, -1].double(), -1)
+            finally:
+                handle.remove()
+            kls.append(float((log_p.exp() * (log_p - log_q)).sum()))
+    assert scores[feature].value > 0 and scores[feature].details["contexts"] == len(pairs)
+    assert scores[feature].value == pytest.approx(sum(kls) / len(kls), rel=1e-3)
 
 
 def test_encoder_runs_are_refused(minilm: Model, tmp_path: Path) -> None:
