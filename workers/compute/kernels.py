@@ -47,7 +47,7 @@ def _compiled(function: Callable[..., None]) -> Callable[..., None]:
 @_compiled
 def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one flat kernel signature
                 hist_offset, hist_stride, hist_lo, n_bins, octave_lo, n_octaves, chunk,
-                fire, total, unit_max, hist_t, keys, sk_pri, sk_ctx, sk_val, bad, entered):
+                fire, total, unit_max, hist_t, keys, sk_pri, sk_ctx, sk_val, bad, kth, admit, pos_out, val_out):
     """Statistics of one batch; see the module docstring.
 
     Inputs: ``x`` [B*T, U] float32 and ``bits`` (the same memory as int32), ``valid`` [B*T],
@@ -64,8 +64,10 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
     slots, so the inserts need no locks and no buffers.
     Set: ``bad`` [n_chunks] (filled with -1 by the caller) to ``b * U + u`` of the chunk's first
     context whose sum over its valid tokens is not finite (a NaN or an infinity in it).
-    Written: ``entered`` [U, B] 1 where the context entered the unit's sketch slot (its values
-    are kept, see workers.compute.values), else 0.
+    Written, for the values kept of the contexts that may become examples (workers.compute.values):
+    ``admit`` [U, B] 1 where the context enters the unit's top-k (its key beats ``kth`` [U]) or
+    sketch slot, else 0; where 1, ``val_out`` [U, B, T] float32 its values over the context's
+    tokens and ``pos_out`` [U, B] the first position of their maximum over the valid ones.
     """
     N, U = x.shape
     B = N // T
@@ -105,8 +107,10 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
                     bad[c] = b * U + u
                 total[u] += np.int64(np.round(np.float64(s[j]) * 65536.0))
                 unit_max[u] = max(unit_max[u], v)
+                admitted = False
                 if v > 0:
                     keys[u, b] = (np.int64(m_bits[j]) << 32) | (MASK32 - ctx)
+                    admitted = keys[u, b] > kth[u]
                     # The sketch: this (context, unit)'s hash priority (stats.priority) into its
                     # octave's slot (stats.octave), by insertion into the sorted row.
                     p = (ctx * 0x9E3779B1 + units[u] * 0x85EBCA77 + seed) & MASK31
@@ -114,8 +118,8 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
                     p = ((p ^ (p >> 12)) * 0x297A2D39) & MASK31
                     p = p ^ (p >> 15)
                     slot = u * n_octaves + min(max((m_bits[j] >> 23) - octave_lo, 0), n_octaves - 1)
-                    entered[u, b] = p < sk_pri[slot, last]
                     if p < sk_pri[slot, last]:
+                        admitted = True
                         i = last
                         while i > 0 and sk_pri[slot, i - 1] > p:
                             sk_pri[slot, i] = sk_pri[slot, i - 1]
@@ -127,6 +131,14 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
                         sk_val[slot, i] = v
                 else:
                     keys[u, b] = -1
-                    entered[u, b] = 0
+                admit[u, b] = admitted
+                if admitted:
+                    best = -np.inf
+                    for t in range(T):
+                        value = x[b * T + t, u]
+                        val_out[u, b, t] = value
+                        if valid[b * T + t] and value > best:
+                            best = value
+                            pos_out[u, b] = t
         for j in range(n):
             fire[u0 + j] += fired[j]

@@ -30,6 +30,7 @@ from workers.compute.values import (
     MASK32,
     ValueStore,
     candidate_keys,
+    pair_keys,
     random_entries,
     rank_in_group,
 )
@@ -232,20 +233,25 @@ class UnitAccumulator:
         threads = torch.get_num_threads()
         kernels.set_threads(threads)
         chunk = -(-U // threads)  # each thread's units
-        keys = self._top_slots(B)
-        kth = self._kth_key()
-        entered = torch.empty(U, B, dtype=torch.uint8)
+        admit = torch.empty(U, B, dtype=torch.uint8)
+        pos = torch.empty(U, B, dtype=torch.int64)
+        values = _scratch(U * B * T, x.device, _VALUES).view(U, B, T)
         args = [x, x.view(torch.int32), valid, T, batch.contexts, self.units, self.seed,
                 (-batch.first_token) % self.hist_stride, self.hist_stride, HIST_KEY_LO - 1, N_HIST_BINS,
                 OCTAVE_LO, N_OCTAVES, chunk, self.fire, self.total, self.max, self._hist_table(x.device),
-                keys, self.sk_pri, self.sk_ctx, self.sk_val, bad := torch.full((-(-U // chunk),), -1), entered]
+                self._top_slots(B), self.sk_pri, self.sk_ctx, self.sk_val, bad := torch.full((-(-U // chunk),), -1),
+                self._kth_key(), admit, pos, values]
         kernels.batch_stats(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
         if bool((bad >= 0).any()):  # each thread's first context (then unit) with a non-finite sum
             first = int(bad[bad >= 0].min())
             sums = torch.full((B, U), 0.0)
             sums[first // U, first % U] = float("nan")
             check_finite(sums, x.masked_fill(~valid[:, None], 0.0).view(B, T, U), batch.contexts)
-        self._keep_values(batch, ((keys > kth[:, None]) | entered.bool()).T)
+        u_idx, b_idx = admit.nonzero(as_tuple=True)
+        self.store.append(pair_keys(u_idx, batch.contexts[b_idx]), pos[u_idx, b_idx],
+                          values[u_idx, b_idx].clamp_(-65504, 65504).half())
+        if self.store.full:
+            self._sweep()
 
     def _token_stats(self, x: torch.Tensor, invalid_rows: torch.Tensor, first_token: int,
                      contexts: torch.Tensor) -> None:
@@ -459,15 +465,16 @@ def _kernels() -> ModuleType | None:
 
 
 _SCRATCH: dict[torch.device, torch.Tensor] = {}
+_VALUES: dict[torch.device, torch.Tensor] = {}  # the compiled pass's admitted values
 
 
-def _scratch(numel: int, device: torch.device) -> torch.Tensor:
+def _scratch(numel: int, device: torch.device, buffers: dict[torch.device, torch.Tensor] = _SCRATCH) -> torch.Tensor:
     """A float32 buffer of at least ``numel`` elements, shared by every accumulator on the device
     (they run one after another), grown as needed and never freed."""
-    buffer = _SCRATCH.get(device)
+    buffer = buffers.get(device)
     if buffer is None or buffer.numel() < numel:
         with torch.inference_mode(False):  # a normal tensor: written in any mode
-            buffer = _SCRATCH[device] = torch.empty(numel, device=device)
+            buffer = buffers[device] = torch.empty(numel, device=device)
     return buffer[:numel]
 
 

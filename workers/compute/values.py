@@ -108,9 +108,10 @@ class ValueStore:
             b, u = b_idx[start : start + step], u_idx[start : start + step]
             values = acts[b, :, u].float()  # [P, T]
             pos = values.masked_fill(invalid[b], float("-inf")).argmax(1)  # the first maximum
-            self._append(pair_keys(u, contexts[b]), pos, values.clamp(-65504, 65504).half())
+            self.append(pair_keys(u, contexts[b]), pos, values.clamp(-65504, 65504).half())
 
-    def _append(self, key: torch.Tensor, pos: torch.Tensor, val: torch.Tensor) -> None:
+    def append(self, key: torch.Tensor, pos: torch.Tensor, val: torch.Tensor) -> None:
+        """Add pairs: keys [P], max positions [P], values [P, T] float16."""
         end = self.n + key.numel()
         if self.key is None or self.val is None or self.key.numel() < end:
             self._grow(max(end, 2 * self.n, 1024), val.shape[1], key.device)
@@ -158,7 +159,7 @@ class ValueStore:
     def merge(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
         """Add a stored state's pairs (another shard's: its contexts are not held here)."""
         if state["ex_key"].numel():
-            self._append(state["ex_key"].to(device), state["ex_pos"].to(device), state["ex_val"].to(device))
+            self.append(state["ex_key"].to(device), state["ex_pos"].to(device), state["ex_val"].to(device))
 
 
 def lookup(state: dict[str, torch.Tensor], keys: torch.Tensor) -> torch.Tensor:
