@@ -27,6 +27,12 @@ def graph_list(*, model: str | None = None, limit: int = 50) -> QuerySet[Graph]:
     return (graphs.filter(model__name=model) if model else graphs)[:limit]
 
 
+def graph_siblings(graph: Graph) -> QuerySet[Graph]:
+    """Other graphs of the same model and prompt (another basis or settings), newest first."""
+    return (Graph.objects.filter(model=graph.model, prompt=graph.prompt).exclude(pk=graph.pk)
+            .order_by("-created")[:20])
+
+
 def neuron_source(layer: int) -> str:
     """The neuron source's name (its hook point) of a layer: unit pages live under it."""
     return f"blocks.{layer}.mlp.hook_post"

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 from browser.accounts import access
 from browser.api.compute import ComputeError, compute_refusal
 from browser.graphs.checks import check_nodes, check_run
-from browser.graphs.selectors import graph_detail, graph_get, graph_list
+from browser.graphs.selectors import graph_detail, graph_get, graph_list, graph_siblings
 from browser.graphs.supernodes import supernode_save
 from browser.graphs.svg import MAX_EDGES_DRAWN, graph_svg
 
@@ -22,7 +22,20 @@ def graph_view(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "graphs/graph.html", {
         "d": detail, "svg": mark_safe(svg),  # noqa: S308  # escaped in svg.py
         "max_edges": MAX_EDGES_DRAWN, "can_group": access.can_label(request.user),
-        "error": request.GET.get("error", "")[:300]})
+        "error": request.GET.get("error", "")[:300], "siblings": graph_siblings(graph)})
+
+
+def graph_compare_view(request: HttpRequest) -> HttpResponse:
+    """Two graphs (say the neuron and the feature basis of one prompt) with their sizes and scores."""
+    graphs = []
+    for key in ("a", "b"):
+        value = request.GET.get(key, "")
+        if not value.isdigit():
+            return HttpResponse("Give two graph ids: /graphs/compare/?a=ID&b=ID", status=400)
+        detail = graph_detail(graph_get(pk=int(value)))
+        svg = graph_svg(detail) if detail["status"] == "done" else ""
+        graphs.append({"d": detail, "svg": mark_safe(svg)})  # noqa: S308  # escaped in svg.py
+    return render(request, "graphs/compare.html", {"graphs": graphs})
 
 
 @require_POST

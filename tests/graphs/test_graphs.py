@@ -257,3 +257,19 @@ def test_worker_check_predicts_and_measures_an_ablation(models: Model) -> None:
         handle.remove()
     assert result["real"] == pytest.approx(edited - result["clean"], abs=1e-4)
     assert result["predicted"] != 0
+
+
+def test_neuron_and_feature_graphs_of_a_prompt_side_by_side(models: Model, client: Client) -> None:
+    sae_register(model=models, name="tiny-sae", sae=random_sae(models.d_mlp, 32, k=4, seed=1, hook_name=HOOK))
+    _graph(max_units=30)
+    call_command("graph", model="tiny-llama", prompt=PROMPT, inline=True, stdout=io.StringIO(), max_units=30,
+                 basis="sae")
+    neurons, features = Graph.objects.get(basis="neurons"), Graph.objects.get(basis="sae")
+    page = client.get(f"/graphs/{neurons.pk}/").content.decode()
+    assert f"/graphs/compare/?a={neurons.pk}&amp;b={features.pk}" in page
+    compare = client.get(f"/graphs/compare/?a={neurons.pk}&b={features.pk}")
+    html = compare.content.decode()
+    assert compare.status_code == 200 and html.count('<svg') == 2
+    for graph in (neurons, features):
+        assert f"{graph.scores['nodes']} of {graph.scores['full_nodes']}" in html
+    assert client.get("/graphs/compare/?a=1").status_code == 400
