@@ -9,5 +9,6 @@ urlpatterns = [
     path("api/v1/", include("browser.api.urls")),
     path("", include("browser.labels.urls")),
     path("", include("browser.catalog.urls")),
+    path("", include("browser.search.urls")),
     path("", include("browser.graphs.urls")),
 ]

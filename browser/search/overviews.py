@@ -33,6 +33,11 @@ def source_map_store(*, source: Source, state: str, coords: np.ndarray, method: 
     return row
 
 
+def source_map_row(source: Source) -> SourceMap | None:
+    """The stored map of the source's current state, without its coordinates."""
+    return SourceMap.objects.filter(source=source, state=source_state(source)).defer("coords").first()
+
+
 def source_map_current(source: Source) -> tuple[SourceMap | None, np.ndarray | None]:
     """The stored map of the source's current state and its [n, 2] coordinates; (None, None) if none."""
     row = SourceMap.objects.filter(source=source, state=source_state(source)).first()

@@ -112,11 +112,14 @@ def test_source_page_draws_the_map_and_the_tree_and_the_feature_page_its_family(
     sae_register(model=minilm, name="wide", sae=sae_from(wide, 2))
     width_families(minilm.pk)
     label_save(unit=Unit.objects.get(source=row.source, index=4), user=cast.owner, text="semicolons & <tags>")
-    page = client.get(reverse("source", args=["minilm-l6", "narrow"]), {"map_color": "labelled"})
+    page = client.get(reverse("source", args=["minilm-l6", "narrow"]))
     html = page.content.decode()
     assert page.status_code == 200 and "No map for this source" in html and "family-tree" in html
+    assert "No map for this source" in client.get(reverse("source_map", args=["minilm-l6", "narrow"])).content.decode()
     source_map(row.source_id)
-    html = client.get(reverse("source", args=["minilm-l6", "narrow"]), {"map_color": "labelled"}).content.decode()
+    html = client.get(reverse("source", args=["minilm-l6", "narrow"])).content.decode()
+    assert 'href="/s/minilm-l6/narrow/map/"' in html and "<circle" not in html  # the list page draws no map
+    html = client.get(reverse("source_map", args=["minilm-l6", "narrow"]), {"map_color": "labelled"}).content.decode()
     assert html.count("<circle") == 20
     assert '<a href="/u/minilm-l6/narrow/4/"><circle' in html and "<title>#4: semicolons &amp; &lt;tags&gt;</title>" in html
     assert 'fill="#fde725" data-unit="4"' in html and 'fill="#440154" data-unit="5"' in html  # labelled: yellow
