@@ -22,7 +22,10 @@ bind = os.environ.get("BROWSER_WEB_BIND", "127.0.0.1:8000")
 workers = env_int("BROWSER_WEB_WORKERS", 4, minimum=1, maximum=256)
 threads = env_int("BROWSER_WEB_THREADS", 4, minimum=1, maximum=256)
 worker_class = "gthread"
-keepalive = env_int("BROWSER_WEB_KEEPALIVE_S", 75, minimum=0, maximum=3600)
+keepalive = env_int("BROWSER_WEB_KEEPALIVE_S", 0, minimum=0, maximum=3600)
+# Without keep-alive, a worker takes a connection only while it has a free thread: the requests
+# wait in one queue (the listening socket's) for whichever worker frees a thread first.
+worker_connections = threads if keepalive == 0 else 1000
 timeout = env_int("BROWSER_WEB_TIMEOUT_S", 120, minimum=10, maximum=3600)
 backlog = 2048
 
