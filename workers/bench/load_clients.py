@@ -1,6 +1,6 @@
-"""The clients of `bench load`: user agents on keep-alive connections looping over a mix of page
-views, label writes (with the revision they read; a 409 is re-read and retried) and small exports,
-and the summary of what they measured."""
+"""The clients of `bench load`: user agents (one connection each, kept alive when the server does)
+looping over a mix of page views, label writes (with the revision they read; a 409 is re-read and
+retried) and small exports, and the summary of what they measured."""
 
 from __future__ import annotations
 
@@ -70,9 +70,9 @@ class Actor:
 
 
 class Client:
-    """One user agent with one keep-alive connection, looping over a mix of requests; between two
-    actions it waits ``think_s`` on average (uniform in [0.5, 1.5] x ``think_s``), as a person reads
-    a page before the next click. With ``think_s`` 0 the clients only measure throughput: each
+    """One user agent with one HTTP connection (reopened when the server closes it), looping over a
+    mix of requests; between two actions it waits ``think_s`` on average (uniform in [0.5, 1.5] x
+    ``think_s``), as a person reads a page before the next click. With ``think_s`` 0 the clients only measure throughput: each
     request waits for the 49 others, so its latency is clients / throughput (Little's law)."""
 
     def __init__(self, actor: Actor, port: int, seed: int, mix: tuple[float, float] = MIX,
