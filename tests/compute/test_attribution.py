@@ -299,3 +299,27 @@ def test_zero_ablation_check_in_the_planted_circuit() -> None:
     assert check.clean == pytest.approx(float(graph.values[-1]), rel=1e-5)
     assert check.real == pytest.approx(zeroed - check.clean, rel=1e-5)
     assert check.real < 0 and check.predicted < 0
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_gpt_neox_clean_run_and_exact_rows(parallel: bool) -> None:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(4)
+    config = GPTNeoXConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
+                           intermediate_size=24, max_position_embeddings=32, rotary_pct=0.5,
+                           use_parallel_residual=parallel, initializer_range=0.3, tie_word_embeddings=False)
+    model = GPTNeoXForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "layernorm" in name or "layer_norm" in name:
+                param.add_(0.2 * torch.randn_like(param))
+    frozen = replacement.clean_run(model, IDS)
+    with torch.no_grad():
+        logits = model(IDS[None]).logits[0]
+    torch.testing.assert_close(replacement.logits_at(model, frozen.final, torch.arange(40)), logits,
+                               atol=1e-5, rtol=1e-5)
+    graph = build_graph(model, IDS, GraphConfig(max_units=50, batch_size=16))
+    sums, values = _rows_and_values(graph)
+    torch.testing.assert_close(sums, values, atol=1e-4, rtol=1e-4)
+    assert graph.bias.abs().max() > 0.05

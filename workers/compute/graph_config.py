@@ -10,7 +10,7 @@ from typing import Any
 
 BASES = ("neurons", "sae")
 # Model types whose blocks workers.compute.replacement writes out.
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gpt2")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gpt2", "gpt_neox")
 # A prompt longer than this many characters is refused before anything is queued (a token is at
 # least one character, so this also bounds the tokens the worker traces).
 MAX_PROMPT_CHARS = 256

@@ -62,8 +62,19 @@ def _gpt2(model: Any) -> bool:
     return getattr(model.config, "model_type", "") == "gpt2"
 
 
+def _neox(model: Any) -> bool:
+    return getattr(model.config, "model_type", "") == "gpt_neox"
+
+
 def layers(model: Any) -> Any:
+    if _neox(model):
+        return model.gpt_neox.layers
     return model.transformer.h if _gpt2(model) else model.model.layers
+
+
+def _parallel(model: Any, layer: Any) -> bool:
+    """Whether attention and MLP both read the block's input (Pythia)."""
+    return _neox(model) and bool(layer.use_parallel_residual)
 
 
 def _norms(model: Any, layer: Any) -> tuple[Any, Any]:
@@ -72,6 +83,8 @@ def _norms(model: Any, layer: Any) -> tuple[Any, Any]:
 
 
 def _final_norm(model: Any) -> Any:
+    if _neox(model):
+        return model.gpt_neox.final_layer_norm
     return model.transformer.ln_f if _gpt2(model) else model.model.norm
 
 
@@ -93,27 +106,34 @@ def down(model: Any, layer: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(W [d_mlp, d_model], bias [d_model] or None) of the MLP's down projection."""
     if _gpt2(model):
         return layer.mlp.c_proj.weight, layer.mlp.c_proj.bias  # Conv1D stores [in, out]
+    if _neox(model):
+        return layer.mlp.dense_4h_to_h.weight.T, layer.mlp.dense_4h_to_h.bias
     return layer.mlp.down_proj.weight.T, layer.mlp.down_proj.bias
 
 
 def _mlp_linear(model: Any, layer: Any, h: torch.Tensor) -> torch.Tensor:
     """The MLP's linear branch: LLaMA's up projection, GPT-2's pre-activation."""
+    if _neox(model):
+        return layer.mlp.dense_h_to_4h(h)
     return layer.mlp.c_fc(h) if _gpt2(model) else layer.mlp.up_proj(h)
 
 
 def _gate(model: Any, layer: Any, h: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
-    """The multiplier frozen per neuron: LLaMA's act(gate_proj(h)); for GPT-2 act(pre) / pre (the
-    activation function's secant, so gate * pre is the activation; 1/2, its slope, where pre = 0)."""
-    if not _gpt2(model):
+    """The multiplier frozen per neuron: LLaMA's act(gate_proj(h)); for GPT-2 and GPT-NeoX act(pre) / pre
+    (the activation function's secant, so gate * pre is the activation; 1/2, its slope, where pre = 0)."""
+    if not (_gpt2(model) or _neox(model)):
         return layer.mlp.act_fn(layer.mlp.gate_proj(h))
     safe = torch.where(linear == 0, torch.ones_like(linear), linear)
     return torch.where(linear == 0, torch.full_like(linear, 0.5), layer.mlp.act(linear) / safe)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    """Rotary embedding of the first ``cos.shape[-1]`` dimensions (all, but a share in GPT-NeoX)."""
+    width = cos.shape[-1]
+    part, rest = x[..., :width], x[..., width:]
+    half = width // 2
+    rotated = torch.cat((-part[..., half:], part[..., :half]), dim=-1)
+    return torch.cat([part * cos + rotated * sin, rest], dim=-1)
 
 
 def _heads(attn: Any) -> tuple[int, int, int]:
@@ -137,6 +157,11 @@ def _probs(model: Any, layer: Any, h: torch.Tensor, rotary: tuple[torch.Tensor, 
         q, k = (t.view(T, attn.num_heads, attn.head_dim).transpose(0, 1) for t in (q, k))
         return _causal_softmax(q @ k.transpose(1, 2) / attn.head_dim ** 0.5)
     assert rotary is not None
+    if _neox(model):
+        attn = layer.attention
+        q, k, _ = attn.query_key_value(h).view(T, -1, 3 * attn.head_size).transpose(0, 1).chunk(3, dim=-1)
+        q, k = _rotate(q, *rotary), _rotate(k, *rotary)
+        return _causal_softmax((q @ k.transpose(1, 2)) * attn.scaling)
     attn = layer.self_attn
     n_heads, n_kv, head_dim = _heads(attn)
     q = _rotate(attn.q_proj(h).view(T, n_heads, head_dim).transpose(0, 1), *rotary)
@@ -152,6 +177,10 @@ def _attend(model: Any, layer: Any, h: torch.Tensor, probs: torch.Tensor) -> tor
         attn = layer.attn
         v = attn.c_attn(h)[..., 2 * attn.embed_dim:].view(B, T, attn.num_heads, attn.head_dim)
         return attn.c_proj(torch.einsum("hts,bshd->bthd", probs, v).reshape(B, T, attn.embed_dim))
+    if _neox(model):
+        attn = layer.attention
+        v = attn.query_key_value(h).view(B, T, -1, 3 * attn.head_size)[..., 2 * attn.head_size:]
+        return attn.dense(torch.einsum("hts,bshd->bthd", probs, v).reshape(B, T, -1))
     attn = layer.self_attn
     n_heads, n_kv, head_dim = _heads(attn)
     v = attn.v_proj(h).view(B, T, n_kv, head_dim)
@@ -164,6 +193,8 @@ def _embed(model: Any, ids: torch.Tensor) -> torch.Tensor:
     """[T, d_model]: what enters the residual stream at each position (GPT-2: token + position)."""
     if _gpt2(model):
         return model.transformer.wte(ids) + model.transformer.wpe(torch.arange(len(ids), device=ids.device))
+    if _neox(model):
+        return model.gpt_neox.embed_in(ids)
     return model.model.embed_tokens(ids)
 
 
@@ -187,16 +218,19 @@ def clean_run(model: Any, ids: torch.Tensor) -> Frozen:
         frozen.embeds = x.clone()
         rotary = None
         if not _gpt2(model):
-            cos, sin = model.model.rotary_emb(x[None], torch.arange(len(ids), device=x.device)[None])
+            trunk = model.gpt_neox if _neox(model) else model.model
+            cos, sin = trunk.rotary_emb(x[None], torch.arange(len(ids), device=x.device)[None])
             rotary = (cos[0], sin[0])
         for layer in layers(model):
             attn_norm, mlp_norm = _norms(model, layer)
             frozen.attn_scale.append(_scale(attn_norm, x))
             h = _norm(attn_norm, x, frozen.attn_scale[-1])
             frozen.probs.append(_probs(model, layer, h, rotary))
+            block_input = x
             x = x + _attend(model, layer, h[None], frozen.probs[-1])[0]
-            frozen.mlp_scale.append(_scale(mlp_norm, x))
-            h = _norm(mlp_norm, x, frozen.mlp_scale[-1])
+            mlp_input = block_input if _parallel(model, layer) else x
+            frozen.mlp_scale.append(_scale(mlp_norm, mlp_input))
+            h = _norm(mlp_norm, mlp_input, frozen.mlp_scale[-1])
             linear = _mlp_linear(model, layer, h)
             frozen.gates.append(_gate(model, layer, h, linear))
             frozen.acts.append(frozen.gates[-1] * linear)
@@ -238,8 +272,10 @@ def frozen_run(model: Any, frozen: Frozen, batch: int, *, total: bool, zero: boo
     x = embeds
     for index, layer in enumerate(layers(model)):
         attn_norm, mlp_norm = _norms(model, layer)
+        block_input = x
         x = x + _attend(model, layer, _norm(attn_norm, x, frozen.attn_scale[index]), frozen.probs[index])
-        computed = frozen.gates[index] * _mlp_linear(model, layer, _norm(mlp_norm, x, frozen.mlp_scale[index]))
+        mlp_input = block_input if _parallel(model, layer) else x
+        computed = frozen.gates[index] * _mlp_linear(model, layer, _norm(mlp_norm, mlp_input, frozen.mlp_scale[index]))
         shape = (batch, *frozen.mlp_out[index].shape)
         clean = frozen.embeds.new_zeros(shape) if zero or total else frozen.mlp_out[index].expand(shape).clone()
         leaf = clean.requires_grad_()
