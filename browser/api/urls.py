@@ -25,5 +25,6 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", run_apis.JobCancel.as_view(), name="api-job-cancel"),
     path("runs/", run_apis.RunList.as_view(), name="api-runs"),
     path("runs/<int:pk>/", run_apis.RunDetail.as_view(), name="api-run"),
+    path("", include("browser.search.api_urls")),
     path("", include("browser.catalog.api_urls")),
 ]

@@ -123,6 +123,12 @@ def test_source_page_draws_the_map_and_the_tree_and_the_feature_page_its_family(
     assert html.count("<circle") == 20
     assert '<a href="/u/minilm-l6/narrow/4/"><circle' in html and "<title>#4: semicolons &amp; &lt;tags&gt;</title>" in html
     assert 'fill="#fde725" data-unit="4"' in html and 'fill="#440154" data-unit="5"' in html  # labelled: yellow
+    api = client.get(reverse("api-source-map", args=["minilm-l6", "narrow"])).json()
+    _, coords = source_map_current(row.source)
+    assert coords is not None and api["points"][7] == [7, round(float(coords[7, 0]), 4), round(float(coords[7, 1]), 4)]
+    family = client.get(reverse("api-unit-family", args=["minilm-l6", "wide", 9])).json()
+    assert [p["unit"] for p in family["parents"]] == ["minilm-l6/narrow/4"] and family["parents"][0]["cosine"] > 0.9
+    assert client.get(reverse("api-source-map", args=["minilm-l6", "wide"])).status_code == 404
     html = client.get(reverse("unit", args=["minilm-l6", "wide", 9])).content.decode()
     assert 'href="/u/minilm-l6/narrow/4/">narrow/4</a>' in html
     html = client.get(reverse("unit", args=["minilm-l6", "narrow", 4])).content.decode()
