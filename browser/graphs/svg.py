@@ -80,10 +80,12 @@ def _title(node: dict[str, Any]) -> str:
     return f"logit of {node.get('target', '?')!r}: {node['value']:.3g} (probability {node['influence']:.3g})"
 
 
-def _node_svg(i: int, node: dict[str, Any], at: Placed) -> str:
-    data = (f'data-node="{i}" data-kind="{node["kind"]}" data-title="{escape(_title(node))}"')
-    circle = (f'<circle class="gnode" cx="{at.x:.1f}" cy="{at.y:.1f}" r="{at.r:.1f}" '
-              f'fill="{COLOURS[node["kind"]]}" {data}><title>{escape(_title(node))}</title></circle>')
+def _node_svg(i: int, node: dict[str, Any], at: Placed, groups: list[str]) -> str:
+    title = _title(node) + (f"; in supernode {', '.join(groups)}" if groups else "")
+    data = (f'data-node="{i}" data-kind="{node["kind"]}" data-title="{escape(title)}"')
+    css = "gnode grouped" if groups else "gnode"
+    circle = (f'<circle class="{css}" cx="{at.x:.1f}" cy="{at.y:.1f}" r="{at.r:.1f}" '
+              f'fill="{COLOURS[node["kind"]]}" {data}><title>{escape(title)}</title></circle>')
     if node["kind"] == "unit":
         return f'<a href="/u/{escape(node["uid"])}/" class="gunit">{circle}</a>'
     return circle
@@ -115,6 +117,10 @@ def graph_svg(detail: dict[str, Any]) -> str:
         width_px = 0.4 + 3.6 * abs(edge["weight"]) / top
         parts.append(f'<line x1="{a.x:.1f}" y1="{a.y:.1f}" x2="{b.x:.1f}" y2="{b.y:.1f}" stroke="{colour}" '
                      f'stroke-width="{width_px:.2f}" stroke-opacity="0.45"/>')
-    parts.extend(_node_svg(i, node, placed[i]) for i, node in enumerate(nodes))
+    groups: dict[int, list[str]] = {}
+    for group in detail.get("supernodes", []):
+        for member in group["nodes"]:
+            groups.setdefault(member, []).append(group["name"])
+    parts.extend(_node_svg(i, node, placed[i], groups.get(i, [])) for i, node in enumerate(nodes))
     parts.append("</svg>")
     return "".join(parts)

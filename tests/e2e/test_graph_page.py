@@ -59,6 +59,7 @@ def test_open_graph_hover_node_open_unit(transactional_db: None, tmp_path: Path,
         page.get_by_role("button", name="Group pinned nodes").click()
     assert page.locator("table.supernodes").get_by_text("winter words").count() == 1
     assert Supernode.objects.get(graph=graph).nodes == [0, 1]
+    assert page.locator("svg.graph circle.gnode.grouped").count() == 2  # members drawn with a ring
     _shot(page, "graph-supernode")
     unit = page.locator("svg.graph a.gunit circle").first
     href = page.locator("svg.graph a.gunit").first.get_attribute("href")
