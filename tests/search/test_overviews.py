@@ -133,3 +133,21 @@ def test_source_page_draws_the_map_and_the_tree_and_the_feature_page_its_family(
     assert 'href="/u/minilm-l6/narrow/4/">narrow/4</a>' in html
     html = client.get(reverse("unit", args=["minilm-l6", "narrow", 4])).content.decode()
     assert 'href="/u/minilm-l6/wide/8/">wide/8</a>' in html and 'href="/u/minilm-l6/wide/9/">wide/9</a>' in html
+
+
+def test_neuron_directions_are_the_down_projection_columns(minilm: Any) -> None:
+    """MLP neurons are mapped by what each writes to the residual stream: for BERT (no norm between
+    the down projection and the residual add) the columns of ``output.dense``, read here from the
+    Hugging Face module itself."""
+    from transformers import AutoModel
+
+    from browser.catalog.services import source_get_or_create, units_ensure
+    from browser.search.encoder import model_dir
+    from workers.pipeline.maps import source_directions
+
+    source = source_get_or_create(model=minilm, name="L2.mlp", hook_point="blocks.2.mlp.hook_post", layer=2,
+                                  kind="neurons", n_units=1536)
+    units_ensure(source=source)
+    hf = AutoModel.from_pretrained(model_dir())
+    expected = hf.encoder.layer[2].output.dense.weight.detach().T  # [d_model, d_mlp] -> [d_mlp, d_model]
+    assert torch.allclose(source_directions(source), expected, atol=1e-6)
