@@ -14,7 +14,7 @@ from browser.catalog.models import Model, Sae, Source
 SYNTHETIC_METRICS = (("mcc", "MCC"), ("f1", "F1"), ("mmcs", "MMCS"))
 REAL_METRICS = (("fvu", "FVU"), ("loss_recovered", "loss recovered"))
 TABLE_KEYS = ("l0", "mcc", "mmcs", "f1", "feature_f1", "split_features", "absorbing_latents", "fvu",
-              "loss_recovered", "dead_fraction", "dense_fraction")
+              "loss_recovered", "dead_fraction", "dense_fraction", "diagnosis_accuracy")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class SweepPanel:
     columns: list[str]
     rows: list[dict[str, Any]]
     """name, architecture, width, sparsity and the quality values in ``columns`` order (None: absent)."""
+    planted: dict[str, Any] | None
+    """A synthetic set's planted cause and what the diagnosis names with the true dictionary."""
 
 
 def sweep_rows(source: Source) -> list[dict[str, Any]]:
@@ -55,4 +57,5 @@ def sweep_panel(source: Source) -> SweepPanel | None:
     columns = [k for k in TABLE_KEYS if any(k in row for row in rows)]
     table = [{**{k: row[k] for k in ("name", "architecture", "width", "sparsity")},
               "values": [row.get(k) for k in columns]} for row in rows]
-    return SweepPanel(synthetic, true_l0, charts, columns, table)
+    planted = model.config.get("diagnosis_true_dictionary") if synthetic else None
+    return SweepPanel(synthetic, true_l0, charts, columns, table, planted)

@@ -80,6 +80,10 @@ def test_sweep_recovers_the_true_l0_and_stores_recovery(db: None, client: Client
     assert "SAE sweeps at this hook" in html and 'aria-label="F1 against L0 for each architecture"' in html
     assert "<title>true L0 3" in html and "topk (64): F1" in html
     assert all(row["name"] in html for row in results)
+    assert "Planted cause of polysemanticity: <strong>superposition</strong>" in html
+    assert "superposition for 32 of the 32 neurons" in html  # the true dictionary names every neuron
+    assert all(row["diagnosis"]["planted"] == "superposition" for row in results)
+    assert best["diagnosis_accuracy"] == best["diagnosis"]["causes"].get("superposition", 0) / 32
     twin = client.get(f"/api/v1/sources/synth-small/{HOOK}/sweeps/").json()
     assert twin["synthetic"] and twin["true_l0"] == pytest.approx(3.0)
     assert {s["name"] for s in twin["saes"]} == {row["name"] for row in results}

@@ -147,3 +147,15 @@ def confusion(truth: list[str], predicted: list[str]) -> dict[str, dict[str, int
         row = table.setdefault(t, {})
         row[p] = row.get(p, 0) + 1
     return table
+
+
+def summary(found: list[Diagnosis], planted: str | None) -> dict[str, Any]:
+    """Counts of each cause named over the units, and the share of all units named ``planted``
+    (None without a planted cause)."""
+    causes: dict[str, int] = {}
+    for d in found:
+        causes[d.cause] = causes.get(d.cause, 0) + 1
+    poly = [d for d in found if d.cause != "monosemantic"]
+    right = sum(d.cause == planted for d in found)
+    accuracy = round(right / len(found), 4) if planted and found else None
+    return {"planted": planted, "causes": causes, "polysemantic": len(poly), "accuracy": accuracy}

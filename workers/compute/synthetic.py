@@ -291,7 +291,13 @@ def neuron_truth(features: torch.Tensor, directions: torch.Tensor,
     """Each neuron's true features from a sample: feature f's share of neuron k's energy is
     E[a_f^2] D[f, k]^2 / sum_g E[a_g^2] D[g, k]^2; the set is the largest shares covering ``covered``,
     the count the effective number exp(entropy) of all shares. ([m] lists, [m] counts)."""
-    energy = features.pow(2).mean(0)[:, None] * directions.pow(2)  # [n, m]
+    return neuron_truth_from_energy(features.pow(2).mean(0), directions, covered)
+
+
+def neuron_truth_from_energy(mean_square: torch.Tensor, directions: torch.Tensor,
+                             covered: float = SHARE_COVERED) -> tuple[list[list[tuple[int, float]]], torch.Tensor]:
+    """``neuron_truth`` from each feature's E[a_f^2] [n] (accumulated over chunks by the caller)."""
+    energy = mean_square[:, None] * directions.pow(2)  # [n, m]
     shares = (energy / energy.sum(0, keepdim=True).clamp_min(1e-30)).T  # [m, n]
     effective = torch.exp(-torch.xlogy(shares, shares).sum(1))
     sets = []

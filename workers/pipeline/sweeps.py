@@ -20,7 +20,7 @@ import torch
 from browser.catalog.models import Model, Sae
 from browser.runs.models import Job
 from browser.runs.services import job_create
-from workers.compute import recovery
+from workers.compute import diagnosis, recovery
 from workers.compute.sae.train import ARCHITECTURES, TOPK_LIKE, TrainConfig, threads_for, train
 from workers.pipeline.saes import sae_register
 from workers.pipeline.synthetic import HOOK, synthetic_set_of
@@ -28,6 +28,7 @@ from workers.pipeline.synthetic import HOOK, synthetic_set_of
 MAX_SAES = 64
 MAX_WIDTH = 65_536
 EVAL_SAMPLES = 16_384
+DIAGNOSIS_SAMPLES = 20_000
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,15 @@ class _SyntheticData:
         return self.truth.chunks(4096, seed=self.config.seed + 1)
 
     def measure(self, sae: Any) -> dict[str, Any]:
-        return recovery.sae_evaluate(sae, self.truth, n_samples=self.config.eval_samples, seed=self.config.seed + 2)
+        stats = recovery.sae_evaluate(sae, self.truth, n_samples=self.config.eval_samples, seed=self.config.seed + 2)
+        n = max(1024, min(DIAGNOSIS_SAMPLES, (1 << 24) // sae.cfg.d_sae))  # latents [n, d_sae] under 64 MB
+        _, x = self.truth.sample(n, seed=self.config.seed + 3)
+        with torch.no_grad():
+            found = diagnosis.diagnose(sae.encode(x), sae.W_dec.detach().cpu())
+        stats["diagnosis"] = diagnosis.summary(found, self.truth.info.get("cause"))
+        if stats["diagnosis"]["accuracy"] is not None:
+            stats["diagnosis_accuracy"] = stats["diagnosis"]["accuracy"]
+        return stats
 
 
 def sweep_results(model: Model, job_id: int | None = None) -> list[dict[str, Any]]:

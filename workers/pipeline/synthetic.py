@@ -18,13 +18,15 @@ from django.db import transaction
 
 from browser.catalog.models import Model, Score, Source, Unit, name_validator
 from browser.catalog.services import model_create, source_get_or_create, units_ensure
-from workers.compute import synthetic, toy
+from workers.compute import diagnosis, synthetic, toy
 
 HOOK = "blocks.0.mlp.hook_post"
 TRUE_FEATURES, TRUE_FEATURES_VERSION = "synthetic_true_features", 1
 TRUTH_SAMPLES = 65_536
 """Samples the neurons' true feature shares are measured on (seed 0)."""
 MAX_TOY_FEATURES = 2048
+CHUNK_ELEMENTS = 1 << 24
+"""Feature activations drawn at once while measuring the truth (64 MB of float32)."""
 
 
 class SyntheticInputError(ValueError):
@@ -72,13 +74,13 @@ def synthetic_register(*, name: str, kind: str, params: dict[str, Any]) -> Model
         truth = synthetic_build(spec)
     except ValueError as exc:
         raise SyntheticInputError(str(exc)) from None
-    features, _ = truth.sample(TRUTH_SAMPLES, seed=0)
-    sets, effective = synthetic.neuron_truth(features, truth.directions)
+    sets, effective, found = _truth(truth)
     if W is not None and params["kind"] == "hidden_relu":
         sets = [[(f, round(w, 4)) for f, w in row] for row in toy.neuron_features(W)]
         effective = toy.true_features_per_neuron(W)
     summary = {"synthetic": spec, "n_features": truth.n_features, "true_l0": truth.true_l0(),
-               "info": {k: v for k, v in truth.info.items() if k not in ("p", "plane")}}
+               "info": {k: v for k, v in truth.info.items() if k not in ("p", "plane")},
+               "diagnosis_true_dictionary": diagnosis.summary(found, truth.info.get("cause"))}
     with transaction.atomic():
         model = model_create(name=name, kind=Model.Kind.SYNTHETIC, architecture=f"synthetic_{kind}",
                              location=f"synthetic:{kind}", n_layers=1, d_model=truth.d, d_mlp=truth.d,
@@ -88,6 +90,23 @@ def synthetic_register(*, name: str, kind: str, params: dict[str, Any]) -> Model
         units_ensure(source=source)
         _truth_store(source, sets, effective)
     return model
+
+
+def _truth(truth: synthetic.SyntheticSet) -> tuple[list[list[tuple[int, float]]], torch.Tensor,
+                                                     list[diagnosis.Diagnosis]]:
+    """Neuron truth from E[a_f^2] over TRUTH_SAMPLES draws (seed 0), in chunks of at most
+    CHUNK_ELEMENTS values; the true dictionary's diagnosis on the first chunk."""
+    chunk = max(256, CHUNK_ELEMENTS // truth.n_features)
+    generator = torch.Generator().manual_seed(0)
+    total, done, found = torch.zeros(truth.n_features, dtype=torch.float64), 0, None
+    while done < TRUTH_SAMPLES:
+        features, _ = truth.draw(min(chunk, TRUTH_SAMPLES - done), generator)
+        if found is None:
+            found = diagnosis.diagnose(features, truth.directions)
+        total += features.double().pow(2).sum(0)
+        done += len(features)
+    sets, effective = synthetic.neuron_truth_from_energy((total / done).float(), truth.directions)
+    return sets, effective, found or []
 
 
 def _truth_store(source: Source, sets: list[list[tuple[int, float]]], effective: torch.Tensor) -> None:
