@@ -63,6 +63,11 @@ class LiveIndex:
             self.index.remove(keys[present])
         self.index.add(keys, vectors)
 
+    def remove(self, keys: np.ndarray) -> None:
+        present = np.asarray(self.index.contains(keys), dtype=bool)
+        if present.any():
+            self.index.remove(keys[present])
+
     def sync(self, *, force: bool = False) -> int:
         """Read vectors written since the last sync; returns how many were applied."""
         if not force and time.monotonic() - self.synced_at < SYNC_EVERY_S:
@@ -75,8 +80,12 @@ class LiveIndex:
                 if fresh:
                     vectors = dict(UnitEmbedding.objects.filter(unit_id__in=[k for k, _ in fresh])
                                    .values_list("unit_id", "vector"))
-                    keys = [k for k, _ in fresh if k in vectors]
-                    self.upsert(np.array(keys, np.uint64), vectors_of([bytes(vectors[k]) for k in keys]))
+                    keys = [k for k, _ in fresh if vectors.get(k)]
+                    gone = [k for k, _ in fresh if k in vectors and not vectors[k]]  # tombstones
+                    if keys:
+                        self.upsert(np.array(keys, np.uint64), vectors_of([bytes(vectors[k]) for k in keys]))
+                    if gone:
+                        self.remove(np.array(gone, np.uint64))
                     applied += len(keys)
                 self.applied.update(fresh)
                 if rows:

@@ -46,6 +46,13 @@ def embeddings_store(*, rows: list[tuple[int, np.ndarray, str]], embedder: str) 
     return len(objs)
 
 
+def embeddings_forget(*, unit_ids: list[int]) -> int:
+    """Tombstones (an empty vector, a fresh ``updated``) for units with a vector and nothing left to
+    embed: web processes read them like any new row and take the units out of their index."""
+    return UnitEmbedding.objects.filter(unit_id__in=unit_ids).exclude(vector=b"").update(
+        vector=b"", text_sha="", updated=timezone.now())
+
+
 def snapshot_store(*, data: bytes, as_of: datetime, count: int) -> IndexSnapshot:
     """Keep the new snapshot and drop the older ones (their blobs too)."""
     with transaction.atomic():

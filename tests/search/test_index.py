@@ -79,3 +79,24 @@ def test_filtered_hits_are_the_exact_nearest_among_the_filtered_units(cast: Any)
     expected = [ids[i] for i in np.argsort(-(vectors @ query))[:4]]  # brute force by hand
     assert [h.unit_id for h in hits] == expected
     assert np.allclose([h.similarity for h in hits], np.sort(vectors @ query)[::-1][:4], atol=2e-3)
+
+
+def test_a_unit_whose_last_label_is_deleted_leaves_the_index(cast: Any) -> None:
+    from browser.labels.models import Label
+    from browser.labels.services import label_delete
+    from workers.pipeline.search import embed_pending
+
+    data = plant(cast.owner)
+    embed_pending()
+    index = LiveIndex()
+    index.sync(force=True)
+    unit = data.distractors[5]  # "colours": no examples, no top token
+    vector = np.frombuffer(bytes(UnitEmbedding.objects.get(unit=unit).vector), dtype="<f4")
+    assert index.search(vector, 1)[0][0] == unit.pk
+    label = Label.objects.get(unit=unit)
+    label_delete(label=label, user=cast.owner, revision=label.revision)
+    embed_pending()
+    assert bytes(UnitEmbedding.objects.get(unit=unit).vector) == b""
+    index.sync(force=True)
+    assert unit.pk not in [k for k, _ in index.search(vector, 5)]
+    assert snapshot_build() == len(data.targets) + len(data.twins) + len(data.distractors) - 1

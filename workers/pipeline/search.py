@@ -22,7 +22,7 @@ from browser.examples.selectors import vocab_for
 from browser.labels.models import Label
 from browser.search.index import new_index, vectors_of
 from browser.search.models import UnitEmbedding
-from browser.search.services import embeddings_store, snapshot_store
+from browser.search.services import embeddings_forget, embeddings_store, snapshot_store
 from workers.compute.embed import EMBEDDER, SentenceEmbedder
 from workers.pipeline.loader import device_for
 
@@ -71,7 +71,11 @@ def unit_texts(unit_ids: Iterable[int]) -> dict[int, str]:
 
 def embed_units(unit_ids: Iterable[int], *, force: bool = False) -> int:
     """Embed (or re-embed where the text changed) the given units; returns how many vectors were written."""
-    texts = {k: v for k, v in unit_texts(unit_ids).items() if v.strip()}
+    all_texts = unit_texts(unit_ids)
+    emptied = [k for k, v in all_texts.items() if not v.strip()]
+    if emptied:  # nothing left to describe it (its last label deleted): a tombstone takes it out of the index
+        embeddings_forget(unit_ids=emptied)
+    texts = {k: v for k, v in all_texts.items() if v.strip()}
     shas = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in texts.items()}
     if not force:
         same = set(UnitEmbedding.objects.filter(unit_id__in=list(texts)).values_list("unit_id", "text_sha"))
@@ -120,8 +124,11 @@ def snapshot_build(*, batch: int = 50_000) -> int:
         rows = list(qs.filter(unit_id__gt=last).values_list("unit_id", "vector")[:batch])
         if not rows:
             break
-        index.add(np.array([r[0] for r in rows], np.uint64), vectors_of([bytes(r[1]) for r in rows]))
         last = rows[-1][0]
+        rows = [r for r in rows if r[1]]  # tombstones are not indexed
+        if not rows:
+            continue
+        index.add(np.array([r[0] for r in rows], np.uint64), vectors_of([bytes(r[1]) for r in rows]))
     data = index.save()  # None only when saving to a path
     snapshot_store(data=bytes(data or b""), as_of=as_of, count=len(index))
     return len(index)
