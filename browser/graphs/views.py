@@ -27,11 +27,11 @@ def graph_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 def graph_compare_view(request: HttpRequest) -> HttpResponse:
     """Two graphs (say the neuron and the feature basis of one prompt) with their sizes and scores."""
+    values = [request.GET.get(key, "") for key in ("a", "b")]
+    if not all(value.isdigit() for value in values):
+        return HttpResponse("Give two graph ids: /graphs/compare/?a=ID&b=ID", status=400)
     graphs = []
-    for key in ("a", "b"):
-        value = request.GET.get(key, "")
-        if not value.isdigit():
-            return HttpResponse("Give two graph ids: /graphs/compare/?a=ID&b=ID", status=400)
+    for value in values:
         detail = graph_detail(graph_get(pk=int(value)))
         svg = graph_svg(detail) if detail["status"] == "done" else ""
         graphs.append({"d": detail, "svg": mark_safe(svg)})  # noqa: S308  # escaped in svg.py
