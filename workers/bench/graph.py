@@ -7,7 +7,8 @@
   ``--sae-layers`` (``feature_basis`` says which: random SAEs time the computation, their scores mean
   nothing); ``feature_nodes``, ``feature_edges``;
 - ``peak_rss_mb``: the process's peak resident memory (model included); ``graph_rss_mb``: how much
-  the graphs added to the peak reached once the model was loaded and run once;
+  the neuron-basis graphs added to the peak reached once the model was loaded and run once;
+  ``feature_rss_mb``: how much more the feature-basis graph (its SAEs included) added;
 - ``replacement_score``, ``completeness``, ``kept_share``, ``selected_share``, ``nodes``, ``edges``
   (kept by pruning) of the ``--tokens`` graph; ``seconds_by_tokens``: the same at 8, 16 and 32 tokens.
 """
@@ -102,6 +103,7 @@ def main(opts: dict[str, Any], stderr: Any) -> dict[str, Any]:
             stderr.write(f"{length} tokens: {seconds:.1f} s, {facts['nodes']} nodes, {facts['edges']} edges\n")
             if length == opts["tokens"]:
                 result = facts
+        neuron_peak = _peak_mb()
         saes, feature_basis = _saes(model_row, opts, device)
         feature_config = GraphConfig(basis="sae", saes=tuple((k, "bench") for k in sorted(saes)),
                                      max_units=opts["max_units"])
@@ -113,5 +115,6 @@ def main(opts: dict[str, Any], stderr: Any) -> dict[str, Any]:
             "feature_basis": feature_basis, "feature_nodes": feature_facts["nodes"],
             "feature_edges": feature_facts["edges"], "feature_replacement_score": feature_facts["replacement_score"],
             "feature_completeness": feature_facts["completeness"],
-            "peak_rss_mb": round(_peak_mb(), 1), "graph_rss_mb": round(_peak_mb() - loaded_peak, 1),
+            "peak_rss_mb": round(_peak_mb(), 1), "graph_rss_mb": round(neuron_peak - loaded_peak, 1),
+            "feature_rss_mb": round(_peak_mb() - neuron_peak, 1),
             **result, "seconds_by_tokens": by_tokens, "vocab_size": model_row.vocab_size}
