@@ -9,12 +9,12 @@ from typing import Any, TextIO
 
 from django.conf import settings
 from django.core.management.base import CommandError
-from tqdm import tqdm
 
 from browser.runs.models import Job, Run
 from workers.celery import ROUTES
 from workers.jobs import Progress, run_job
 from workers.presence import workers_alive
+from workers.progress import progress_bar
 from workers.queueing import resume_stalled_runs
 
 # A text stream: sys.stdout, or a management command's OutputWrapper.
@@ -39,7 +39,7 @@ def submit(task: Any, work: Callable[[Job, Progress], None], job: Job, *, wait: 
 
 
 def run_here(work: Callable[[Job, Progress], None], job: Job, stdout: Output) -> Job:
-    with tqdm(total=1, desc=job.title[:40], file=stdout, unit="", dynamic_ncols=True) as bar:
+    with progress_bar(total=1, desc=job.title[:40], file=stdout) as bar:
 
         def listener(done: int, total: int | None, message: str | None) -> None:
             if total:
@@ -62,7 +62,7 @@ def follow(job_id: int, stdout: Output, poll_s: float = 0.5) -> Job:
     job = Job.objects.get(pk=job_id)
     run_ids = list(Run.objects.filter(job_id=job_id).values_list("pk", flat=True))
     last_resume = time.monotonic()
-    with tqdm(total=max(job.total, 1), desc=job.title[:40], file=stdout, unit="", dynamic_ncols=True) as bar:
+    with progress_bar(total=max(job.total, 1), desc=job.title[:40], file=stdout) as bar:
         while True:
             job.refresh_from_db()
             if job.total and bar.total != job.total:
