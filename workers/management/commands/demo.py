@@ -19,6 +19,7 @@ from browser.core import embedded
 from browser.corpora.models import Corpus
 from browser.runs.models import Run
 from workers.children import Children, PidFiles, Stopped, alive, signals_ignored, stop_group, stop_on_signals
+from workers.demo_causal import causal_demo
 
 FIXTURE_CORPUS = Path(settings.BASE_DIR) / "fixtures" / "shakespeare-small.jsonl"
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
@@ -113,6 +114,7 @@ class Command(BaseCommand):
         call_command("harvest", model="minilm-l6", corpus="demo", hooks="blocks.*.mlp.hook_post", saes=DEMO_SAE,
                      k=32, wait=True)
         self._score()
+        causal_demo(self.stdout)  # SmolLM2 with an SAE, so steering works in the demo
 
     def _sae(self) -> None:
         """A small TopK SAE on layer 3's neurons (400 steps of 512 tokens: about 40 s on 2 idle CPU cores,
