@@ -36,4 +36,4 @@ def ablation_lowered(context: template.Context) -> dict[str, Any]:
         "label").order_by("label_id")
     return {"lowered": [(vocab.token(int(t)), v, int(t) in direct) for t, v in lowered],
             "contexts": score.details.get("contexts", 0) if score is not None else 0,
-            "matches": [(m.label.text, m.value, m.details) for m in matches]}
+            "matches": [(m.label.text, m.value, m.details) for m in matches if m.label is not None]}
