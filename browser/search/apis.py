@@ -30,7 +30,7 @@ class SourceMapApi(APIView):
 
 
 def _link(link: FamilyLink, other: str) -> dict[str, object]:
-    return {"unit": unit_uid(getattr(link, other)), "cosine": link.cosine}
+    return {"unit": unit_uid(getattr(link, other)), "cosine": link.cosine, "coactivation": link.coactivation}
 
 
 class UnitFamilyApi(APIView):

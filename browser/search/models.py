@@ -63,6 +63,9 @@ class FamilyLink(models.Model):
     child = models.ForeignKey("catalog.Unit", on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=10, choices=Kind.choices)
     cosine = models.FloatField()
+    # Co-activation: the share of the child's top contexts that are also among the parent's (None when
+    # the child has no top examples, e.g. not harvested yet).
+    coactivation = models.FloatField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["child", "kind", "parent"], name="familylink_unique")]

@@ -10,6 +10,7 @@ import numpy as np
 from django.db import transaction
 
 from browser.catalog.models import Sae, Source, Unit
+from browser.examples.models import Example
 from browser.search.models import FamilyLink, SourceMap
 
 
@@ -46,12 +47,26 @@ def source_map_current(source: Source) -> tuple[SourceMap | None, np.ndarray | N
     return row, np.frombuffer(bytes(row.coords), dtype="<f4").reshape(-1, 2)
 
 
+def top_context_overlap(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    """For (parent, child) unit ids: the share of the child's top contexts (every run's) that are
+    also top contexts of the parent. Children without top examples are left out."""
+    ids = {u for pair in pairs for u in pair}
+    contexts: dict[int, set[int]] = {}
+    rows = Example.objects.filter(unit_id__in=ids, kind=Example.Kind.TOP).values_list("unit_id", "context_id")
+    for unit_id, context_id in rows.iterator(chunk_size=50_000):
+        contexts.setdefault(unit_id, set()).add(context_id)
+    return {(p, c): len(contexts[c] & contexts.get(p, set())) / len(contexts[c]) for p, c in pairs if contexts.get(c)}
+
+
 def family_links_replace(*, unit_ids: Iterable[int], kind: str, links: list[tuple[int, int, float]]) -> int:
-    """Replace the ``kind`` links whose child is one of ``unit_ids`` by ``links`` (parent, child, cosine)."""
+    """Replace the ``kind`` links whose child is one of ``unit_ids`` by ``links`` (parent, child, cosine),
+    with their co-activation (``top_context_overlap``)."""
+    overlap = top_context_overlap([(p, c) for p, c, _ in links])
     with transaction.atomic():
         FamilyLink.objects.filter(child_id__in=list(unit_ids), kind=kind).delete()
-        FamilyLink.objects.bulk_create([FamilyLink(parent_id=p, child_id=c, kind=kind, cosine=v)
-                                        for p, c, v in links], batch_size=5000)
+        FamilyLink.objects.bulk_create([FamilyLink(parent_id=p, child_id=c, kind=kind, cosine=v,
+                                                   coactivation=overlap.get((p, c))) for p, c, v in links],
+                                       batch_size=5000)
     return len(links)
 
 

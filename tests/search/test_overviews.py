@@ -50,6 +50,24 @@ def test_a_split_wider_sae_gets_exactly_the_planted_parents(minilm: Any) -> None
     assert _pairs(FamilyLink.Kind.WIDTH) == {("narrow", i, "wide", c) for i in range(32) for c in (2 * i, 2 * i + 1)}
 
 
+def test_coactivation_is_the_share_of_the_childs_top_contexts_held_by_the_parent(minilm: Any) -> None:
+    from browser.examples.models import Example
+
+    narrow, wide = split_pair(n=4)
+    narrow_row = sae_register(model=minilm, name="narrow", sae=sae_from(narrow, 2))
+    wide_row = sae_register(model=minilm, name="wide", sae=sae_from(wide, 2))
+    parent = Unit.objects.get(source=narrow_row.source, index=1)
+    child = Unit.objects.get(source=wide_row.source, index=3)  # a child of narrow/1
+    contexts = {parent.pk: [1, 2, 3, 4, 5, 6, 7, 8], child.pk: [2, 4, 6, 100, 101]}  # 3 of the child's 5 shared
+    Example.objects.bulk_create([Example(run_id=1, unit_id=u, kind=Example.Kind.TOP, rank=r, context_id=c,
+                                         max_value=1.0, max_pos=0, values=b"") for u, cs in contexts.items()
+                                 for r, c in enumerate(cs)])
+    width_families(minilm.pk)
+    links = {(x.parent_id, x.child_id): x.coactivation for x in FamilyLink.objects.all()}
+    assert links[(parent.pk, child.pk)] == pytest.approx(3 / 5)
+    assert sum(v is not None for v in links.values()) == 1  # the other children have no top examples
+
+
 def test_the_next_layer_links_each_feature_to_its_copy(minilm: Any) -> None:
     narrow, _ = split_pair()
     g = torch.Generator().manual_seed(9)
