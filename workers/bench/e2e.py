@@ -21,6 +21,7 @@ from django.core.management import call_command
 from browser.catalog.models import Model, Sae
 from browser.corpora.models import Context, Corpus
 from browser.corpora.selectors import decode_tokens
+from browser.examples.models import Example
 from browser.runs.models import Run
 from browser.runs.services import run_delete
 from fixtures.tiny_sae import random_sae
@@ -85,7 +86,7 @@ def measure(model: Model, n_tokens: int, shard_contexts: int, log: Any) -> dict[
         raise RuntimeError(f"the bench run ended {run.status}: {run.error}")
     phases = run.job.params.get("finalize_s", {})
     finalize_s = sum(phases.values())
-    log.write(f"harvest {total_s:.1f} s (finalize {finalize_s:.1f} s: {phases})\n")
+    log.write(f"harvest {total_s:.1f} s (finalize {finalize_s:.1f} s: {phases}); bare after {bare_after[0]:.1f} s\n")
     return {
         "tokens": corpus.n_tokens, "contexts": corpus.n_contexts, "shards": run.n_shards,
         "bare_s": round(bare_s, 2), "bare_s_before_after": [round(bare_before[0], 2), round(bare_after[0], 2)],
@@ -96,7 +97,7 @@ def measure(model: Model, n_tokens: int, shard_contexts: int, log: Any) -> dict[
         "e2e_vs_bare_cpu": round(bare_cpu / total_cpu, 3),
         "shard_s": round(total_s - finalize_s, 2), "finalize_s": round(finalize_s, 2),
         **{f"finalize_{name}_s": round(seconds, 2) for name, seconds in phases.items()},
-        "examples": run.examples.count(),
+        "examples": Example.objects.filter(run=run).count(),
     }
 
 
