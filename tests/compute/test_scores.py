@@ -12,7 +12,10 @@ from workers.compute.scores import (
     decoder_alignment,
     distinct_live_features,
     effective_number,
+    explained_share,
     features_per_neuron,
+    features_per_neuron_from_totals,
+    features_per_neuron_interval,
     layer_superposition,
     neuron_contributions,
     neurons_per_feature,
@@ -189,10 +192,45 @@ def test_features_per_neuron_from_contributions() -> None:
     totals = (acts * W_dec[:, 2]).abs().sum(dim=0).double()
     q = totals / totals.sum()
     brute = math.exp(-sum(float(v) * math.log(float(v)) for v in q if v > 0))
-    assert features_per_neuron(contrib) == pytest.approx(brute)
+    assert features_per_neuron(contrib, min_share=0.0) == pytest.approx(brute)
+    kept = [float(v) for v in q if v >= 0.3]  # the features at or above a 30% share, renormalised
+    brute_kept = math.exp(-sum(v / sum(kept) * math.log(v / sum(kept)) for v in kept))
+    assert features_per_neuron(contrib, min_share=0.3) == pytest.approx(brute_kept)
     shares = top_contributors(contrib, 5)
     assert [f for f, _ in shares] == sorted(range(3), key=lambda f: -float(q[f]))
     assert sum(s for _, s in shares) == pytest.approx(1.0)
+
+
+def test_features_per_neuron_from_totals_by_hand() -> None:
+    # Shares 0.5, 0.25, 0.2, 0.05: at a 10% floor the last drops and the rest renormalise.
+    totals = torch.tensor([[10.0, 5.0, 4.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    q = [10 / 19, 5 / 19, 4 / 19]
+    want0 = math.exp(-sum(v * math.log(v) for v in q))
+    assert features_per_neuron_from_totals(totals, min_share=0.1).tolist() == pytest.approx([want0, 4.0, 0.0])
+    assert features_per_neuron_from_totals(totals, min_share=0.3).tolist() == pytest.approx([1.0, 0.0, 0.0])
+    assert explained_share(totals, min_share=0.1).tolist() == pytest.approx([0.95, 1.0, 0.0])
+    # 2,048 equal features, each far under the floor: nothing carries the neuron (the old score said 2,048).
+    assert float(features_per_neuron_from_totals(torch.ones(2048))) == 0.0
+    assert float(features_per_neuron_from_totals(torch.ones(2048), min_share=0.0)) == pytest.approx(2048.0)
+
+
+def test_features_per_neuron_interval_is_a_hand_jackknife() -> None:
+    gen = torch.Generator().manual_seed(8)
+    groups = torch.rand(4, 3, 6, generator=gen) * torch.tensor([5.0, 3.0, 1.0, 0.3, 0.1, 0.01])  # [G, N, F]
+    value, low, high = features_per_neuron_interval(groups, min_share=0.02)
+    for n in range(3):
+        def fpn(t: torch.Tensor) -> float:
+            q = [float(v) / float(t.sum()) for v in t]
+            kept = [v for v in q if v >= 0.02]
+            return math.exp(-sum(v / sum(kept) * math.log(v / sum(kept)) for v in kept))
+        full = fpn(groups[:, n].sum(dim=0))
+        loo = [fpn(groups[:, n].sum(dim=0) - groups[i, n]) for i in range(4)]
+        mean = sum(loo) / 4
+        se = math.sqrt(3 / 4 * sum((v - mean) ** 2 for v in loo))
+        assert float(value[n]) == pytest.approx(full)
+        assert (float(low[n]), float(high[n])) == pytest.approx((max(full - 1.96 * se, 0.0), full + 1.96 * se))
+    one = features_per_neuron_interval(groups[:1], min_share=0.02)
+    assert torch.equal(one[1], one[0]) and torch.equal(one[2], one[0])
 
 
 def test_neurons_per_feature_and_decoder_alignment() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from workers.compute.scores import effective_number
+from workers.compute.scores import features_per_neuron_from_totals
 
 
 def stable_top_k(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,14 +48,15 @@ def carried_mass(member: torch.Tensor, feature_acts: torch.Tensor) -> torch.Tens
 
 
 def features_per_neuron_from_mass(mass: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    """[N, F] mass and W_dec [F, N] -> [N] effective number of features carrying each neuron.
+    """[N, F] mass and W_dec [F, N] -> [N] features per neuron (``scores.features_per_neuron_from_totals``).
 
     sum_t |a_f(t) W_dec[f, n]| = |W_dec[f, n]| sum_t |a_f(t)|, so this equals
     ``scores.features_per_neuron(scores.neuron_contributions(acts, W_dec, n))`` over the same tokens.
     """
-    return effective_number(neuron_shares_mass(mass, W_dec))
+    return features_per_neuron_from_totals(neuron_shares_mass(mass, W_dec))
 
 
 def neuron_shares_mass(mass: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    """[N, F]: the total |contribution| of each feature to each neuron."""
+    """[..., N, F]: the total |contribution| of each feature to each neuron (a leading group axis,
+    as the score job keeps for its jackknife, passes through)."""
     return mass.to(torch.float64) * W_dec.abs().T.to(torch.float64)

@@ -14,6 +14,9 @@ import torch
 
 DUPLICATE_COSINE = 0.9
 """Two dictionary features whose decoder directions have cosine above this count as one."""
+FPN_MIN_SHARE = 0.01
+"""A feature counts toward features per neuron when it carries at least this share of the neuron's
+|contribution| mass (so the count is at most 100); chosen on toy models (docs/design.md)."""
 _TOKEN_MARKERS = "\u2581\u0120\u010a"
 """Word-start markers of SentencePiece (▁) and byte-level BPE (Ġ, Ċ), dropped by ``normalize``."""
 
@@ -186,10 +189,49 @@ def neuron_contributions(feature_acts: torch.Tensor, W_dec: torch.Tensor, neuron
     return feature_acts * W_dec[:, neuron]
 
 
-def features_per_neuron(contributions: torch.Tensor) -> float:
-    """The effective number of features that carry a neuron: exp(entropy) of the shares of the
-    total |contribution| ([T, F] summed over tokens) each feature makes."""
-    return float(effective_number(contributions.abs().sum(dim=0)))
+def features_per_neuron_from_totals(totals: torch.Tensor, *, min_share: float = FPN_MIN_SHARE) -> torch.Tensor:
+    """[..., F] each feature's total |contribution| to a neuron -> [...] features per neuron.
+
+    The effective number (exp entropy) of the shares of the features that each carry at least
+    ``min_share`` of the neuron's total |contribution| mass, renormalised among themselves. Bounded
+    by 1 / ``min_share``; 0 when no feature reaches it (the mass is spread over noise).
+    """
+    w = totals.to(torch.float64)
+    shares = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-300)
+    return effective_number(torch.where(shares >= min_share, shares, torch.zeros((), dtype=torch.float64)))
+
+
+def explained_share(totals: torch.Tensor, *, min_share: float = FPN_MIN_SHARE) -> torch.Tensor:
+    """[..., F] -> [...]: the share of the neuron's |contribution| mass that the features counted
+    by ``features_per_neuron_from_totals`` carry (how much of the neuron the count speaks for)."""
+    w = totals.to(torch.float64)
+    shares = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-300)
+    return torch.where(shares >= min_share, shares, torch.zeros((), dtype=torch.float64)).sum(dim=-1)
+
+
+def features_per_neuron(contributions: torch.Tensor, *, min_share: float = FPN_MIN_SHARE) -> float:
+    """Features per neuron from its per-token contributions [T, F] (``neuron_contributions``):
+    ``features_per_neuron_from_totals`` of their |contribution| summed over the tokens."""
+    return float(features_per_neuron_from_totals(contributions.abs().sum(dim=0), min_share=min_share))
+
+
+def features_per_neuron_interval(
+    group_totals: torch.Tensor, *, min_share: float = FPN_MIN_SHARE, z: float = 1.96
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Delete-one-group jackknife over G disjoint groups of the neuron's tokens.
+
+    ``group_totals`` [G, ..., F] holds each group's per-feature |contribution| totals. Returns
+    (value on all tokens, low, high) [...]: value -/+ ``z`` jackknife standard errors, the low end
+    clamped at 0. G < 2 gives low = high = value.
+    """
+    g = group_totals.shape[0]
+    total = group_totals.sum(dim=0)
+    value = features_per_neuron_from_totals(total, min_share=min_share)
+    if g < 2:
+        return value, value, value
+    leave_out = features_per_neuron_from_totals(total[None] - group_totals, min_share=min_share)  # [G, ...]
+    se = ((g - 1) / g * (leave_out - leave_out.mean(dim=0)).pow(2).sum(dim=0)).sqrt()
+    return value, (value - z * se).clamp_min(0.0), value + z * se
 
 
 def top_contributors(contributions: torch.Tensor, k: int) -> list[tuple[int, float]]:

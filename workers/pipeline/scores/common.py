@@ -13,8 +13,9 @@ from browser.catalog.models import Source
 from browser.corpora.models import Context
 from browser.corpora.selectors import decode_tokens
 
-VERSION = 2
-"""2: the context-cluster score removes the corpus's common component and weights by activation."""
+VERSION = 3
+"""2: the context-cluster score removes the corpus's common component and weights by activation.
+3: features_per_neuron counts only features carrying at least 1% of the neuron's mass, with an interval."""
 DENSITY = "density"
 CONCENTRATION = "top_token_concentration"
 CLUSTERS = "context_cluster_polysemanticity"

@@ -31,6 +31,9 @@ from workers.pipeline.scores.common import (
     UnitExamples,
 )
 
+GROUPS = 5
+"""Disjoint groups of a neuron's example contexts (by context index) for the jackknife interval of
+features per neuron."""
 Relations = dict[tuple[str, int], list[tuple[float, int]]]
 """(kind, unit id) -> candidate (value, other unit id) pairs."""
 
@@ -74,15 +77,19 @@ def _add_relations(relations: Relations, kind: str, neurons: dict[int, int], fea
 
 
 def _pair_scores(pair: _PairPass, neurons: SourceScores, features: SourceScores) -> None:
-    shares = comparison.neuron_shares_mass(pair.mass, pair.W_dec)  # [N, F]
-    effective = scores.effective_number(shares)
+    groups = comparison.neuron_shares_mass(pair.mass, pair.W_dec)  # [G, N, F]
+    value, low, high = scores.features_per_neuron_interval(groups)
+    shares = groups.sum(dim=0)  # [N, F]
+    explained = scores.explained_share(shares)
     totals = shares.sum(dim=1, keepdim=True)
     top_v, top_i = comparison.stable_top_k(shares / totals.clamp_min(1e-300), CONTRIBUTORS)
-    for n in range(len(effective)):
+    for n in range(len(value)):
         if float(totals[n]) > 0:
             top = [{"feature": int(f), "share": float(v)} for v, f in zip(top_v[n], top_i[n], strict=True) if v > 0]
-            neurons.rows.append((n, FEATURES_PER_NEURON, float(effective[n]),
-                                 {"sae": features.source.name, "tokens": int(pair.tokens[n]), "top": top}))
+            neurons.rows.append((n, FEATURES_PER_NEURON, float(value[n]), {
+                "sae": features.source.name, "tokens": int(pair.tokens[n]), "top": top,
+                "interval": [float(low[n]), float(high[n])], "explained_share": float(explained[n]),
+                "min_share": scores.FPN_MIN_SHARE}))
     for f, value in enumerate(scores.neurons_per_feature(pair.W_dec).tolist()):
         features.rows.append((f, NEURONS_PER_FEATURE, value, {}))
 
@@ -106,7 +113,7 @@ class _PairPass:
             for c in sorted(set(cs)):
                 self.owners[index_of[c]].append(u)
         n, f = neurons.n_units, self.W_dec.shape[0]
-        self.mass = torch.zeros(n, f, dtype=torch.float64, device=self.device)
+        self.mass = torch.zeros(GROUPS, n, f, dtype=torch.float64, device=self.device)  # by context index % GROUPS
         self.tokens = torch.zeros(n, dtype=torch.int64, device=self.device)
 
     def run(self, progress: Progress) -> None:
@@ -146,7 +153,10 @@ class _PairPass:
                 owner[self.owners[ctx], b] = True
         if owner.any():
             member = owner.repeat_interleave(L, dim=1) & (x.T > 0) & valid[None, :]  # [N, B*L]
-            self.mass += comparison.carried_mass(member, features).double()
+            group = torch.tensor([ctx % GROUPS for ctx in batch_indices], device=acts.device).repeat_interleave(L)
+            for g in group.unique().tolist():  # each token in one group: one product's worth of work in all
+                cols = group == g
+                self.mass[g] += comparison.carried_mass(member[:, cols], features[cols]).double()
             self.tokens += member.sum(dim=1)
 
 
