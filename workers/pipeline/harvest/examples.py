@@ -58,9 +58,10 @@ def source_examples(summaries: list[UnitSummary], state: dict[str, torch.Tensor]
                 add(u, interval, bucket, rank, ctx, v)
         for rank, (ctx, v) in enumerate(s.random):
             add(u, random, 0, rank, ctx, v)
-    unit, kind, bucket, rank, context, value = (np.asarray(c) for c in cols)
-    rows = lookup(state, pair_keys(torch.as_tensor(unit, dtype=torch.int64), torch.as_tensor(context, dtype=torch.int64)))
-    return SourceExamples(unit, kind, bucket, rank, context, value, rows.numpy(), state["ex_pos"].numpy(),
+    units, kinds, buckets, ranks, contexts, values = (np.asarray(c) for c in cols)
+    rows = lookup(state, pair_keys(torch.as_tensor(units, dtype=torch.int64),
+                                   torch.as_tensor(contexts, dtype=torch.int64)))
+    return SourceExamples(units, kinds, buckets, ranks, contexts, values, rows.numpy(), state["ex_pos"].numpy(),
                           state["ex_val"].numpy().astype("<f2", copy=False))
 
 
