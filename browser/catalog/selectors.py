@@ -32,8 +32,8 @@ SCORE_HELP = {
     "context_cluster_polysemanticity": ("1 - cosine of the two 2-means centres of its example windows' MiniLM "
                                         "embeddings, less the corpus's mean window, weighted by activation "
                                         "(high = several meanings; compare units on one corpus)"),
-    "features_per_neuron": ("effective number (exp entropy) of SAE features carrying the neuron on its interval "
-                            "and random examples"),
+    "features_per_neuron": ("effective number of SAE features that each carry at least 1% of the neuron on its "
+                            "interval and random examples (0: none does; interval and share explained in details)"),
     "neurons_per_feature": "effective number of neurons the feature's decoder direction is spread over",
     "toy_true_features": "ground truth: effective number of features the toy model stores in this neuron",
     "label_auc": "how well a label's embedding ranks the unit's firing contexts above silent ones (0.5 = chance)",
