@@ -194,6 +194,7 @@ def test_comparisons_equal_brute_force(harvested: Run) -> None:
             assert [v for _, v in kept] == pytest.approx(matrix[unit, order].tolist(), abs=1e-5)
 
     row_of = {pk: i for i, pk in enumerate(context_ids)}
+    index_of = dict(Context.objects.filter(pk__in=context_ids).values_list("pk", "index"))
     fpn = _scores(HOOK, "features_per_neuron")
     spread = _examples(run, HOOK, [Example.Kind.INTERVAL, Example.Kind.RANDOM])
     checked = 0
@@ -205,6 +206,13 @@ def test_comparisons_equal_brute_force(harvested: Run) -> None:
             assert fpn[neuron].value == pytest.approx(scores.features_per_neuron(contributions), rel=1e-5)
             assert fpn[neuron].details["tokens"] == int(fired.sum())
             assert fpn[neuron].details["top"][0]["feature"] == scores.top_contributors(contributions, 1)[0][0]
+            # The interval: a jackknife over the neuron's contexts grouped by context index mod 5.
+            group = torch.tensor([index_of[context_ids[r]] % 5 for r in rows])[:, None].expand(fired.shape)[fired]
+            totals = torch.stack([contributions[group == g].abs().sum(dim=0) for g in range(5)])
+            _, low, high = scores.features_per_neuron_interval(totals)
+            assert fpn[neuron].details["interval"] == pytest.approx([float(low), float(high)], rel=1e-4, abs=1e-6)
+            assert fpn[neuron].details["explained_share"] == pytest.approx(
+                float(scores.explained_share(contributions.abs().sum(dim=0))), rel=1e-5)
             checked += 1
     assert checked >= 20 and len(fpn) == checked
     npf = _scores("feat", "neurons_per_feature")
