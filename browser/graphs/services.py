@@ -12,10 +12,11 @@ from django.utils import timezone
 from browser.catalog.models import Model, Source
 from browser.catalog.uids import storable
 from browser.graphs.models import Graph
+from browser.runs.models import Job
 from browser.runs.services import job_create
 from workers.compute.graph_config import MAX_PROMPT_CHARS, SUPPORTED_MODEL_TYPES, GraphConfig
 
-JOB_KIND = "graph"
+JOB_KIND = Job.Kind.GRAPH
 
 
 def _model(name: str) -> Model:

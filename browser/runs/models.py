@@ -13,6 +13,7 @@ class Job(models.Model):
         TRAIN_SAE = "train_sae", "train an SAE"
         SCORE = "score", "score units"
         EXPORT = "export", "export"
+        GRAPH = "graph", "attribution graph"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"
