@@ -10,16 +10,15 @@ from django.utils.safestring import SafeString
 
 from browser.catalog.charts import bars_svg
 from browser.catalog.models import Model, Source, Unit, UnitRelation
-from browser.catalog.selectors import (
+from browser.catalog.selectors import model_list, source_list
+from browser.catalog.uids import unit_uid
+from browser.catalog.unit_selectors import (
     RelationGroup,
     ScoreView,
-    model_list,
-    source_list,
     unit_neighbours,
     unit_relations,
     unit_scores,
 )
-from browser.catalog.uids import unit_uid
 from browser.corpora.models import Corpus
 from browser.corpora.selectors import corpus_list
 from browser.examples.models import UnitStats

@@ -17,7 +17,6 @@ from browser.catalog.selectors import (
     FilterError,
     model_get,
     parse_unit_filters,
-    sae_summary,
     score_names,
     source_get,
     unit_by_id,
@@ -25,6 +24,7 @@ from browser.catalog.selectors import (
 )
 from browser.catalog.sweep_selectors import sweep_panel
 from browser.catalog.toy_selectors import toy_view
+from browser.catalog.unit_selectors import sae_summary
 from browser.labels.views import label_panel
 from browser.search.selectors import unit_list_page
 

@@ -16,8 +16,8 @@ import torch
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from browser.catalog.models import Model, Score, Source, Unit, name_validator
-from browser.catalog.services import model_create, source_get_or_create, units_ensure
+from browser.catalog.models import Model, Source, Unit, name_validator
+from browser.catalog.services import model_create, scores_replace, source_get_or_create, units_ensure
 from workers.compute import diagnosis, synthetic, toy
 
 HOOK = "blocks.0.mlp.hook_post"
@@ -111,7 +111,7 @@ def _truth(truth: synthetic.SyntheticSet) -> tuple[list[list[tuple[int, float]]]
 
 def _truth_store(source: Source, sets: list[list[tuple[int, float]]], effective: torch.Tensor) -> None:
     units = dict(Unit.objects.filter(source=source).values_list("index", "pk"))
-    Score.objects.bulk_create(
-        Score(unit_id=units[k], name=TRUE_FEATURES, version=TRUE_FEATURES_VERSION, value=float(effective[k]),
-              details={"features": [{"feature": f, "share": s} for f, s in row[:32]], "count": len(row)})
-        for k, row in enumerate(sets))
+    scores_replace(run=None, unit_ids=list(units.values()), names=(TRUE_FEATURES,), version=TRUE_FEATURES_VERSION,
+                   rows=((units[k], TRUE_FEATURES, float(effective[k]),
+                          {"features": [{"feature": f, "share": s} for f, s in row[:32]], "count": len(row)})
+                         for k, row in enumerate(sets)))
