@@ -54,6 +54,31 @@ def minilm(db: None) -> object:
     return model_get_or_register("minilm-l6")
 
 
+@pytest.fixture
+def corpus(minilm: object, tmp_path: Path) -> object:
+    """The test lines (tests/texts.py), three times each, in 16-token MiniLM contexts."""
+    from django.core.management import call_command
+
+    from browser.corpora.models import Corpus
+    from tests.texts import TEXTS
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, text in enumerate(TEXTS):
+        (folder / f"{i}.txt").write_text(" ".join([text] * 3))
+    call_command("import_corpus", str(folder), name="lines", context_length=16, inline=True)
+    return Corpus.objects.get(name="lines")
+
+
+@pytest.fixture
+def tiny(db: None, tmp_path: Path) -> object:
+    """A tiny seeded BERT (fixtures/tiny.py), registered as "tiny"."""
+    from fixtures.tiny import build_tiny_bert
+    from workers.pipeline.models import model_register
+
+    return model_register(location=str(build_tiny_bert(tmp_path / "tiny")), name="tiny")
+
+
 def purge_queues() -> None:
     from workers.celery import app, queue
 

@@ -12,14 +12,13 @@ from browser.catalog.models import Model
 from browser.corpora.models import Corpus
 from browser.runs.models import Job, Run
 from tests.conftest import Cast
-from tests.workers.test_harvest import corpus, tiny  # noqa: F401 (fixtures)
 
 REQUEST = {"model": "tiny", "corpus": "lines", "hooks": "blocks.0.mlp.hook_post", "k": 4, "batch_size": 8}
 
 
 @pytest.mark.parametrize(("who", "status"), [("owner", 403), ("collaborator", 403), ("outsider", 403),
                                              ("anonymous", 401)])
-def test_only_curators_create_runs(cast: Cast, tiny: Model, corpus: Corpus, who: str, status: int) -> None:  # noqa: F811
+def test_only_curators_create_runs(cast: Cast, tiny: Model, corpus: Corpus, who: str, status: int) -> None:
     response = cast.client(who).post("/api/v1/runs/", REQUEST, format="json")
     assert response.status_code == status
     assert not Job.objects.filter(title__startswith="harvest request").exists()
@@ -28,14 +27,14 @@ def test_only_curators_create_runs(cast: Cast, tiny: Model, corpus: Corpus, who:
 @pytest.mark.parametrize(("change", "field"), [({"model": "nope"}, "model"), ({"corpus": "nope"}, "corpus"),
                                                ({"k": 0}, "k"), ({"device": "tpu"}, "device"),
                                                ({"dtype": "int8"}, "dtype")])
-def test_bad_run_requests(cast: Cast, tiny: Model, corpus: Corpus, change: dict[str, object], field: str) -> None:  # noqa: F811
+def test_bad_run_requests(cast: Cast, tiny: Model, corpus: Corpus, change: dict[str, object], field: str) -> None:
     response = cast.client("curator").post("/api/v1/runs/", {**REQUEST, **change}, format="json")
     assert response.status_code == 400 and field in response.json()["error"]["fields"]
     assert not Job.objects.filter(title__startswith="harvest request").exists()
 
 
 @pytest.mark.slow
-def test_a_curator_runs_a_harvest_through_the_api(cast: Cast, tiny: Model, corpus: Corpus,  # noqa: F811
+def test_a_curator_runs_a_harvest_through_the_api(cast: Cast, tiny: Model, corpus: Corpus,
                                                   worker: subprocess.Popen[bytes]) -> None:
     api = cast.client("curator")
     response = api.post("/api/v1/runs/", REQUEST, format="json")

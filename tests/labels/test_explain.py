@@ -17,15 +17,15 @@ from browser.catalog.models import Model, Unit
 from browser.corpora.models import Corpus
 from browser.labels.explain import evidence
 from browser.labels.models import Label
-from tests.workers.test_harvest import _harvest, corpus, tiny  # noqa: F401 (fixtures)
+from tests.harvesting import harvest_run
 
 pytestmark = pytest.mark.slow
 SOURCE = "blocks.0.mlp.hook_post"
 
 
 @pytest.fixture
-def harvested(tiny: Model, corpus: Corpus) -> Model:  # noqa: F811
-    _harvest(tiny, corpus, [SOURCE])
+def harvested(tiny: Model, corpus: Corpus) -> Model:
+    harvest_run(tiny, corpus, [SOURCE])
     return tiny
 
 

@@ -18,7 +18,7 @@ from browser.examples.models import Example
 from browser.labels.models import Label
 from browser.labels.services import label_delete, label_save
 from tests.conftest import Cast
-from tests.workers.test_harvest import _harvest, corpus, tiny  # noqa: F401 (fixtures)
+from tests.harvesting import harvest_run
 
 
 def _body(response: object) -> bytes:
@@ -90,8 +90,8 @@ def test_neuronpedia_and_neuron_record_shapes(cast: Cast, units: list[Unit]) -> 
 
 
 @pytest.mark.slow
-def test_exports_of_harvested_units_carry_their_contexts(cast: Cast, tiny: Model, corpus: Corpus) -> None:  # noqa: F811
-    run = _harvest(tiny, corpus, ["blocks.0.mlp.hook_post"])
+def test_exports_of_harvested_units_carry_their_contexts(cast: Cast, tiny: Model, corpus: Corpus) -> None:
+    run = harvest_run(tiny, corpus, ["blocks.0.mlp.hook_post"])
     unit = Unit.objects.filter(stats_run=run, dead=False).order_by("index").first()
     assert unit is not None
     label_save(unit=unit, user=cast.owner, text="a harvested unit")

@@ -16,7 +16,7 @@ from browser.corpora.models import Corpus
 from browser.corpora.selectors import decode_tokens
 from browser.labels.services import label_save
 from tests.conftest import Cast
-from tests.workers.test_harvest import _harvest, corpus, tiny  # noqa: F401 (fixtures)
+from tests.harvesting import harvest_run
 from workers.compute import hooks
 from workers.pipeline import label_scores as ls
 from workers.pipeline.loader import loaded_model
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow
 SOURCE = "blocks.0.mlp.hook_post"
 
 
-def test_label_auc_scores(cast: Cast, tiny: Model, corpus: Corpus, client: Client) -> None:  # noqa: F811
-    _harvest(tiny, corpus, [SOURCE])
+def test_label_auc_scores(cast: Cast, tiny: Model, corpus: Corpus, client: Client) -> None:
+    harvest_run(tiny, corpus, [SOURCE])
     units = list(Unit.objects.filter(source__name=SOURCE, dead=False).order_by("density")[:2])
     labels = [label_save(unit=u, user=cast.owner, text=f"label of unit {u.index}") for u in units]
     call_command("score_labels", model="tiny", source=SOURCE, inline=True, stdout=io.StringIO())

@@ -25,8 +25,8 @@ from browser.examples.models import Example
 from browser.runs.models import Job, Run, Shard
 from browser.runs.services import run_delete
 from tests.conftest import database_url, purge_queues, start_worker, stop_worker
+from tests.harvesting import run_rows
 from tests.texts import TEXTS
-from tests.workers.test_harvest import _rows
 
 pytestmark = pytest.mark.slow
 # Short leases so that a dead worker's shard is redone within seconds; an idle worker looks
@@ -128,7 +128,7 @@ def _inline_rows() -> list[tuple[object, ...]]:
         torch.set_num_threads(threads)
     run = Run.objects.get()
     assert run.status == Run.Status.DONE, run.error
-    return _rows(run)
+    return run_rows(run)
 
 
 def test_two_workers_share_a_run_and_one_killed_mid_shard_loses_nothing(workers: Workers,
@@ -136,7 +136,7 @@ def test_two_workers_share_a_run_and_one_killed_mid_shard_loses_nothing(workers:
     workers.get("a"), workers.get("b")
     run = _finished(_queue_harvest())
     assert run.n_shards == 3
-    shared = _rows(run)
+    shared = run_rows(run)
     assert len(set(Shard.objects.filter(run=run).values_list("claimed_by", flat=True))) == 2
     assert len(shared) == 1536 + Example.objects.filter(run=run).count()
 
@@ -147,7 +147,7 @@ def test_two_workers_share_a_run_and_one_killed_mid_shard_loses_nothing(workers:
     run = _finished(run)
     shard.refresh_from_db()
     assert shard.status == Shard.Status.DONE and shard.attempts == 2  # redone by the live worker
-    assert _rows(run) == shared
+    assert run_rows(run) == shared
     assert f"took shard {shard.index} (attempt 2)" in run.job.log  # type: ignore[union-attr]
 
     assert _inline_rows() == shared  # two workers, one of them killed, equal one process
@@ -167,7 +167,7 @@ def test_a_restarted_worker_resumes_a_run_whose_worker_and_tasks_were_lost(worke
     assert Job.objects.get(run=run).status == Job.Status.SUCCEEDED
     shard.refresh_from_db()
     assert shard.attempts == 2
-    assert _rows(run) == _inline_rows()
+    assert run_rows(run) == _inline_rows()
 
 
 def test_cancel_from_the_command_line_stops_the_workers_at_their_next_batch(workers: Workers,
@@ -239,4 +239,4 @@ def test_postgres_lost_mid_shard_the_run_completes_and_readers_never_see_half(wo
     shard.refresh_from_db()
     assert shard.attempts >= 2  # the shard in progress during the outage was redone
     assert Job.objects.get(run=run).status == Job.Status.SUCCEEDED
-    assert _rows(run) == _inline_rows()
+    assert run_rows(run) == _inline_rows()

@@ -16,46 +16,15 @@ from browser.corpora.models import Context, Corpus
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
 from browser.runs.models import Run
-from fixtures.tiny import build_tiny_bert
 from tests.compute.reference import brute_force
-from tests.texts import TEXTS
-from workers.cli import run_here
+from tests.harvesting import harvest_run, run_rows
 from workers.compute import hooks
 from workers.compute.config import HarvestConfig
 from workers.compute.harvest import make_batch
 from workers.compute.loading import load_torch_model
-from workers.pipeline.harvest import UNIT_OFFSET_STRIDE, finalize, harvest_create, neuron_sources
-from workers.pipeline.models import model_register
-from workers.tasks import harvest_work
+from workers.pipeline.harvest import UNIT_OFFSET_STRIDE, finalize, harvest_create
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def corpus(minilm: Model, tmp_path: Path) -> Corpus:
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    for i, text in enumerate(TEXTS):
-        (folder / f"{i}.txt").write_text(" ".join([text] * 3))
-    call_command("import_corpus", str(folder), name="lines", context_length=16, inline=True)
-    return Corpus.objects.get(name="lines")
-
-
-@pytest.fixture
-def tiny(db: None, tmp_path: Path) -> Model:
-    return model_register(location=str(build_tiny_bert(tmp_path / "tiny")), name="tiny")
-
-
-def _harvest(model: Model, corpus: Corpus, hook_names: list[str], **kw: object) -> Run:
-    kw = {"batch_size": 8, **kw}
-    config = HarvestConfig(sources=neuron_sources(hook_names), k=4, samples_per_interval=3,
-                           n_intervals=4, hist_stride=3, **kw)  # type: ignore[arg-type]
-    run, created = harvest_create(model=model, corpus=corpus, config=config)
-    assert created
-    run_here(harvest_work, run.job, io.StringIO())
-    run.refresh_from_db()
-    assert run.status == Run.Status.DONE, run.error
-    return run
 
 
 def _all_activations(model: Model, corpus: Corpus, hook: str, batch_size: int, exclude_special: bool):
@@ -118,46 +87,38 @@ def _check_values(examples: object, acts: np.ndarray, invalid: np.ndarray, unit:
 
 
 def test_tiny_model_equals_brute_force(tiny: Model, corpus: Corpus) -> None:
-    run = _harvest(tiny, corpus, ["blocks.0.mlp.hook_post", "blocks.1.hook_resid_post"])
+    run = harvest_run(tiny, corpus, ["blocks.0.mlp.hook_post", "blocks.1.hook_resid_post"])
     _check_against_brute_force(run, "blocks.0.mlp.hook_post", 0)
     _check_against_brute_force(run, "blocks.1.hook_resid_post", 1)
 
 
 def test_minilm_equals_brute_force(minilm: Model, corpus: Corpus) -> None:
-    run = _harvest(minilm, corpus, ["blocks.2.mlp.hook_post"])
+    run = harvest_run(minilm, corpus, ["blocks.2.mlp.hook_post"])
     _check_against_brute_force(run, "blocks.2.mlp.hook_post", 0)
-
-
-def _rows(run: Run) -> list[tuple[object, ...]]:
-    stats = list(UnitStats.objects.filter(run=run).order_by("unit_id").values_list(
-        "unit_id", "n_tokens", "fire_count", "density", "mean", "max", "hist"))
-    examples = list(Example.objects.filter(run=run).order_by("unit_id", "kind", "bucket", "rank").values_list(
-        "unit_id", "kind", "bucket", "rank", "context_id", "max_value", "max_pos", "values"))
-    return [(*s[:-1], bytes(s[-1])) for s in stats] + [(*e[:-1], bytes(e[-1])) for e in examples]
 
 
 def test_three_shards_equal_one_and_finalize_twice_changes_nothing(tiny: Model, corpus: Corpus) -> None:
     hook = ["blocks.1.mlp.hook_post"]
-    one = _harvest(tiny, corpus, hook, shard_contexts=2048, batch_size=4)
-    rows_one = _rows(one)
+    one = harvest_run(tiny, corpus, hook, shard_contexts=2048, batch_size=4)
+    rows_one = run_rows(one)
     one.delete()
-    three = _harvest(tiny, corpus, hook, shard_contexts=12, batch_size=4)
+    three = harvest_run(tiny, corpus, hook, shard_contexts=12, batch_size=4)
     assert three.n_shards == 3 and one.n_shards == 1
-    assert _rows(three) == rows_one
+    assert run_rows(three) == rows_one
     Run.objects.filter(pk=three.pk).update(status=Run.Status.FINALIZING)
     finalize(run_id=three.pk, progress=lambda *a, **k: None)
-    assert _rows(three) == rows_one
+    assert run_rows(three) == rows_one
 
 
 def test_special_tokens_are_excluded_unless_asked(minilm: Model, corpus: Corpus) -> None:
     special = set(corpus.tokenizer.special_ids)
-    run = _harvest(minilm, corpus, ["blocks.5.mlp.hook_post"])
+    run = harvest_run(minilm, corpus, ["blocks.5.mlp.hook_post"])
     tokens = dict(Context.objects.filter(corpus=corpus).values_list("id", "tokens"))
     maxima = [decode_tokens(bytes(tokens[c]))[p] for c, p in
               Example.objects.filter(run=run).values_list("context_id", "max_pos")]
     assert maxima and not special & set(maxima)
     run.delete()
-    with_special = _harvest(minilm, corpus, ["blocks.5.mlp.hook_post"], exclude_special=False)
+    with_special = harvest_run(minilm, corpus, ["blocks.5.mlp.hook_post"], exclude_special=False)
     maxima = [decode_tokens(bytes(tokens[c]))[p] for c, p in
               Example.objects.filter(run=with_special, kind=0, rank=0).values_list("context_id", "max_pos")]
     assert special & set(maxima)  # [CLS] and [SEP] carry some neurons' largest activations
@@ -211,8 +172,8 @@ def test_harvest_command_runs_and_does_not_recompute(minilm: Model, corpus: Corp
     assert Run.objects.count() == 1
 
 
-def test_unit_and_source_pages_show_the_harvest(tiny: Model, corpus: Corpus, client: object) -> None:
-    _harvest(tiny, corpus, ["blocks.0.mlp.hook_post"])
+def test_unit_and_source_pages_show_theharvest_run(tiny: Model, corpus: Corpus, client: object) -> None:
+    harvest_run(tiny, corpus, ["blocks.0.mlp.hook_post"])
     unit = Unit.objects.filter(source__name="blocks.0.mlp.hook_post", dead=False).order_by("index").first()
     assert unit is not None
     page = client.get(f"/u/tiny/blocks.0.mlp.hook_post/{unit.index}/")  # type: ignore[attr-defined]
@@ -229,7 +190,7 @@ def test_unit_and_source_pages_show_the_harvest(tiny: Model, corpus: Corpus, cli
 def test_a_failed_run_is_redone_from_scratch_without_leftovers(tiny: Model, corpus: Corpus) -> None:
     from browser.core.models import Blob
 
-    run = _harvest(tiny, corpus, ["blocks.0.mlp.hook_post"])
+    run = harvest_run(tiny, corpus, ["blocks.0.mlp.hook_post"])
     assert Blob.objects.count() == run.n_shards  # the partials, kept for a repeated finalize
     Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED)
     config = HarvestConfig.from_dict(run.config)

@@ -14,7 +14,6 @@ from browser.corpora.models import Corpus
 from browser.examples.models import Example
 from browser.runs.models import Job, Run
 from fixtures.tiny import build_tiny_bert
-from tests.workers.test_harvest import corpus  # noqa: F401 - the fixture
 from workers.cli import run_here
 from workers.compute.config import HarvestConfig
 from workers.pipeline.harvest import harvest_create, neuron_sources
@@ -34,7 +33,7 @@ def broken(db: None, tmp_path: Path) -> Model:
     return model_register(location=str(folder), name="broken")
 
 
-def test_a_nan_fails_the_run_naming_the_hook_and_context(broken: Model, corpus: Corpus) -> None:  # noqa: F811
+def test_a_nan_fails_the_run_naming_the_hook_and_context(broken: Model, corpus: Corpus) -> None:
     config = HarvestConfig(sources=neuron_sources(["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]), k=4,
                            batch_size=8)
     run, _ = harvest_create(model=broken, corpus=corpus, config=config)

@@ -10,7 +10,6 @@ from tqdm import tqdm
 
 from browser.catalog.models import Model
 from browser.corpora.models import Corpus
-from tests.workers.test_harvest import corpus, tiny  # noqa: F401 - the fixtures
 from workers.progress import LineProgress, progress_bar
 
 
@@ -43,7 +42,7 @@ def test_many_updates_make_one_line_per_period_and_a_last_one() -> None:
 
 
 @pytest.mark.slow
-def test_a_harvest_logged_to_a_file_writes_lines_not_bar_redraws(tiny: Model, corpus: Corpus) -> None:  # noqa: F811
+def test_a_harvest_logged_to_a_file_writes_lines_not_bar_redraws(tiny: Model, corpus: Corpus) -> None:
     out = io.StringIO()
     call_command("harvest", model="tiny", corpus=corpus.name, hooks="blocks.0.mlp.hook_post", k=4, batch_size=2,
                  inline=True, stdout=out)

@@ -14,7 +14,7 @@ from browser.corpora.models import Corpus
 from browser.runs.models import Run
 from fixtures.tiny import build_tiny_bert
 from fixtures.tiny_sae import random_sae
-from tests.workers.test_harvest import _rows
+from tests.harvesting import run_rows
 from workers.cli import run_here
 from workers.compute.config import HarvestConfig
 from workers.pipeline.harvest import harvest_create, neuron_sources
@@ -52,7 +52,7 @@ def big_corpus(tiny: Model, tmp_path: Path) -> Corpus:
     return corpus
 
 
-def _harvest(model: Model, corpus: Corpus, shard_contexts: int) -> Run:
+def harvest_run(model: Model, corpus: Corpus, shard_contexts: int) -> Run:
     config = HarvestConfig(sources=neuron_sources([HOOK]) + sae_sources(model, ["feat"]), k=4,
                            samples_per_interval=3, n_intervals=4, hist_stride=3, batch_size=BATCH,
                            shard_contexts=shard_contexts)
@@ -65,13 +65,13 @@ def _harvest(model: Model, corpus: Corpus, shard_contexts: int) -> Run:
 
 
 def test_shards_equal_one_run_when_the_batch_size_does_not_divide_the_fetch(tiny: Model, big_corpus: Corpus) -> None:
-    one = _harvest(tiny, big_corpus, shard_contexts=4096)
-    rows_one = _rows(one)
+    one = harvest_run(tiny, big_corpus, shard_contexts=4096)
+    rows_one = run_rows(one)
     one.delete()
     # 250 rounds down to 240 (whole batches): shard starts 240, 480, ... are not multiples of 512.
-    many = _harvest(tiny, big_corpus, shard_contexts=250)
+    many = harvest_run(tiny, big_corpus, shard_contexts=250)
     assert one.n_shards == 1 and many.n_shards >= 3
-    assert _rows(many) == rows_one
+    assert run_rows(many) == rows_one
 
 
 def test_the_hash_covers_what_changes_results_and_only_that() -> None:
