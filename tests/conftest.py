@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,15 +88,13 @@ def purge_queues() -> None:
 
 def start_worker(name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a real Celery worker (solo pool, this session's queues) and wait until it answers."""
-    from workers.celery import app, queue
+    from workers.celery import app, worker_argv
 
     log_dir = ROOT / ".pytest_cache"
     log = open(log_dir / f"worker-{name}.log", "wb") if log_dir.exists() else subprocess.DEVNULL
     node = f"{name}-{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", f"{queue('gpu')},{queue('default')}",
-         "--pool", "solo", "-n", f"{node}@%h", "--loglevel", "info", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=project_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT,
+        worker_argv(node=node), cwd=ROOT, env=project_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 90
     while not app.control.ping(destination=[f"{node}@{os.uname().nodename}"], timeout=0.5):

@@ -15,6 +15,8 @@ busy or idle (``workers.presence``).
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -47,6 +49,15 @@ _prefix = {"value": ""}
 def queue(name: str) -> str:
     """The full name of a queue (``gpu`` or ``default``) with this deployment's prefix."""
     return _prefix["value"] + name
+
+
+def worker_argv(*, node: str, queues: Sequence[str] | None = None) -> list[str]:
+    """The one command line that starts a worker (the demo, the tests and the benchmarks use it):
+    the solo pool, one process per GPU (CUDA does not survive a fork, and the compiled CPU pass's
+    thread pool is not fork-safe), on the gpu and default queues of this deployment unless told."""
+    names = ",".join(queues if queues is not None else (queue("gpu"), queue("default")))
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", names, "--pool", "solo",
+            "-n", f"{node}@%h", "--loglevel", "info", "--without-mingle", "--without-gossip"]
 
 
 def configure_queues(prefix: str) -> None:

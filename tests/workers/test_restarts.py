@@ -27,6 +27,7 @@ import redis
 from browser.core import embedded
 from tests.conftest import ROOT
 from tests.texts import TEXTS
+from workers.celery import worker_argv
 
 pytestmark = pytest.mark.slow
 PREFIX = f"restarts{os.getpid()}."
@@ -72,9 +73,7 @@ class Private:
     def start_worker(self) -> None:
         self.worker_log = self.data_dir / "worker.log"
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", f"{PREFIX}gpu,{PREFIX}default",
-             "--pool", "solo", "-n", f"restarts-{os.getpid()}@%h", "--loglevel", "info",
-             "--without-mingle", "--without-gossip"],
+            worker_argv(node=f"restarts-{os.getpid()}", queues=(f"{PREFIX}gpu", f"{PREFIX}default")),
             cwd=ROOT, env=self.env(), stdout=self.worker_log.open("wb"), stderr=subprocess.STDOUT,
         )
 

@@ -122,13 +122,11 @@ def start_web(*, env: dict[str, str], port: int, workers: int | None = None, thr
 
 def start_worker(*, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """A real Celery worker (solo pool, as on a GPU machine) on this bench's queues."""
-    from workers.celery import app, queue
+    from workers.celery import app, worker_argv
 
     node = f"bench-load-{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", f"{queue('gpu')},{queue('default')}",
-         "--pool", "solo", "-n", f"{node}@%h", "--loglevel", "info", "--without-mingle", "--without-gossip"],
-        cwd=settings.BASE_DIR, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        worker_argv(node=node), cwd=settings.BASE_DIR, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     host = f"{node}@{socket.gethostname()}"
     _wait(lambda: bool(app.control.ping(destination=[host], timeout=0.5)), proc, "the Celery worker")
     return proc

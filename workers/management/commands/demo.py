@@ -18,6 +18,7 @@ from browser.catalog.models import Sae, Score
 from browser.core import embedded
 from browser.corpora.models import Corpus
 from browser.runs.models import Run
+from workers.celery import worker_argv
 from workers.children import Children, PidFiles, Stopped, alive, signals_ignored, stop_group, stop_on_signals
 from workers.demo_causal import causal_demo
 
@@ -90,10 +91,7 @@ class Command(BaseCommand):
 
     def _start_worker(self, children: Children) -> None:
         with open(Path(settings.DATA_DIR) / "worker.log", "ab") as log:
-            children.start("worker", [
-                sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "gpu,default",
-                "--pool", "solo", "--concurrency", "1", "-n", f"demo-{os.getpid()}@%h", "--loglevel", "info"],
-                stdout=log, stderr=subprocess.STDOUT)
+            children.start("worker", worker_argv(node=f"demo-{os.getpid()}"), stdout=log, stderr=subprocess.STDOUT)
 
     def _start_web(self, children: Children, port: int) -> None:
         children.start("web", [
