@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import OpenApiTypes, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -45,11 +46,13 @@ class GraphListCreate(APIView):
     def get_throttles(self) -> list[Any]:
         return [ComputeThrottle()] if self.request.method == "POST" else super().get_throttles()
 
+    @extend_schema(operation_id="graphs_list", responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request) -> Response:
         graphs = graph_list(model=request.query_params.get("model") or None)
         return Response({"results": [{"id": g.pk, "model": g.model.name, "prompt": g.prompt, "basis": g.basis,
                                       "status": g.status, "url": f"/graphs/{g.pk}/"} for g in graphs]})
 
+    @extend_schema(request=GraphRequestSerializer, responses={200: OpenApiTypes.OBJECT, 202: OpenApiTypes.OBJECT})
     def post(self, request: Request) -> Response:
         """Queue a graph (202) or return the one already made with the same settings (200)."""
         params = GraphRequestSerializer(data=request.data)
@@ -73,6 +76,7 @@ class GraphListCreate(APIView):
 
 class GraphDetail(APIView):
 
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, pk: int) -> Response:
         return Response(graph_detail(graph_get(pk=pk)))
 
@@ -89,10 +93,12 @@ class GraphSupernodes(APIView):
 
     permission_classes = [ReadOrLabel]
 
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, pk: int) -> Response:
         graph = graph_get(pk=pk)
         return Response({"results": supernode_list(graph), "history": supernode_history(graph)})
 
+    @extend_schema(request=SupernodeSerializer, responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT})
     def post(self, request: Request, pk: int) -> Response:
         graph = graph_get(pk=pk)
         params = SupernodeSerializer(data=request.data)
@@ -110,6 +116,7 @@ class GraphSupernodes(APIView):
 class GraphNeuronpedia(APIView):
     """The graph as Neuronpedia's attribution-graph JSON (``browser.graphs.neuronpedia``)."""
 
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, pk: int) -> Response:
         graph = graph_get(pk=pk)
         if graph.status != graph.Status.DONE:
@@ -136,6 +143,7 @@ class GraphCheck(APIView):
     permission_classes = [CanCompute]
     throttle_classes = [ComputeThrottle]
 
+    @extend_schema(request=CheckSerializer, responses={200: OpenApiTypes.OBJECT})
     def post(self, request: Request, pk: int) -> Response:
         graph = graph_get(pk=pk)
         params = CheckSerializer(data=request.data)

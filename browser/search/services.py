@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from browser.core.blobs import blob_delete, blob_write
-from browser.search.models import IndexSnapshot, UnitEmbedding
+from browser.search.models import IndexSnapshot, PendingEmbedding, UnitEmbedding
 
 EMBED_TASK = "workers.tasks_search.embed_pending"
 
@@ -28,12 +28,31 @@ def embedding_queue(*, unit_ids: Iterable[int]) -> None:
     if not ids:
         return
     with connection.cursor() as cursor:
-        cursor.execute("INSERT INTO search_pendingembedding (unit_id, queued) SELECT u, now() FROM unnest(%s) u "
-                       "JOIN catalog_unit c ON c.id = u ON CONFLICT DO NOTHING", [ids])
+        # A unit queued again gets a new time, so a worker that read the older entry leaves it queued.
+        cursor.execute("INSERT INTO search_pendingembedding (unit_id, queued) SELECT u, clock_timestamp() "
+                       "FROM unnest(%s) u JOIN catalog_unit c ON c.id = u "
+                       "ON CONFLICT (unit_id) DO UPDATE SET queued = excluded.queued", [ids])
     queued = any(getattr(entry[1], "__name__", "") == _send_embed_task.__name__
                  for entry in getattr(connection, "run_on_commit", []))
     if not queued:
         transaction.on_commit(_send_embed_task, robust=True)
+
+
+def embedding_queue_peek(*, limit: int) -> list[tuple[int, datetime]]:
+    """The oldest queued (unit id, queued time) entries, without locking them: a worker embeds
+    them outside any lock (holding the queue's row locks while it waited for a unit's lock
+    deadlocked against label writes, which lock the unit, then the queue)."""
+    return list(PendingEmbedding.objects.order_by("queued").values_list("unit_id", "queued")[:limit])
+
+
+def embedding_queue_done(*, entries: list[tuple[int, datetime]]) -> int:
+    """Remove the entries a worker embedded, each only if it was not queued again meanwhile."""
+    if not entries:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM search_pendingembedding p USING unnest(%s::int8[], %s::timestamptz[]) e(u, q) "
+                       "WHERE p.unit_id = e.u AND p.queued = e.q", [[u for u, _ in entries], [q for _, q in entries]])
+        return cursor.rowcount
 
 
 def embeddings_store(*, rows: list[tuple[int, np.ndarray, str]], embedder: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from browser.catalog.models import Unit
@@ -22,7 +22,13 @@ from browser.examples.selectors import vocab_for
 from browser.labels.models import Label
 from browser.search.index import new_index, vectors_of
 from browser.search.models import UnitEmbedding
-from browser.search.services import embeddings_forget, embeddings_store, snapshot_store
+from browser.search.services import (
+    embedding_queue_done,
+    embedding_queue_peek,
+    embeddings_forget,
+    embeddings_store,
+    snapshot_store,
+)
 from workers.compute.embed import EMBEDDER, SentenceEmbedder
 from workers.pipeline.loader import device_for
 
@@ -88,18 +94,18 @@ def embed_units(unit_ids: Iterable[int], *, force: bool = False) -> int:
 
 
 def embed_pending(*, limit: int = 10_000) -> int:
-    """Claim queued units (SKIP LOCKED, so several workers share the queue) and embed them."""
+    """Embed queued units, oldest first. Entries leave the queue only after their vectors are
+    stored, and only if not queued again meanwhile: a worker killed (or two workers sharing the
+    queue) costs at most a unit embedded twice, never an edit left unembedded."""
     done = 0
     while done < limit:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("DELETE FROM search_pendingembedding WHERE unit_id IN (SELECT unit_id FROM "
-                           "search_pendingembedding ORDER BY queued FOR UPDATE SKIP LOCKED LIMIT %s) RETURNING unit_id",
-                           [CLAIM_BATCH])
-            ids = [row[0] for row in cursor.fetchall()]
-            if not ids:
-                return done
-            embed_units(ids)  # a failure rolls the DELETE back: the units stay queued
-        done += len(ids)
+        entries = embedding_queue_peek(limit=CLAIM_BATCH)
+        if not entries:
+            return done
+        with transaction.atomic():
+            embed_units([u for u, _ in entries])
+            embedding_queue_done(entries=entries)
+        done += len(entries)
     return done
 
 
