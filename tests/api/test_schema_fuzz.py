@@ -34,6 +34,15 @@ def curator_token(transactional_db: None) -> str:
     return token_create(user=user, owner=user, name="fuzz")[1]
 
 
+def _no_worker(response: Any) -> bool:
+    """503 "no_worker" is the documented answer to a valid compute request when no worker runs
+    (none does here), not a server error."""
+    try:
+        return response.status_code == 503 and response.json()["error"]["code"] == "no_worker"
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def test_no_server_error(api_schema: Any, curator_token: str) -> None:
     failures: list[str] = []
     for result in api_schema.get_all_operations():
@@ -43,7 +52,7 @@ def test_no_server_error(api_schema: Any, curator_token: str) -> None:
         @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def fuzz(case: Any) -> None:
             response = case.call(headers={"Authorization": f"Bearer {curator_token}"})
-            if response.status_code >= 500:
+            if response.status_code >= 500 and not _no_worker(response):
                 failures.append(f"{case.method} {case.formatted_path} {case.query}: {response.status_code}")
 
         fuzz()
