@@ -75,8 +75,10 @@ def corpus(transactional_db: None, minilm: Model, tmp_path: Path) -> Corpus:
     folder = tmp_path / "texts"
     folder.mkdir()
     for i, text in enumerate(TEXTS):
-        (folder / f"{i}.txt").write_text(" ".join([text] * 75))
-    call_command("import_corpus", str(folder), name="faults", context_length=64, inline=True, stdout=io.StringIO())
+        (folder / f"{i}.txt").write_text(" ".join([text] * 600))
+    # Long contexts make a shard last seconds on a quiet machine too (at 64 tokens a shard took
+    # a quarter of a second, so a heartbeat seldom landed mid-shard).
+    call_command("import_corpus", str(folder), name="faults", context_length=512, inline=True, stdout=io.StringIO())
     corpus = Corpus.objects.get(name="faults")
     assert 100 <= corpus.n_contexts <= 160  # three shards of 48 contexts
     purge_queues()
