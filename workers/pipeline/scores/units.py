@@ -172,7 +172,8 @@ def _max_values(run: Run, unit_ids: list[int]) -> dict[tuple[int, int], float]:
 def _toy_features_per_neuron(run: Run, result: SourceScores, examples: UnitExamples) -> None:
     """Each example is one synthetic input; its tokens are the active features and its values
     their contributions W[f, n] x_f to the neuron, so the true dictionary's contributions are
-    read straight off the interval and random examples."""
+    read straight off the interval and random examples. Counted like a real neuron's score
+    (``features_per_neuron_from_totals``: features under 1% of the neuron's mass left out)."""
     index = {pk: i for i, pk in result.units.items()}
     mass: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
     inputs: dict[int, int] = defaultdict(int)
@@ -189,7 +190,7 @@ def _toy_features_per_neuron(run: Run, result: SourceScores, examples: UnitExamp
             mass[index[unit_id]][feature] += abs(float(value))
     for unit, per_feature in sorted(mass.items()):
         features = sorted(per_feature)
-        value = float(scores.effective_number(torch.tensor([per_feature[f] for f in features])))
+        value = float(scores.features_per_neuron_from_totals(torch.tensor([per_feature[f] for f in features])))
         result.rows.append((unit, FEATURES_PER_NEURON, value, {"dictionary": "toy", "inputs": inputs[unit]}))
 
 
