@@ -23,8 +23,9 @@ def compute_graph(self: Any, job_id: int) -> None:
 
 
 @shared_task(name="workers.tasks_graphs.check_graph", soft_time_limit=120, time_limit=150)
-def check_graph(graph_id: int, nodes: list[int]) -> dict[str, Any]:
-    """Ablate graph nodes: predicted vs real change of the target logit; the web request awaits it."""
+def check_graph(graph_id: int, nodes: list[int], op: str = "zero", value: float = 0.0,
+                target: int | None = None) -> dict[str, Any]:
+    """Ablate or steer graph nodes: predicted vs real change of a target logit; the web request awaits it."""
     from workers.pipeline.graphs import graph_check
 
-    return graph_check(graph_id=graph_id, nodes=nodes)
+    return graph_check(graph_id=graph_id, nodes=nodes, op=op, value=value, target=target)

@@ -1,41 +1,84 @@
 """Checking graph nodes causally: the change of a target logit that the local replacement model
-predicts when units are zero-ablated, next to the change the model really shows with those units
-zeroed (``workers.compute.interventions``). The prediction is exact for the frozen model (it is
-linear: the sum of each unit's activation times its total gradient); the gap to the real change is
-what freezing attention, norms and gates leaves out."""
+predicts when units are ablated or steered, next to the change the model really shows with that
+edit applied (``workers.compute.interventions``).
+
+The replacement model is linear (attention patterns, norm scales and gates frozen at the prompt's
+values), so an edit is a push ``e_i`` along each edited unit's output direction and the predicted
+change is ``sum_i e_i * g_i``, ``g_i`` the total gradient of the target logit along unit i's
+direction, for any size of edit. The pushes are solved in layer order, because an edited unit also
+moves with the edits upstream of it: with ``J_ij`` the frozen model's effect of a push on unit j on
+unit i's activation, zeroing needs ``a_i + sum_j J_ij e_j + e_i = 0`` (so ablating two units on one
+path does not count the upstream unit's effect through the downstream one twice), clamping the same
+with the clamp value, scaling ``e_i = (value - 1) (a_i + sum_j J_ij e_j)`` and steering
+``e_i = value``. This is what the real edit does too (it reads a unit's activation after the
+edits upstream). The gap between that and the real change is what freezing
+attention, norms and gates leaves out; where nothing downstream of the units is nonlinear (a planted
+circuit with linear norms and gates that read the token only) the two agree to float precision.
+
+Edits (the intervention ops that need nothing but the edit itself): ``zero`` (ablate, a' = 0),
+``scale`` (a' = value * a), ``clamp`` (a' = value) and ``steer`` (add value along the unit's
+direction: a' = a + value).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from workers.compute import hooks, replacement
-from workers.compute.graph_basis import layer_bases
+from workers.compute.graph_basis import layer_bases, unit_values
 from workers.compute.interventions import Edit, Intervention, applied
+
+CHECK_OPS = ("zero", "scale", "clamp", "steer")
+MAX_CHECK_VALUE = 1e4
 
 
 @dataclass(frozen=True)
 class Check:
     clean: float  # the target logit, unedited
     predicted: float  # its change predicted by the replacement model
-    real: float  # its change with the units zeroed in the model
+    real: float  # its change with the edit applied to the model
+    terms: tuple[float, ...] = ()  # each unit's share of ``predicted``, in the order given
 
 
-def _edits(units: list[tuple[int, int, int]], saes: dict[int, Any]) -> list[Edit]:
-    """One zero edit per unit, its positions merged (an edit names a unit once)."""
+def check_edit(op: str, value: float) -> None:
+    """Refuse an edit the check does not make (ValueError with the reason)."""
+    if op not in CHECK_OPS:
+        raise ValueError(f"unknown edit {op!r}: one of {', '.join(CHECK_OPS)}")
+    if not math.isfinite(value) or abs(value) > MAX_CHECK_VALUE:
+        raise ValueError(f"the edit's value must be a finite number within +-{MAX_CHECK_VALUE:g} (got {value})")
+
+
+def _new_value(op: str, value: float, a: float) -> float:
+    if op == "zero":
+        return 0.0
+    if op == "scale":
+        return value * a
+    if op == "clamp":
+        return value
+    return a + value  # steer
+
+
+def _edits(units: list[tuple[int, int, int]], saes: dict[int, Any], op: str, value: float) -> list[Edit]:
+    """One edit per unit, its positions merged (an edit names a unit once)."""
     positions: dict[tuple[int, int], list[int]] = {}
     for layer, pos, index in units:
         positions.setdefault((layer, index), []).append(pos)
-    return [Edit(f"blocks.{layer}.mlp.hook_post", index, "zero", sae=saes.get(layer), positions=tuple(sorted(p)))
-            for (layer, index), p in positions.items()]
+    return [Edit(f"blocks.{layer}.mlp.hook_post", index, op, value=value, sae=saes.get(layer),
+                 positions=tuple(sorted(p))) for (layer, index), p in positions.items()]
 
 
-def zero_ablation_check(model: Any, ids: torch.Tensor, units: list[tuple[int, int, int]], target: int,
-                        saes: dict[int, Any] | None = None) -> Check:
-    """Zero the units (layer, position, index: neurons, or features of the layer's SAE in ``saes``)
-    together and compare the predicted and real change of the ``target`` logit at the last position."""
+def node_check(model: Any, ids: torch.Tensor, units: list[tuple[int, int, int]], target: int,
+               saes: dict[int, Any] | None = None, *, op: str = "zero", value: float = 0.0) -> Check:
+    """Edit the units (layer, position, index: neurons, or features of the layer's SAE in ``saes``)
+    together with ``op``/``value`` and compare the predicted and real change of the ``target``
+    logit at the last position."""
+    check_edit(op, value)
+    if len(set(units)) != len(units):
+        raise ValueError("a unit is named twice")
     saes = saes or {}
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -43,11 +86,36 @@ def zero_ablation_check(model: Any, ids: torch.Tensor, units: list[tuple[int, in
     bases = layer_bases(model, frozen, saes)
     run = replacement.frozen_run(model, frozen, 1, total=True)
     logit = replacement.logits_at(model, run.final[0, -1], torch.tensor([target], device=ids.device))[0]
-    grads = torch.autograd.grad(logit, run.leaves)  # per layer [1, T, d_model]
-    predicted = sum(-float(bases[layer].acts[pos, index] * (grads[layer][0, pos] @ bases[layer].directions[index]))
-                    for layer, pos, index in units)
+    cells = torch.tensor(units, dtype=torch.long, device=ids.device).reshape(-1, 3)
+    values = unit_values(bases, run.computed, cells)  # [U]: each unit as the frozen model computes it
+
+    def along(grads: tuple[torch.Tensor | None, ...]) -> list[float]:
+        """A gradient over the leaves (None: a leaf it does not reach), along each edited unit's direction."""
+        out = []
+        for layer, pos, index in units:
+            grad = grads[layer]
+            out.append(0.0 if grad is None else float(grad[0, pos] @ bases[layer].directions[index]))
+        return out
+
+    gradient = along(torch.autograd.grad(logit, run.leaves, retain_graph=True))
+    effect = [along(torch.autograd.grad(values[i], run.leaves, retain_graph=True, allow_unused=True))
+              if any(other[0] < units[i][0] for other in units) else [0.0] * len(units)
+              for i in range(len(units))]  # effect[i][j]: unit i's change per unit push on unit j
+    push = [0.0] * len(units)
+    for i in sorted(range(len(units)), key=lambda k: units[k][0]):
+        a = float(bases[units[i][0]].acts[units[i][1], units[i][2]])
+        moved = a + sum(effect[i][j] * push[j] for j in range(len(units)) if units[j][0] < units[i][0])
+        push[i] = _new_value(op, value, moved) - moved
+    terms = [p * g for p, g in zip(push, gradient, strict=True)]
     arch = hooks.architecture_for(model.config.model_type)
     n_layers = len(replacement.layers(model))
-    with torch.no_grad(), applied(model, arch, n_layers, Intervention(_edits(units, saes))):
+    with torch.no_grad(), applied(model, arch, n_layers, Intervention(_edits(units, saes, op, value))):
         edited = float(model(ids[None]).logits[0, -1, target])
-    return Check(clean=float(logit), predicted=predicted, real=edited - float(logit))
+    clean = float(logit.detach())
+    return Check(clean=clean, predicted=sum(terms), real=edited - clean, terms=tuple(terms))
+
+
+def zero_ablation_check(model: Any, ids: torch.Tensor, units: list[tuple[int, int, int]], target: int,
+                        saes: dict[int, Any] | None = None) -> Check:
+    """``node_check`` with the units zeroed."""
+    return node_check(model, ids, units, target, saes, op="zero")

@@ -94,25 +94,34 @@ def _compute(row: Graph, progress: Progress | None, device: str) -> None:
                  scores=graph_scores_of(graph, pruned, config))
 
 
-def graph_check(*, graph_id: int, nodes: list[int], device: str = "auto") -> dict[str, Any]:
-    """Zero-ablate a stored graph's unit nodes (positions in ``Graph.nodes``) together: the top
-    target logit's predicted change next to its real change (``workers.compute.graph_check``)."""
-    from workers.compute.graph_check import zero_ablation_check
+def graph_check(*, graph_id: int, nodes: list[int], op: str = "zero", value: float = 0.0, target: int | None = None,
+                device: str = "auto") -> dict[str, Any]:
+    """Ablate or steer a stored graph's unit nodes (positions in ``Graph.nodes``) together: a target
+    logit's change as the replacement model predicts it next to its real change
+    (``workers.compute.graph_check``). ``target``: one of the graph's target tokens (default its top one)."""
+    from workers.compute.graph_check import check_edit, node_check
 
     row = Graph.objects.select_related("model").get(pk=graph_id)
     if row.status != Graph.Status.DONE or not row.logits:
         raise ValueError(f"graph #{graph_id} is {row.status}: check it once it is done")
+    if "imported" in row.config:
+        raise ValueError(f"graph #{graph_id} was imported: it has no frozen settings to check it against")
     picked = [row.nodes[i] for i in nodes if 0 <= i < len(row.nodes)]
     if len(picked) != len(nodes) or not picked or any(node[0] != "unit" for node in picked):
-        raise ValueError("only the graph's unit nodes (neurons, features) can be ablated")
+        raise ValueError("only the graph's unit nodes (neurons, features) can be ablated or steered")
+    targets = {int(entry[0]): str(entry[1]) for entry in row.logits}
+    target = int(row.logits[0][0]) if target is None else int(target)
+    if target not in targets:
+        raise ValueError(f"token {target} is not one of graph #{graph_id}'s target logits")
+    check_edit(op, float(value))
     device = device_for(device)
     model, _, tokenizer = model_on(row.model, device)
     config = GraphConfig.from_dict(row.config)
     saes = {layer: source_sae(Source.objects.get(model=row.model, name=name), device) for layer, name in config.saes}
     units = [(int(node[1]), int(node[2]), int(node[3])) for node in picked]
-    target = int(row.logits[0][0])
     with cpu_threads(GRAPH_THREADS if device == "cpu" else None):
-        check = zero_ablation_check(model, torch.tensor(tokenizer(row.prompt)["input_ids"], device=device), units,
-                                    target, saes)
-    return {"graph": graph_id, "nodes": nodes, "target": target, "target_text": row.logits[0][1],
-            "clean": round(check.clean, 5), "predicted": round(check.predicted, 5), "real": round(check.real, 5)}
+        check = node_check(model, torch.tensor(tokenizer(row.prompt)["input_ids"], device=device), units, target,
+                           saes, op=op, value=float(value))
+    return {"graph": graph_id, "nodes": nodes, "op": op, "value": float(value), "target": target,
+            "target_text": targets[target], "clean": round(check.clean, 5), "predicted": round(check.predicted, 5),
+            "real": round(check.real, 5), "terms": [round(t, 5) for t in check.terms]}
