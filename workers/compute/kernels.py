@@ -60,7 +60,7 @@ def batch_stats(x, bits, valid, T, contexts, units, seed,  # noqa: PLR0913 - one
     Inserted into: the sketch ``sk_pri``, ``sk_ctx``, ``sk_val`` [U*n_octaves, s], each slot's
     entries in ascending priority. A context enters its slot when its priority is below the last
     held one, after every held entry of equal priority: the lower context wins a tie, as in the
-    torch path's bulk insert (stats.UnitAccumulator._sketch_insert). A thread owns its units'
+    torch path's bulk insert (stats.sketch.insert). A thread owns its units'
     slots, so the inserts need no locks and no buffers.
     Set: ``bad`` [n_chunks] (filled with -1 by the caller) to ``b * U + u`` of the chunk's first
     context whose sum over its valid tokens is not finite (a NaN or an infinity in it).

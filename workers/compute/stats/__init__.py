@@ -12,36 +12,38 @@ Everything is mergeable exactly, so shards computed apart combine into the resul
   octaves then yields its exact bottom-s sample, so sampling never needs a second pass.
 
 Dense activations stay on their device; only these small states ever move to the CPU.
+
+The package's parts: ``bins`` (histogram bins, octaves, hash priorities), ``keys`` (top-k keys and
+fixed-point sums), ``sketch`` (the bottom-s sketch's insert and merge), ``finite`` (the stop on
+NaN or Inf), ``buffers`` (the compiled pass and shared scratch), ``summary`` (per-unit results).
+The accumulator that ties them together lives here; every public name is importable from here.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 
-from workers.compute import grid
 from workers.compute.grid import HIST_KEY_LO, N_HIST_BINS, N_OCTAVES, OCTAVE_LO
-from workers.compute.values import (
-    EMPTY_PRIORITY,
-    MASK32,
-    ValueStore,
-    candidate_keys,
-    pair_keys,
-    random_entries,
-    rank_in_group,
-)
+from workers.compute.stats import sketch
+from workers.compute.stats.bins import MASK31, hist_bin_lower_edges, hist_bins, octave, octave_range, priority
+from workers.compute.stats.buffers import SCRATCH as _SCRATCH  # noqa: F401 (cleared by tests)
+from workers.compute.stats.buffers import VALUES as _VALUES
+from workers.compute.stats.buffers import kernels as _kernels
+from workers.compute.stats.buffers import scratch as _scratch
+from workers.compute.stats.finite import NonFiniteActivation, check_finite
+from workers.compute.stats.keys import EMPTY_KEY, FIXED_SCALE, decode_top_keys, top_keys
+from workers.compute.stats.keys import to_fixed as _fixed
+from workers.compute.stats.summary import UnitSummary, summarize
+from workers.compute.values import EMPTY_PRIORITY, ValueStore, candidate_keys, pair_keys
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "EMPTY_KEY", "FIXED_SCALE", "HIST_KEY_LO", "MASK31", "N_HIST_BINS", "N_OCTAVES", "OCTAVE_LO",
+    "Batch", "NonFiniteActivation", "UnitAccumulator", "UnitSummary", "check_finite", "decode_top_keys",
+    "hist_bin_lower_edges", "hist_bins", "octave", "octave_range", "priority", "summarize", "top_keys",
+]
 
-MASK31 = (1 << 31) - 1
-# Sums are kept in fixed point (int64, 2^-16 steps) so that they add up the same in any order:
-# shards merged in finalize give bit-identical means to a single pass.
-FIXED_SCALE = 1 << 16
-EMPTY_KEY = -1
 # Sketch candidates buffered before a bulk insert on the torch path (about 1 MB; the compiled
 # CPU pass inserts directly): larger batches of inserts cost no less per candidate (measured
 # from 8k to 200k), and every buffered one is memory a short run does not touch and a long one does.
@@ -49,73 +51,6 @@ PENDING_LIMIT = 32_768
 # Top-k keys of this many times k contexts wait before one merge.
 TOP_PENDING_FACTOR = 4
 TOP_PENDING_MAX = 512
-
-
-def hist_bins(x: torch.Tensor) -> torch.Tensor:
-    """Histogram bin of each float32 value (int32)."""
-    return ((x.view(torch.int32) >> 21) - (HIST_KEY_LO - 1)).clamp_(0, N_HIST_BINS - 1)
-
-
-def hist_bin_lower_edges() -> list[float]:
-    """The lower edge of every bin (bin 0 starts at -inf)."""
-    return [grid.hist_bin_lower_edge(b) for b in range(N_HIST_BINS)]
-
-
-def octave(values: torch.Tensor) -> torch.Tensor:
-    """Sketch bucket (octave) of positive float32 values, clamped to the grid."""
-    return ((values.view(torch.int32) >> 23) - OCTAVE_LO).clamp_(0, N_OCTAVES - 1).long()
-
-
-def octave_range(bucket: int) -> tuple[float, float]:
-    exponent = bucket + OCTAVE_LO - 127
-    low = 0.0 if bucket == 0 else 2.0**exponent
-    high = float("inf") if bucket == N_OCTAVES - 1 else 2.0 ** (exponent + 1)
-    return low, high
-
-
-def priority(contexts: torch.Tensor, units: torch.Tensor, seed: int) -> torch.Tensor:
-    """A 31-bit hash of (context, unit, seed), reproducible on any device and in numpy.
-
-    Every product stays below 2^62, so int64 arithmetic never overflows.
-    """
-    x = (contexts * 0x9E3779B1 + units * 0x85EBCA77 + seed) & MASK31
-    x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & MASK31
-    x = ((x ^ (x >> 12)) * 0x297A2D39) & MASK31
-    return x ^ (x >> 15)
-
-
-class NonFiniteActivation(ValueError):
-    """A NaN or an infinity among a batch's valid activations: the statistics would be garbage
-    (each path would make different garbage of it), so the harvest stops. A ``ValueError``: the
-    run fails at once and is not retried."""
-
-    def __init__(self, *, context: int, unit: int, value: float, hook: str = "", source: str = "") -> None:
-        self.context, self.unit, self.value, self.hook, self.source = context, unit, value, hook, source
-        where = f" at hook {hook} (source {source})" if hook else ""
-        super().__init__(
-            f"non-finite activation ({value}){where} in context {context}, unit {unit}: the model or SAE "
-            "produced NaN or Inf there (in float16 or bfloat16 often an overflow: harvest in float32)")
-
-    def at(self, *, hook: str, source: str) -> NonFiniteActivation:
-        """The same error, naming where it was seen."""
-        return NonFiniteActivation(context=self.context, unit=self.unit, value=self.value, hook=hook, source=source)
-
-
-def check_finite(context_sums: torch.Tensor, acts: torch.Tensor, contexts: torch.Tensor) -> None:
-    """Raise :class:`NonFiniteActivation` for the first context (then unit) whose sum over its
-    valid tokens is not finite: a NaN or an infinity anywhere in it makes it so.
-
-    ``context_sums`` [B, U]; ``acts`` [B, T, U] with the left-out positions zeroed (to name the
-    bad value); ``contexts`` [B].
-    """
-    bad = ~torch.isfinite(context_sums)
-    if not bool(bad.any()):
-        return
-    b, u = (int(i) for i in bad.nonzero()[0])
-    row = acts[b, :, u].float()
-    odd = row[~torch.isfinite(row)]
-    value = float(odd[0]) if odd.numel() else float(context_sums[b, u])  # else: a sum that overflowed
-    raise NonFiniteActivation(context=int(contexts[b]), unit=u, value=value)
 
 
 @dataclass
@@ -361,30 +296,7 @@ class UnitAccumulator:
         if self._pending_n:
             slot, pri, ctx, val = (t[: self._pending_n] for t in self._pending)
             self._pending_n = 0
-            self._sketch_insert(slot, pri, ctx, val)
-
-    def _sketch_insert(self, slot: torch.Tensor, pri: torch.Tensor, ctx: torch.Tensor, val: torch.Tensor) -> None:
-        """Insert candidates (in ascending context order, after every held context)."""
-        s = self.samples
-        touched = torch.zeros(self.sk_pri.shape[0], dtype=torch.bool, device=slot.device)
-        touched[slot] = True
-        rows = touched.nonzero().squeeze(1)  # ascending, without sorting the candidates first
-        # One stable sort of (slot, priority) over the held entries of the touched slots, then
-        # the candidates: on (rare) priority ties the lower context, held ones first, wins.
-        all_slot = torch.cat([rows.repeat_interleave(s), slot])
-        all_pri = torch.cat([self.sk_pri[rows].reshape(-1), pri])
-        sorted_key, order = torch.sort(all_slot * (1 << 32) + all_pri, stable=True)
-        sorted_slot = sorted_key >> 32
-        rank = rank_in_group(sorted_slot)
-        keep = rank < s
-        picked, target_slot, target_rank = order[keep], sorted_slot[keep], rank[keep]
-        # Gather every source value before writing: held rows are read and written here.
-        new_pri = all_pri[picked]
-        new_ctx = torch.cat([self.sk_ctx[rows].reshape(-1), ctx])[picked]
-        new_val = torch.cat([self.sk_val[rows].reshape(-1), val])[picked]
-        self.sk_pri[target_slot, target_rank] = new_pri
-        self.sk_ctx[target_slot, target_rank] = new_ctx
-        self.sk_val[target_slot, target_rank] = new_val
+            sketch.insert((self.sk_pri, self.sk_ctx, self.sk_val), slot, pri, ctx, val)
 
     # ---- merging and results ---------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
@@ -403,40 +315,21 @@ class UnitAccumulator:
         out.update(self.store.state())
         return out
 
-    @staticmethod
-    def dense_sketch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The sketch arrays of a state at full size."""
-        slots, samples = state["sk_shape"].tolist()
-        rows = state["sk_rows"]
-        dense = {
-            "sk_pri": torch.full((slots, samples), EMPTY_PRIORITY, dtype=torch.int64),
-            "sk_ctx": torch.full((slots, samples), -1, dtype=torch.int64),
-            "sk_val": torch.zeros((slots, samples)),
-        }
-        for name, tensor in dense.items():
-            tensor[rows] = state[name]
-        return dense
-
     def merge_state(self, other: dict[str, torch.Tensor]) -> None:
         """Add another accumulator's state (any context order): the result is exact."""
         self._flush_sketch()
         self._flush_top()
         self._fold_hist()
         dev = self.fire.device
-        o = {name: t.to(dev) for name, t in {**other, **self.dense_sketch(other)}.items()}
+        o = {name: t.to(dev) for name, t in {**other, **sketch.dense(other)}.items()}
         self.n_tokens += o["n_tokens"]
         self.fire += o["fire"]
         self.total += o["total"]
         self.max = torch.maximum(self.max, o["max"])
         self.hist += o["hist"]
         self.top_key = torch.topk(torch.cat([self.top_key, o["top_key"]], 1), self.k, dim=1).values
-        pri = torch.cat([self.sk_pri, o["sk_pri"]], 1)
-        sctx = torch.cat([self.sk_ctx, o["sk_ctx"]], 1)
-        sval = torch.cat([self.sk_val, o["sk_val"]], 1)
-        order = torch.sort(torch.where(sctx < 0, torch.iinfo(torch.int64).max, sctx), dim=1, stable=True).indices
-        pri, sctx, sval = pri.gather(1, order), sctx.gather(1, order), sval.gather(1, order)
-        order = torch.sort(pri, dim=1, stable=True).indices[:, : self.samples]
-        self.sk_pri, self.sk_ctx, self.sk_val = pri.gather(1, order), sctx.gather(1, order), sval.gather(1, order)
+        self.sk_pri, self.sk_ctx, self.sk_val = sketch.merge(
+            (self.sk_pri, self.sk_ctx, self.sk_val), (o["sk_pri"], o["sk_ctx"], o["sk_val"]), self.samples)
         if "ex_key" in other:  # partials stored before values were kept have none
             self.store.merge(other, dev)
         self._sweep()
@@ -449,104 +342,3 @@ class UnitAccumulator:
                   unit_offset=unit_offset, n_intervals=n_intervals)
         acc.merge_state(state)
         return acc
-
-
-@functools.cache
-def _kernels() -> ModuleType | None:
-    """The compiled CPU pass (imports numba: only in processes that harvest on the CPU), or None
-    where numba can't be imported (missing, or refusing a NumPy newer than it supports): torch's
-    passes run then."""
-    try:
-        from workers.compute import kernels
-    except ImportError as exc:
-        log.warning("numba is unavailable (%s): CPU statistics fall back to torch's passes", exc)
-        return None
-    return kernels
-
-
-_SCRATCH: dict[torch.device, torch.Tensor] = {}
-_VALUES: dict[torch.device, torch.Tensor] = {}  # the compiled pass's admitted values
-
-
-def _scratch(numel: int, device: torch.device, buffers: dict[torch.device, torch.Tensor] = _SCRATCH) -> torch.Tensor:
-    """A float32 buffer of at least ``numel`` elements, shared by every accumulator on the device
-    (they run one after another), grown as needed and never freed."""
-    buffer = buffers.get(device)
-    if buffer is None or buffer.numel() < numel:
-        with torch.inference_mode(False):  # a normal tensor: written in any mode
-            buffer = buffers[device] = torch.empty(numel, device=device)
-    return buffer[:numel]
-
-
-def _fixed(x: torch.Tensor) -> torch.Tensor:
-    return torch.round(x.double() * FIXED_SCALE).long()
-
-
-def top_keys(values: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-    """Order-preserving int64 keys: larger value first, then lower context (EMPTY_KEY if <= 0)."""
-    bits = values.contiguous().view(torch.int32).long()  # positive float32 bits sort like the floats
-    keys = (bits << 32) | (MASK32 - contexts)
-    return torch.where(values > 0, keys, EMPTY_KEY)
-
-
-def decode_top_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values float32, contexts int64) of keys; empty entries come back as (0, -1)."""
-    empty = keys < 0
-    values = (keys >> 32).to(torch.int32).view(torch.float32)
-    contexts = MASK32 - (keys & MASK32)
-    return values.masked_fill(empty, 0.0), contexts.masked_fill(empty, -1)
-
-
-@dataclass(frozen=True)
-class UnitSummary:
-    n_tokens: int
-    fire_count: int
-    mean: float
-    max: float
-    hist: list[int]
-    top: list[tuple[int, float]]
-    """(context, value) best first."""
-    intervals: list[tuple[int, list[tuple[int, float]]]]
-    """(octave bucket, [(context, value), ...] by priority), highest octave first."""
-    random: list[tuple[int, float]]
-
-
-def summarize(state: dict[str, torch.Tensor], *, n_intervals: int) -> list[UnitSummary]:
-    """Per-unit results of a (merged) state, on the CPU.
-
-    Read from the sketch's used slots only (``sk_rows``, ascending, so each unit's octaves are
-    contiguous and in ascending order): most of the dense [units x octaves x s] sketch is empty.
-    """
-    n_tokens = int(state["n_tokens"])
-    n_units = state["top_key"].shape[0]
-    rows, pri, ctx, val = state["sk_rows"], state["sk_pri"], state["sk_ctx"], state["sk_val"]
-    s = int(state["sk_shape"][1])
-    unit_t = rows // N_OCTAVES
-    unit, bucket = unit_t.tolist(), (rows % N_OCTAVES).tolist()
-    # The highest n_intervals used octaves of each unit: its last n_intervals rows.
-    unit_end = torch.bincount(unit_t, minlength=n_units).cumsum(0)
-    chosen_rows = ((unit_end[unit_t] - 1 - torch.arange(rows.numel())) < n_intervals).nonzero().squeeze(1).tolist()
-    filled = (pri < EMPTY_PRIORITY).tolist()
-    ctx_l, val_l = ctx.tolist(), val.tolist()
-    intervals: list[list[tuple[int, list[tuple[int, float]]]]] = [[] for _ in range(n_units)]
-    for r in reversed(chosen_rows):  # highest octave first
-        intervals[unit[r]].append(
-            (bucket[r], [(ctx_l[r][j], val_l[r][j]) for j in range(s) if filled[r][j]]))
-    # Random firing examples: each unit's s lowest (priority, context) over all its octaves.
-    held, first = random_entries(unit_t, pri, ctx, s)
-    e_unit, e_ctx, e_val = unit_t.repeat_interleave(s)[held], ctx.reshape(-1)[held], val.reshape(-1)[held]
-    random: list[list[tuple[int, float]]] = [[] for _ in range(n_units)]
-    for u, c, v in zip(e_unit[first].tolist(), e_ctx[first].tolist(), e_val[first].tolist(), strict=True):
-        random[u].append((c, v))
-    top_val, top_ctx = (t.tolist() for t in decode_top_keys(state["top_key"]))
-    hist = state["hist"].view(n_units, N_HIST_BINS).tolist()
-    fire, total, mx = state["fire"].tolist(), state["total"].tolist(), state["max"].tolist()
-    out = []
-    for u in range(n_units):
-        out.append(UnitSummary(
-            n_tokens=n_tokens, fire_count=fire[u], mean=total[u] / FIXED_SCALE / n_tokens if n_tokens else 0.0,
-            max=mx[u], hist=hist[u],
-            top=[(c, v) for c, v in zip(top_ctx[u], top_val[u], strict=True) if c >= 0],
-            intervals=intervals[u], random=random[u],
-        ))
-    return out
