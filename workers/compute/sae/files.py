@@ -7,13 +7,19 @@ SAELens: ``cfg.json`` + ``sae_weights.safetensors`` (W_enc [d_in, d_sae], b_enc,
 with W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold and no cfg: a JumpReLU that
 encodes ``pre = x @ W_enc + b_enc``, ``f = (pre > threshold) * relu(pre)``, without subtracting
 b_dec from the input. circuit-tracer transcoders: one ``layer_N.safetensors`` per layer (W_enc
-[d_sae, d_in], W_dec, b_enc, b_dec, ``activation_function.threshold`` for JumpReLU). Everything is
-checked (keys, shapes, finite values) before an SAE is returned.
+[d_sae, d_in], W_dec [d_sae, d_out], b_enc, b_dec [d_out], ``activation_function.threshold`` for
+JumpReLU, a scalar ``k`` for TopK, ``W_skip`` [d_out, d_in] for a skip connection); read and written.
+SAELens transcoders: ``cfg.json`` with architecture ``transcoder``, ``skip_transcoder`` or
+``jumprelu_transcoder`` (d_out, hook_name_out) + ``sae_weights.safetensors`` (W_dec [d_sae, d_out],
+W_skip [d_out, d_in]); SAELens's own transcoders are ReLU, a TopK one is marked by
+``activation_fn_str`` topk and ``k``. Everything is checked (keys, shapes, finite values) before an
+SAE or transcoder is returned.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +78,7 @@ def read_any(path: Path, hook_name: str = "") -> tuple[SparseAutoencoder, str]:
         tensors = _read_npz(file) if fmt == "gemma_scope" else _read_tensors(file)
         return build(*_from_gemma_scope(tensors, hook_name)), fmt
     if fmt == "circuit_tracer":
-        return build(*_from_circuit_tracer(_read_tensors(path), hook_name)), fmt
+        return build(*_from_circuit_tracer(_read_tensors(path), hook_name, path.name)), fmt
     cfg = _read_json(path / "cfg.json")
     if fmt == "saelens":
         return build(saelens_config(cfg, hook_name), _read_tensors(path / SAELENS_WEIGHTS)), fmt
@@ -123,24 +129,49 @@ def _from_gemma_scope(tensors: dict[str, torch.Tensor], hook_name: str) -> tuple
     return config, {key: named[key] for key in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
 
 
-def _from_circuit_tracer(tensors: dict[str, torch.Tensor], hook_name: str) -> tuple[SaeConfig, dict[str, torch.Tensor]]:
-    """A circuit-tracer transcoder layer: W_enc is stored [d_sae, d_in]; JumpReLU when it has a threshold."""
-    if "W_skip" in tensors:
-        raise SaeFileError("unsupported transcoder: it has a skip connection (W_skip)")
+LAYER_FILE = re.compile(r"^layer_(\d+)\.safetensors$")
+# circuit-tracer's names for where its per-layer transcoders read and write (config.yaml).
+CIRCUIT_TRACER_HOOKS = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
+
+
+def _from_circuit_tracer(tensors: dict[str, torch.Tensor], hook_name: str,
+                         file_name: str = "") -> tuple[SaeConfig, dict[str, torch.Tensor]]:
+    """A circuit-tracer transcoder layer: W_enc is stored [d_sae, d_in]; JumpReLU when it has a
+    threshold, TopK when it has a scalar ``k``, ReLU otherwise; the hook defaults to the file's layer."""
     missing = [key for key in ("W_enc", "W_dec", "b_enc", "b_dec") if key not in tensors]
     if missing:
         raise SaeFileError(f"transcoder weights are missing {', '.join(missing)}")
-    if tensors["W_enc"].ndim != 2:
-        raise SaeFileError(f"W_enc must be a matrix [d_sae, d_in] (got shape {list(tensors['W_enc'].shape)})")
+    if tensors["W_enc"].ndim != 2 or tensors["W_dec"].ndim != 2:
+        raise SaeFileError(f"W_enc and W_dec must be matrices [d_sae, d_in] and [d_sae, d_out] (got shapes "
+                           f"{list(tensors['W_enc'].shape)} and {list(tensors['W_dec'].shape)})")
     d_sae, d_in = (int(n) for n in tensors["W_enc"].shape)
     converted = {"W_enc": tensors["W_enc"].T, "W_dec": tensors["W_dec"], "b_enc": tensors["b_enc"],
                  "b_dec": tensors["b_dec"]}
     threshold = tensors.get("activation_function.threshold")
+    k = tensors.get("k")
+    if threshold is not None and k is not None:
+        raise SaeFileError("a transcoder file holds both a JumpReLU threshold and a TopK k")
+    if k is not None and k.numel() != 1:
+        raise SaeFileError(f"k must be one number (got shape {list(k.shape)})")
     if threshold is not None:
         converted["threshold"] = threshold
-    config = _config(architecture="jumprelu" if threshold is not None else "relu", d_in=d_in, d_sae=d_sae,
-                     apply_b_dec_to_input=False, hook_name=hook_name)
+    if "W_skip" in tensors:
+        converted["W_skip"] = tensors["W_skip"]
+    match = LAYER_FILE.match(file_name)
+    if not hook_name and match:
+        hook_name = f"blocks.{match.group(1)}.mlp.hook_in"
+    architecture = "jumprelu" if threshold is not None else "topk" if k is not None else "relu"
+    config = _config(architecture=architecture, d_in=d_in, d_sae=d_sae, k=int(k.item()) if k is not None else None,
+                     apply_b_dec_to_input=False, hook_name=hook_name, transcoder=True,
+                     d_out=int(tensors["W_dec"].shape[1]), skip="W_skip" in tensors,
+                     hook_name_out=_hook_out(hook_name))
     return config, converted
+
+
+def _hook_out(hook_name: str) -> str:
+    """TransformerLens's name of the MLP output a transcoder on ``blocks.L.mlp.hook_in`` predicts."""
+    match = re.match(r"^blocks\.(\d+)\.", hook_name)
+    return f"blocks.{match.group(1)}.hook_mlp_out" if match else ""
 
 
 def _config(**fields: Any) -> SaeConfig:
@@ -162,6 +193,8 @@ def saelens_config(cfg: dict[str, Any], hook_name: str = "") -> SaeConfig:
     before v5 the hook was ``hook_point``)."""
     metadata: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     arch = str(cfg.get("architecture", "standard"))
+    if arch in TRANSCODER_ARCHITECTURES:
+        return _saelens_transcoder(cfg, metadata, hook_name)
     activation = str(cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu")
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
     if arch == "standard":
@@ -181,6 +214,27 @@ def saelens_config(cfg: dict[str, Any], hook_name: str = "") -> SaeConfig:
         )
     except ValueError as exc:
         raise SaeFileError(str(exc)) from None
+
+
+TRANSCODER_ARCHITECTURES = ("transcoder", "skip_transcoder", "jumprelu_transcoder")
+
+
+def _saelens_transcoder(cfg: dict[str, Any], metadata: dict[str, Any], hook_name: str) -> SaeConfig:
+    """SAELens's transcoder cfg.json: ReLU (``transcoder``, ``skip_transcoder``) or JumpReLU, and TopK
+    where ``activation_fn_str`` is topk with a k."""
+    arch = str(cfg["architecture"])
+    activation = str(cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu")
+    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    inner = "jumprelu" if arch == "jumprelu_transcoder" or activation == "jumprelu" else (
+        "topk" if activation == "topk" else "relu")
+    if activation not in {"relu", "topk", "jumprelu"}:
+        raise SaeFileError(f"unsupported transcoder activation function {activation!r} (supported: relu, topk, jumprelu)")
+    hook = hook_name or str(cfg.get("hook_name") or metadata.get("hook_name") or "")
+    return _config(architecture=inner, d_in=_int(cfg, "d_in", "SAELens"), d_sae=_int(cfg, "d_sae", "SAELens"),
+                   d_out=_int(cfg, "d_out", "SAELens transcoder"), k=int(k) if inner == "topk" and k else None,
+                   apply_b_dec_to_input=False, transcoder=True, skip=arch == "skip_transcoder", hook_name=hook,
+                   hook_name_out=str(cfg.get("hook_name_out") or _hook_out(hook)),
+                   model_name=str(cfg.get("model_name") or metadata.get("model_name") or ""))
 
 
 def _from_sparsify(cfg: dict[str, Any], tensors: dict[str, torch.Tensor],
@@ -226,6 +280,8 @@ def build(config: SaeConfig, tensors: dict[str, torch.Tensor]) -> SparseAutoenco
 def saelens_cfg(config: SaeConfig) -> dict[str, Any]:
     """cfg.json in the SAELens layout (hook and model both at the top and in metadata, so v5
     and v6 readers find them)."""
+    if config.transcoder:
+        return _saelens_transcoder_cfg(config)
     cfg: dict[str, Any] = {
         "architecture": config.architecture if config.architecture != "relu" else "standard",
         "d_in": config.d_in, "d_sae": config.d_sae, "dtype": "float32", "device": "cpu",
@@ -239,6 +295,53 @@ def saelens_cfg(config: SaeConfig) -> dict[str, Any]:
         cfg["k"] = config.k
         cfg["activation_fn_kwargs"] = {"k": config.k}
     return cfg
+
+
+def _saelens_transcoder_cfg(config: SaeConfig) -> dict[str, Any]:
+    """SAELens's transcoder cfg.json; the activation (topk with k, relu, jumprelu) is written out too."""
+    arch = "skip_transcoder" if config.skip else "jumprelu_transcoder" if config.architecture == "jumprelu" else "transcoder"
+    layer_out = re.match(r"^blocks\.(\d+)\.", config.hook_name_out)
+    cfg: dict[str, Any] = {
+        "architecture": arch, "d_in": config.d_in, "d_sae": config.d_sae, "d_out": config.out_dim,
+        "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": False, "normalize_activations": "none",
+        "reshape_activations": "none", "activation_fn_str": config.architecture,
+        "hook_name": config.hook_name, "hook_name_out": config.hook_name_out,
+        "hook_layer_out": int(layer_out.group(1)) if layer_out else 0, "hook_head_index_out": None,
+        "model_name": config.model_name,
+        "metadata": {"hook_name": config.hook_name, "model_name": config.model_name},
+    }
+    if config.k is not None:
+        cfg["k"] = config.k
+        cfg["activation_fn_kwargs"] = {"k": config.k}
+    return cfg
+
+
+def circuit_tracer_tensors(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
+    """A transcoder's tensors under circuit-tracer's per-layer names (W_enc stored [d_sae, d_in])."""
+    if not sae.cfg.transcoder:
+        raise SaeFileError("only a transcoder can be written as a circuit-tracer layer file")
+    tensors = sae.tensors()
+    out = {"W_enc": tensors["W_enc"].T.contiguous(), "W_dec": tensors["W_dec"], "b_enc": tensors["b_enc"],
+           "b_dec": tensors["b_dec"]}
+    if "threshold" in tensors:
+        out["activation_function.threshold"] = tensors["threshold"]
+    if sae.cfg.k is not None:
+        out["k"] = torch.tensor(sae.cfg.k)
+    if "W_skip" in tensors:
+        out["W_skip"] = tensors["W_skip"]
+    return out
+
+
+def write_circuit_tracer(sae: SparseAutoencoder, path: Path) -> Path:
+    """Write ``layer_N.safetensors`` (N: the layer of the transcoder's hook) into ``path``."""
+    match = re.match(r"^blocks\.(\d+)\.mlp\.hook_in$", sae.cfg.hook_name)
+    if match is None:
+        raise SaeFileError(f"a circuit-tracer layer file is named by its layer: the transcoder reads "
+                           f"{sae.cfg.hook_name or 'no hook'}, not blocks.L.mlp.hook_in")
+    path.mkdir(parents=True, exist_ok=True)
+    file = path / f"layer_{match.group(1)}.safetensors"
+    file.write_bytes(st_save(circuit_tracer_tensors(sae)))
+    return file
 
 
 def to_bytes(sae: SparseAutoencoder) -> bytes:

@@ -1,8 +1,13 @@
-"""Sparse autoencoders at inference: TopK, ReLU and JumpReLU, in the SAELens conventions.
+"""Sparse autoencoders and transcoders at inference: TopK, ReLU and JumpReLU, in the SAELens conventions.
 
 ``W_enc`` is [d_in, d_sae], ``W_dec`` [d_sae, d_in]. Encoding follows SAELens: normalize the
 input (``normalize_activations``), subtract ``b_dec`` when ``apply_b_dec_to_input``, then
 ``pre = x @ W_enc + b_enc`` and the activation; decoding undoes the normalization.
+
+A transcoder (``transcoder=True``) reads one place (a layer's ``mlp.hook_in``) and predicts another
+(that MLP's output): ``W_dec`` is [d_sae, d_out], ``b_dec`` [d_out], and with a skip connection
+``W_skip`` [d_out, d_in] adds ``x @ W_skip.T`` (SAELens's and circuit-tracer's convention). It never
+subtracts ``b_dec`` from its input and does not normalize it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,19 @@ class SaeConfig:
     hook_name: str = ""
     """The hook point it was trained on, e.g. blocks.3.mlp.hook_post."""
     model_name: str = ""
+    transcoder: bool = False
+    """A transcoder: reads ``hook_name`` (an ``mlp.hook_in``) and predicts that MLP's output."""
+    d_out: int = 0
+    """Width of what a transcoder predicts (0: the same as d_in); SAEs leave it 0."""
+    skip: bool = False
+    """A transcoder with a linear skip term ``x @ W_skip.T``."""
+    hook_name_out: str = ""
+    """Where a transcoder's output goes, e.g. blocks.3.hook_mlp_out (SAELens's hook_name_out)."""
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the decoder's output: d_out for a transcoder, d_in for an SAE."""
+        return (self.d_out or self.d_in) if self.transcoder else self.d_in
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -50,6 +68,13 @@ class SaeConfig:
             raise ValueError(f"d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})")
         if self.architecture == "topk" and not (self.k and 1 <= self.k <= self.d_sae):
             raise ValueError(f"a TopK SAE needs 1 <= k <= d_sae (got k={self.k}, d_sae={self.d_sae})")
+        if self.transcoder and (self.apply_b_dec_to_input or self.normalize_activations != "none"):
+            raise ValueError("a transcoder reads its input as it is: apply_b_dec_to_input must be false and "
+                             "normalize_activations none (its b_dec lives in the output space)")
+        if not self.transcoder and (self.skip or self.d_out):
+            raise ValueError("only a transcoder has a skip connection or a d_out")
+        if self.d_out < 0:
+            raise ValueError(f"d_out must be positive (got {self.d_out})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,11 +86,13 @@ class SaeConfig:
 
 
 def tensor_shapes(cfg: SaeConfig) -> dict[str, tuple[int, ...]]:
-    """The tensors of an SAE in the SAELens layout, with their shapes."""
+    """The tensors of an SAE or transcoder in the SAELens layout, with their shapes."""
     shapes: dict[str, tuple[int, ...]] = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,),
-                                          "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+                                          "W_dec": (cfg.d_sae, cfg.out_dim), "b_dec": (cfg.out_dim,)}
     if cfg.architecture == "jumprelu":
         shapes["threshold"] = (cfg.d_sae,)
+    if cfg.skip:
+        shapes["W_skip"] = (cfg.out_dim, cfg.d_in)
     return shapes
 
 
@@ -82,6 +109,7 @@ class SparseAutoencoder(nn.Module):
     W_dec: nn.Parameter
     b_dec: nn.Parameter
     threshold: nn.Parameter  # JumpReLU only
+    W_skip: nn.Parameter  # transcoders with a skip connection only
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The SAELens tensors (detached, on the CPU, float32)."""
@@ -134,8 +162,16 @@ class SparseAutoencoder(nn.Module):
             out = out / scale + shift
         return out
 
+    def skip_out(self, x: torch.Tensor) -> torch.Tensor:
+        """A transcoder's skip term ``x @ W_skip.T`` [..., d_out] (zero without a skip connection)."""
+        if not self.cfg.skip:
+            return x.new_zeros((*x.shape[:-1], self.cfg.out_dim))
+        return x.to(self.W_skip.dtype) @ self.W_skip.T
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The reconstruction of ``x`` in its own scale."""
+        """The reconstruction of ``x`` in its own scale; a transcoder's prediction of its output."""
         x = x.to(self.W_enc.dtype)
+        if self.cfg.transcoder:
+            return self.decode(self.encode(x)) + self.skip_out(x)
         normalized, undo = self.normalize(x)
         return self.decode(self.activate(self.pre_acts(normalized)), undo)
