@@ -205,7 +205,7 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="unknown graph settings: colour"):
         GraphConfig.from_dict({"colour": 1})
     with pytest.raises(ValueError, match="no attribution graphs yet"):
-        build_graph(model, IDS, GraphConfig(basis="transcoder"))
+        build_graph(model, IDS, GraphConfig(basis="clt"))
     with pytest.raises(ValueError, match="names its SAEs"):
         build_graph(model, IDS, GraphConfig(basis="sae"))
     with pytest.raises(ValueError, match="needs an SAE"):

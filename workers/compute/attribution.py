@@ -85,7 +85,8 @@ def select_units(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis]
 def _target_values(model: Any, run: replacement.Linear, bases: list[LayerBasis], units: torch.Tensor,
                    tokens: torch.Tensor) -> torch.Tensor:
     """[U + k]: each selected unit's value on the frozen model, then each target logit."""
-    return torch.cat([unit_values(bases, run.computed, units), replacement.logits_at(model, run.final[0, -1], tokens)])
+    return torch.cat([unit_values(bases, run.computed, units, run.mlp_in),
+                      replacement.logits_at(model, run.final[0, -1], tokens)])
 
 
 @dataclass
@@ -165,22 +166,34 @@ def bias_terms(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis], 
     return bias
 
 
+def _check_dictionaries(config: GraphConfig, saes: dict[int, Any] | None) -> None:
+    if config.basis == "neurons":
+        return
+    where = "an SAE on the mlp.hook_post" if config.basis == "sae" else "a transcoder on the mlp.hook_in"
+    if not saes:
+        raise ValueError(f"basis {config.basis} needs {where} of at least one layer")
+    wrong = sorted(layer for layer, sae in saes.items() if bool(sae.cfg.transcoder) != (config.basis == "transcoder"))
+    if wrong:
+        raise ValueError(f"basis {config.basis} needs {where} of each layer; layer {wrong[0]} has "
+                         f"{'a transcoder' if config.basis == 'sae' else 'an SAE'}")
+
+
 def build_graph(model: Any, ids: torch.Tensor, config: GraphConfig, report: Report | None = None,
                 saes: dict[int, Any] | None = None) -> AttributionGraph:
     """The full attribution graph of the prompt ``ids`` [T] for the model's next token; with basis
-    ``sae``, ``saes`` maps layers to the SparseAutoencoder on their ``mlp.hook_post``."""
+    ``sae``, ``saes`` maps layers to the SparseAutoencoder on their ``mlp.hook_post``, with basis
+    ``transcoder`` to the transcoder on their ``mlp.hook_in``."""
     import time
 
     config.validate()
-    if config.basis == "sae" and not saes:
-        raise ValueError("basis sae needs an SAE on the mlp.hook_post of at least one layer")
+    _check_dictionaries(config, saes)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     started = time.perf_counter()
     frozen = replacement.clean_run(model, ids)
     last = replacement.logits_at(model, frozen.final[-1], torch.arange(replacement.unembed(model).shape[0], device=ids.device))
     tokens, probs = pick_targets(last, config)
-    bases = layer_bases(model, frozen, saes if config.basis == "sae" and saes else {})
+    bases = layer_bases(model, frozen, saes if config.basis != "neurons" and saes else {})
     units, share = select_units(model, frozen, bases, tokens, probs, config.max_units)
     selected = time.perf_counter()
     adjacency, values = direct_adjacency(model, frozen, bases, units, tokens, config.batch_size, report)

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-BASES = ("neurons", "sae")
+BASES = ("neurons", "sae", "transcoder")
 # Model types whose blocks workers.compute.replacement writes out.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gpt2", "gpt_neox")
 # A prompt longer than this many characters is refused before anything is queued (a token is at
@@ -22,10 +22,12 @@ class GraphConfig:
     """How one attribution graph is built; stored with it, its hash names the graph."""
 
     basis: str = "neurons"
-    """The units: ``neurons`` (MLP activations at ``mlp.hook_post``, every layer) or ``sae`` (the
-    features of the SAEs in ``saes``, neurons on the other layers)."""
+    """The units: ``neurons`` (MLP activations at ``mlp.hook_post``, every layer), ``sae`` (the
+    features of the SAEs in ``saes``, neurons on the other layers) or ``transcoder`` (the features of
+    the transcoders in ``saes``, neurons on the other layers)."""
     saes: tuple[tuple[int, str], ...] = ()
-    """Basis ``sae``: (layer, SAE source name) of the SAEs on ``blocks.{layer}.mlp.hook_post``."""
+    """Basis ``sae``: (layer, SAE source name) of the SAEs on ``blocks.{layer}.mlp.hook_post``; basis
+    ``transcoder``: (layer, transcoder source name) of the transcoders on ``blocks.{layer}.mlp.hook_in``."""
     max_logits: int = 10
     """At most this many target logits (the most probable next tokens) ..."""
     logit_probability: float = 0.95
@@ -65,8 +67,8 @@ class GraphConfig:
         """Refuse settings no graph can be built with (a ValueError naming the setting)."""
         if self.basis not in BASES:
             raise ValueError(f"basis {self.basis!r} has no attribution graphs yet; choose from {', '.join(BASES)}")
-        if (self.basis == "sae") != bool(self.saes):
-            raise ValueError("basis sae names its SAEs (and only it does)")
+        if (self.basis != "neurons") != bool(self.saes):
+            raise ValueError("basis sae names its SAEs and basis transcoder its transcoders (and only they do)")
         if not 1 <= self.max_units <= MAX_UNITS:
             raise ValueError(f"max_units must be between 1 and {MAX_UNITS}")
         if not 1 <= self.max_logits <= 50 or not 1 <= self.batch_size <= 256:

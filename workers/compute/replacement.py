@@ -10,7 +10,7 @@ copies of the prompt, so one backward pass per copy gives one target's gradients
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ class Frozen:
     mlp_out: list[torch.Tensor]  # [T, d_model]: what each MLP writes
     embeds: torch.Tensor  # [T, d_model]
     final: torch.Tensor  # [T, d_model]: the final norm's output
+    mlp_in: list[torch.Tensor] = field(default_factory=list)  # [T, d_model]: each MLP's normed input (mlp.hook_in)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Linear:
     leaves: list[torch.Tensor]  # [B, T, d_model]
     computed: list[torch.Tensor]  # [B, T, d_mlp]
     final: torch.Tensor  # [B, T, d_model]
+    mlp_in: list[torch.Tensor] = field(default_factory=list)  # [B, T, d_model]: what a transcoder reads
 
 
 def check_supported(model: Any) -> None:
@@ -231,6 +233,7 @@ def clean_run(model: Any, ids: torch.Tensor) -> Frozen:
             mlp_input = block_input if _parallel(model, layer) else x
             frozen.mlp_scale.append(_scale(mlp_norm, mlp_input))
             h = _norm(mlp_norm, mlp_input, frozen.mlp_scale[-1])
+            frozen.mlp_in.append(h)
             linear = _mlp_linear(model, layer, h)
             frozen.gates.append(_gate(model, layer, h, linear))
             frozen.acts.append(frozen.gates[-1] * linear)
@@ -275,12 +278,14 @@ def frozen_run(model: Any, frozen: Frozen, batch: int, *, total: bool, zero: boo
         block_input = x
         x = x + _attend(model, layer, _norm(attn_norm, x, frozen.attn_scale[index]), frozen.probs[index])
         mlp_input = block_input if _parallel(model, layer) else x
-        computed = frozen.gates[index] * _mlp_linear(model, layer, _norm(mlp_norm, mlp_input, frozen.mlp_scale[index]))
+        h = _norm(mlp_norm, mlp_input, frozen.mlp_scale[index])
+        computed = frozen.gates[index] * _mlp_linear(model, layer, h)
         shape = (batch, *frozen.mlp_out[index].shape)
         clean = frozen.embeds.new_zeros(shape) if zero or total else frozen.mlp_out[index].expand(shape).clone()
         leaf = clean.requires_grad_()
         x = x + (_down_apply(model, layer, computed) + leaf if total else leaf) + _down_bias(model, layer)
         run.leaves.append(leaf)
         run.computed.append(computed)
+        run.mlp_in.append(h)
     run.final = _norm(_final_norm(model), x, frozen.final_scale)
     return run
