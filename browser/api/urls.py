@@ -25,6 +25,8 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", run_apis.JobCancel.as_view(), name="api-job-cancel"),
     path("runs/", run_apis.RunList.as_view(), name="api-runs"),
     path("runs/<int:pk>/", run_apis.RunDetail.as_view(), name="api-run"),
+    path("runs/<int:pk>/intervention-scores/", run_apis.InterventionScoresApi.as_view(),
+         name="api-run-intervention-scores"),
     path("", include("browser.search.api_urls")),
     path("", include("browser.catalog.api_urls")),
 ]

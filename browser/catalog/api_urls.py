@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 from django.urls import path
+from django.views.generic import RedirectView
 
 from browser.catalog import apis, steer_apis, sweep_apis, toy_apis
 
 urlpatterns = [
     path("overview/", apis.OverviewApi.as_view(), name="api-overview"),
     path("steer/", steer_apis.SteerApi.as_view(), name="api-steer"),
-    path("runs/<int:pk>/intervention-scores/", steer_apis.InterventionScoresApi.as_view(),
-         name="api-run-intervention-scores"),
-    path("overview/jobs/", apis.JobsApi.as_view(), name="api-overview-jobs"),
+    # The jobs API (browser/runs) is the one source of job progress; the home page's old poll URL leads there.
+    path("overview/jobs/", RedirectView.as_view(pattern_name="api-jobs", permanent=True, query_string=True),
+         name="api-overview-jobs"),
     path("models/", apis.ModelListApi.as_view(), name="api-models"),
     path("models/<str:model>/toy/", toy_apis.ToyApi.as_view(), name="api-toy"),
     path("sources/", apis.SourceListApi.as_view(), name="api-sources"),

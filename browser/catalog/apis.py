@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from browser.api.compute import CanCompute, ComputeThrottle
-from browser.catalog.page_selectors import compare, jobs_with_progress, overview, unit_detail
+from browser.catalog.page_selectors import compare, overview, unit_detail
 from browser.catalog.probe import ProbeError, probe_unit
 from browser.catalog.selectors import (
     PAGE_SIZE,
@@ -27,6 +27,7 @@ from browser.catalog.selectors import (
     unit_get,
 )
 from browser.catalog.uids import unit_uid
+from browser.runs.serializers import JobSerializer
 from browser.search.selectors import unit_list_page
 
 
@@ -67,22 +68,6 @@ class SourceSummarySerializer(serializers.Serializer):
     distributions = DistributionSerializer(many=True)
 
 
-class JobProgressSerializer(serializers.Serializer):
-    id = serializers.IntegerField(source="pk")
-    kind = serializers.CharField()
-    title = serializers.CharField()
-    status = serializers.CharField()
-    status_display = serializers.CharField(source="get_status_display")
-    done = serializers.IntegerField()
-    total = serializers.IntegerField()
-    percent = serializers.FloatField()
-    message = serializers.CharField()
-
-
-class JobsSerializer(serializers.Serializer):
-    jobs = JobProgressSerializer(many=True)
-
-
 class RunSummarySerializer(serializers.Serializer):
     id = serializers.IntegerField(source="pk")
     model = serializers.CharField(source="model.name")
@@ -106,7 +91,7 @@ class OverviewSerializer(serializers.Serializer):
     corpora = CorpusSerializer(many=True)
     sources = SourceSummarySerializer(many=True)
     runs = RunSummarySerializer(many=True)
-    jobs = JobProgressSerializer(many=True)
+    jobs = JobSerializer(many=True)
 
 
 class UnitRowSerializer(serializers.Serializer):
@@ -307,13 +292,9 @@ def _units_response(request: Request, **fixed: str) -> Response:
 class OverviewApi(APIView):
     @extend_schema(responses=OverviewSerializer, summary="Models, corpora, sources (with distributions), runs, jobs")
     def get(self, request: Request) -> Response:
+        # No request in the context: like the home page, the overview shows every job's progress and no
+        # one's error or log (those are at /api/v1/jobs/<id>/ for the creator and curators).
         return Response(OverviewSerializer(overview()).data)
-
-
-class JobsApi(APIView):
-    @extend_schema(responses=JobsSerializer, summary="Recent jobs with progress (what the home page polls)")
-    def get(self, request: Request) -> Response:
-        return Response(JobsSerializer({"jobs": jobs_with_progress()}).data)
 
 
 class ModelListApi(APIView):

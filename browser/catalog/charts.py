@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
+
+if TYPE_CHECKING:
+    from browser.examples.selectors import ActivationHistogram
 
 # Fractions the toy-model paper marks on its feature-dimensionality plot (sticky points).
 DIMENSIONALITY_LINES = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 1 / 3, 1 / 4)
@@ -35,6 +39,22 @@ def bars_svg(counts: Sequence[int], edges: Sequence[float], label: str, *, fmt: 
     axis = (f'<text x="0" y="{height - 2}">{escape(fmt.format(edges[0]))}</text>'
             f'<text x="{width}" y="{height - 2}" text-anchor="end">{escape(fmt.format(edges[-1]))}</text>')
     return _svg(width, height, label, bars + axis, "chart")
+
+
+def activation_histogram_svg(hist: ActivationHistogram, width: int = 420, height: int = 90) -> SafeString:
+    """A unit's activation histogram (its positive, non-empty span of the log-spaced bin grid) with a
+    caption naming the values the bars span."""
+    if not hist.counts:
+        return mark_safe(f'<p class="empty">The unit never fired above 2^{hist.floor_exponent}.</p>')
+    bar_w, top = width / len(hist.counts), float(max(hist.counts))
+    bars = "".join(
+        f'<rect x="{i * bar_w:.1f}" y="{height - c / top * height:.1f}" width="{max(bar_w - 1, 1):.1f}" '
+        f'height="{c / top * height:.1f}"><title>{c}</title></rect>'
+        for i, c in enumerate(hist.counts)
+    )
+    every = "every token" if hist.stride == 1 else f"one token in {hist.stride}"
+    label = f"activations from about {hist.low:.3g} to {hist.high:.3g} (log scale, {every})"
+    return mark_safe(_svg(width, height, label, bars, "hist") + f'<p class="caption">{escape(label)}</p>')  # noqa: S308
 
 
 def gram_svg(gram: np.ndarray, label: str, *, size: int = 360) -> SafeString:

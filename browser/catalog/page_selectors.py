@@ -4,11 +4,12 @@ model page's: browser/catalog/toy_selectors.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.db import connection
 from django.utils.safestring import SafeString
 
-from browser.catalog.charts import bars_svg
+from browser.catalog.charts import activation_histogram_svg, bars_svg
 from browser.catalog.models import Model, Source, Unit, UnitRelation
 from browser.catalog.selectors import model_list, source_list
 from browser.catalog.uids import unit_uid
@@ -19,21 +20,23 @@ from browser.catalog.unit_selectors import (
     unit_relations,
     unit_scores,
 )
-from browser.corpora.models import Corpus
 from browser.corpora.selectors import corpus_list
-from browser.examples.models import UnitStats
 from browser.examples.selectors import (
     ExampleView,
-    histogram_svg,
     interval_range,
     unit_examples,
+    unit_histogram,
     unit_stats,
     vocab_for,
 )
-from browser.labels.models import Label
 from browser.labels.selectors import unit_labels
-from browser.runs.models import Job, Run
-from browser.runs.selectors import job_list, job_percent, run_list
+from browser.runs.selectors import job_list_with_progress, run_list
+
+if TYPE_CHECKING:  # types only: the other apps' tables are read through their selectors above
+    from browser.corpora.models import Corpus
+    from browser.examples.models import UnitStats
+    from browser.labels.models import Label
+    from browser.runs.models import Job, Run
 
 DENSITY_BINS = (-7.0, 0.0, 14)  # log10(density) from 1e-7 to 1 in half decades
 SCORE_BINS = 16
@@ -48,7 +51,11 @@ class Distribution:
     name: str
     counts: list[int]
     edges: list[float]
-    svg: SafeString
+    label: str
+
+    @property
+    def svg(self) -> SafeString:
+        return bars_svg(self.counts, self.edges, self.label)
 
 
 @dataclass
@@ -66,13 +73,6 @@ class Overview:
     sources: list[SourceView]
     runs: list[Run]
     jobs: list[Job]
-
-
-def jobs_with_progress() -> list[Job]:
-    jobs = list(job_list())
-    for job in jobs:
-        job.percent = job_percent(job)  # type: ignore[attr-defined]
-    return jobs
 
 
 def _density_histograms() -> dict[int, tuple[list[int], int]]:
@@ -128,12 +128,12 @@ def overview() -> Overview:
         if s.pk in density:
             counts, view.dead = density[s.pk]
             label = f"density of the units of {s.model.name}/{s.name} (log scale; {view.dead} never fire)"
-            view.distributions.append(Distribution("density", counts, edges, bars_svg(counts, edges, label)))
+            view.distributions.append(Distribution("density", counts, edges, label))
         for name, counts, score_edges in scores.get(s.pk, []):
             label = f"{name} over the units of {s.model.name}/{s.name}"
-            view.distributions.append(Distribution(name, counts, score_edges, bars_svg(counts, score_edges, label)))
+            view.distributions.append(Distribution(name, counts, score_edges, label))
         sources.append(view)
-    return Overview(list(model_list()), list(corpus_list()), sources, list(run_list()), jobs_with_progress())
+    return Overview(list(model_list()), list(corpus_list()), sources, list(run_list()), job_list_with_progress())
 
 
 # ---- one unit ----------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class UnitDetail:
 
     @property
     def hist(self) -> SafeString | None:
-        return histogram_svg(self.stats) if self.stats else None
+        return activation_histogram_svg(unit_histogram(self.stats)) if self.stats else None
 
 
 def _effects(unit: Unit) -> dict[str, list[tuple[str, float]]]:

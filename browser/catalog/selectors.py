@@ -13,13 +13,13 @@ from typing import Any, Protocol
 from django.contrib.postgres.search import SearchQuery
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
 from browser.catalog.models import Model, Score, Source, Unit
 from browser.catalog.uids import parse_uid
-from browser.labels.models import Label
+from browser.labels.selectors import has_label_containing, labels_newest_first
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -209,7 +209,7 @@ def unit_queryset(filters: UnitFilters) -> QuerySet[Unit]:
         qs = qs.filter(label_count__gt=0) if filters.labeled else qs.filter(label_count=0)
     if filters.label:
         qs = qs.filter(label_count__gt=0).filter(
-            Exists(Label.objects.filter(unit=OuterRef("pk"), text__icontains=filters.label)))
+            has_label_containing(filters.label))
     if filters.top_token:
         qs = qs.filter(top_token=filters.top_token)
     if filters.q:
@@ -273,7 +273,7 @@ def unit_page(filters: UnitFilters, *, cursor: str | None = None, size: int = PA
         qs = qs.filter(_after(keys, values, down))
     order = [f"-{k}" if down else k for k in keys]
     rows = list(qs.select_related("source", "source__model").defer("search", "logit_effects", "search_text")
-                .prefetch_related(Prefetch("labels", queryset=Label.objects.order_by("-updated")))
+                .prefetch_related(labels_newest_first())
                 .order_by(*order)[: size + 1])
     more = len(rows) > size
     rows = rows[:size]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -25,9 +24,6 @@ from browser.catalog.steer import (
     steer_run,
     unit_edit,
 )
-from browser.runs.apis import JobSerializer
-from browser.runs.intervention_scores import MAX_CONTEXTS, intervention_scores_request
-from browser.runs.models import Run
 
 
 class EditInputSerializer(serializers.Serializer):
@@ -101,23 +97,3 @@ class SteerApi(APIView):
                    summary="The same, from the steering page's query string (prompt, unit..., n, temperature, seed)")
     def get(self, request: Request) -> Response:
         return self._answer(request)
-
-
-class InterventionScoresInputSerializer(serializers.Serializer):
-    contexts = serializers.IntegerField(min_value=1, max_value=MAX_CONTEXTS, default=16,
-                                        help_text="top and interval examples ablated per unit")
-
-
-class InterventionScoresApi(APIView):
-    @extend_schema(request=InterventionScoresInputSerializer, responses={202: JobSerializer},
-                   operation_id="runs_intervention_scores",
-                   summary="Queue intervention scores for a finished causal-LM run (curators): each unit "
-                           "zero-ablated on its own examples")
-    def post(self, request: Request, pk: int) -> Response:
-        run = get_object_or_404(Run.objects.select_related("model"), pk=pk)
-        if not request.user.is_authenticated:
-            self.permission_denied(request, message="sign in (or send an API token) to score a run")
-        data = InterventionScoresInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        job = intervention_scores_request(user=request.user, run=run, contexts=data.validated_data["contexts"])
-        return Response(JobSerializer(job, context={"request": request}).data, status=202)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
 from browser.api.compute import compute_refusal
-from browser.catalog.models import Model, Source
+from browser.catalog.models import Model, Source, Unit
 from browser.catalog.page_selectors import compare as compare_units
 from browser.catalog.page_selectors import overview, unit_detail
 from browser.catalog.probe import ProbeError, probe_unit
@@ -25,8 +25,11 @@ from browser.catalog.selectors import (
 from browser.catalog.sweep_selectors import sweep_panel
 from browser.catalog.toy_selectors import toy_view
 from browser.catalog.unit_selectors import sae_summary
-from browser.labels.views import label_panel
+from browser.labels.selectors import label_panel
 from browser.search.selectors import unit_list_page
+
+if TYPE_CHECKING:
+    from browser.labels.models import Label
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -69,8 +72,12 @@ def source_detail(request: HttpRequest, model: str, source: str) -> HttpResponse
 def unit_detail_view(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
     unit = unit_get(model_name=model, source_name=source, index=index)
     d = unit_detail(unit)
-    context = {"d": d, "unit": unit, "label_panel": label_panel(request, unit, d.labels)}
+    context = {"d": d, "unit": unit, "label_panel": _label_panel(request, unit, d.labels)}
     return render(request, "catalog/unit.html", context)
+
+
+def _label_panel(request: HttpRequest, unit: Unit, labels: list[Label]) -> dict[str, Any]:
+    return label_panel(unit, user=request.user, queue=request.GET.get("queue", ""), labels=labels)
 
 
 @require_POST
@@ -87,7 +94,7 @@ def unit_probe(request: HttpRequest, model: str, source: str, index: int) -> Htt
             context["probe"] = probe_unit(unit=unit, text=text)
         except ProbeError as exc:
             status, context["probe_error"] = 422, str(exc)
-    context["label_panel"] = label_panel(request, unit, context["d"].labels)
+    context["label_panel"] = _label_panel(request, unit, context["d"].labels)
     return render(request, "catalog/unit.html", context, status=status)
 
 

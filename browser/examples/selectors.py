@@ -112,26 +112,24 @@ def interval_range(bucket: int) -> tuple[float, float]:
     return grid.octave_range(bucket)
 
 
-def histogram_svg(stats: UnitStats, width: int = 420, height: int = 90) -> SafeString:
-    """Server-rendered SVG of the positive part of the histogram (bins with counts only)."""
-    counts = np.frombuffer(bytes(stats.hist), dtype="<i8")[1:]
+@dataclass(frozen=True)
+class ActivationHistogram:
+    """The positive part of a unit's histogram, trimmed to the bins from its first to its last
+    non-empty one (none when it never fired above the grid's floor); drawn by
+    ``browser.catalog.charts.activation_histogram_svg``."""
+
+    counts: list[int]
+    low: float  # lower edge of the first bin shown
+    high: float  # upper edge of the last bin shown
+    stride: int  # the histogram counted one token in ``stride``
+    floor_exponent: int = grid.LOWEST_EXPONENT  # values below 2^floor_exponent fall in no bin shown
+
+
+def unit_histogram(stats: UnitStats) -> ActivationHistogram:
+    counts = np.frombuffer(bytes(stats.hist), dtype="<i8")[1:]  # counts[i] is bin i + 1
     nonzero = np.nonzero(counts)[0]
     if nonzero.size == 0:
-        return mark_safe(f'<p class="empty">The unit never fired above 2^{grid.LOWEST_EXPONENT}.</p>')
+        return ActivationHistogram([], 0.0, 0.0, stats.hist_stride)
     lo, hi = int(nonzero[0]), int(nonzero[-1]) + 1
-    shown = counts[lo:hi]
-    bar_w = width / len(shown)
-    top = float(shown.max())
-    bars = "".join(
-        f'<rect x="{i * bar_w:.1f}" y="{height - c / top * height:.1f}" width="{max(bar_w - 1, 1):.1f}" '
-        f'height="{c / top * height:.1f}"><title>{int(c)}</title></rect>'
-        for i, c in enumerate(shown.tolist())
-    )
-    # counts[i] is bin i + 1; the caption names the octaves the bars span.
-    low = grid.hist_bin_lower_edge(lo + 1)
-    high = grid.hist_bin_upper_edge(hi)
-    every = "every token" if stats.hist_stride == 1 else f"one token in {stats.hist_stride}"
-    label = f"activations from about {low:.3g} to {high:.3g} (log scale, {every})"
-    return mark_safe(f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-                     f'role="img" aria-label="{escape(label)}"><title>{escape(label)}</title>{bars}</svg>'
-                     f'<p class="caption">{escape(label)}</p>')
+    return ActivationHistogram(counts[lo:hi].tolist(), grid.hist_bin_lower_edge(lo + 1), grid.hist_bin_upper_edge(hi),
+                               stats.hist_stride)

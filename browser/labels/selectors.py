@@ -9,8 +9,9 @@ from datetime import datetime
 from itertools import combinations
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
+from browser.accounts import access
 from browser.catalog.models import Score, Unit
 from browser.labels.models import Label, LabelRevision
 
@@ -22,6 +23,32 @@ def unit_labels(unit: Unit) -> QuerySet[Label]:
     scores = Prefetch("score_set", queryset=Score.objects.filter(name="label_auc"), to_attr="label_scores")
     return (Label.objects.filter(unit=unit).select_related("author").prefetch_related(scores)
             .order_by("machine", "-updated"))
+
+
+def labels_newest_first() -> Prefetch:
+    """Prefetch of each unit's labels, newest first (the unit lists show them)."""
+    return Prefetch("labels", queryset=Label.objects.order_by("-updated"))
+
+
+def has_label_containing(text: str) -> Exists:
+    """A filter on units: some label of the unit contains ``text`` (case-insensitive)."""
+    return Exists(Label.objects.filter(unit=OuterRef("pk"), text__icontains=text))
+
+
+def label_panel(unit: Unit, *, user: Any, queue: str = "", labels: list[Label] | None = None) -> dict[str, Any]:
+    """What the unit page's label panel shows: current labels, consensus, history, the form.
+    ``labels``: the unit's labels when the caller has read them already (``unit_labels``);
+    ``queue``: the labeling queue's filters when the page was opened from the queue."""
+    labels = list(unit_labels(unit)) if labels is None else labels
+    mine = next((label for label in labels if label.author_id == user.pk), None)
+    return {
+        "labels": labels,
+        "mine": mine,
+        "consensus": label_consensus(labels) if len(labels) > 1 else None,
+        "history": unit_label_history(unit, limit=20),
+        "can_label": access.can_label(user),
+        "queue": queue,
+    }
 
 
 def unit_label_history(unit: Unit, *, limit: int = 50) -> QuerySet[LabelRevision]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -10,29 +9,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from browser.accounts import access
 from browser.catalog.models import Unit
 from browser.catalog.uids import unit_by_uid
 from browser.labels.models import Label
-from browser.labels.selectors import label_consensus, queue_next, unit_label_history, unit_labels
+from browser.labels.selectors import queue_next
 from browser.labels.services import LabelConflict, label_delete, label_save
 
 QUEUE_FILTERS = ("model", "source", "layer", "kind")
-
-
-def label_panel(request: HttpRequest, unit: Unit, labels: list[Label] | None = None) -> dict[str, Any]:
-    """What the unit page's label panel shows: current labels, consensus, history, the form.
-    ``labels``: the unit's labels when the caller has read them already (``unit_labels``)."""
-    labels = list(unit_labels(unit)) if labels is None else labels
-    mine = next((label for label in labels if label.author_id == request.user.pk), None)
-    return {
-        "labels": labels,
-        "mine": mine,
-        "consensus": label_consensus(labels) if len(labels) > 1 else None,
-        "history": unit_label_history(unit, limit=20),
-        "can_label": access.can_label(request.user),
-        "queue": request.GET.get("queue", ""),
-    }
 
 
 def _unit(model: str, source: str, index: int) -> Unit:

@@ -16,47 +16,12 @@ from rest_framework.views import APIView
 from browser.accounts import access
 from browser.api.pagination import NewestFirstPagination
 from browser.api.permissions import ReadOrCurate
+from browser.runs.intervention_scores import MAX_CONTEXTS, intervention_scores_request
 from browser.runs.models import Job, Run
 from browser.runs.requests import harvest_request_create
-from browser.runs.selectors import job_eta, job_log_tail, job_percent
+from browser.runs.serializers import JobSerializer, request_user
 from browser.runs.services import job_cancel
 from workers.compute.config import DEFAULT_HOOKS, MAX_BATCH, MAX_K, harvest_default
-
-
-class JobSerializer(serializers.ModelSerializer):
-    percent = serializers.SerializerMethodField()
-    eta_seconds = serializers.SerializerMethodField()
-    log_tail = serializers.SerializerMethodField()
-    created_by = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Job
-        fields = ["id", "kind", "status", "title", "done", "total", "percent", "eta_seconds", "message", "error",
-                  "attempts", "cancel_requested", "created_by", "created", "started", "finished", "log_tail"]
-
-    def get_percent(self, job: Job) -> float:
-        return round(job_percent(job), 2)
-
-    def get_eta_seconds(self, job: Job) -> float | None:
-        eta = job_eta(job)
-        return round(eta.total_seconds(), 1) if eta is not None else None
-
-    def get_log_tail(self, job: Job) -> list[str]:
-        return job_log_tail(job, 20)
-
-    def get_created_by(self, job: Job) -> str | None:
-        return job.created_by.username if job.created_by else None
-
-    def to_representation(self, job: Job) -> dict[str, Any]:
-        data = super().to_representation(job)
-        if not access.can_see_job_details(_user(self.context), job):
-            data.update(error="", log_tail=[])
-        return data
-
-
-def _user(context: dict[str, Any]) -> Any:
-    request = context.get("request")
-    return getattr(request, "user", None)
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -73,7 +38,7 @@ class RunSerializer(serializers.ModelSerializer):
 
     def to_representation(self, run: Run) -> dict[str, Any]:
         data = super().to_representation(run)
-        if not access.can_see_job_details(_user(self.context), run.job if run.job_id else run):
+        if not access.can_see_job_details(request_user(self.context), run.job if run.job_id else run):
             data["error"] = ""
         return data
 
@@ -154,3 +119,23 @@ class RunDetail(RetrieveAPIView):
 
     def get_object(self) -> Any:
         return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+
+
+class InterventionScoresInputSerializer(serializers.Serializer):
+    contexts = serializers.IntegerField(min_value=1, max_value=MAX_CONTEXTS, default=16,
+                                        help_text="top and interval examples ablated per unit")
+
+
+class InterventionScoresApi(APIView):
+    @extend_schema(request=InterventionScoresInputSerializer, responses={202: JobSerializer},
+                   operation_id="runs_intervention_scores",
+                   summary="Queue intervention scores for a finished causal-LM run (curators): each unit "
+                           "zero-ablated on its own examples")
+    def post(self, request: Request, pk: int) -> Response:
+        run = get_object_or_404(Run.objects.select_related("model"), pk=pk)
+        if not request.user.is_authenticated:
+            self.permission_denied(request, message="sign in (or send an API token) to score a run")
+        data = InterventionScoresInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = intervention_scores_request(user=request.user, run=run, contexts=data.validated_data["contexts"])
+        return Response(JobSerializer(job, context={"request": request}).data, status=202)

@@ -22,6 +22,14 @@ def job_percent(job: Job) -> float:
     return 100.0 * job.done / job.total if job.total else 0.0
 
 
+def job_list_with_progress(*, limit: int = 20) -> list[Job]:
+    """The newest jobs, each with its ``percent`` (the home page's table and the overview's jobs)."""
+    jobs = list(Job.objects.select_related("created_by").order_by("-created")[:limit])
+    for job in jobs:
+        job.percent = job_percent(job)  # type: ignore[attr-defined]
+    return jobs
+
+
 def job_get(*, job_id: int) -> Job:
     return Job.objects.select_related("created_by").get(pk=job_id)
 

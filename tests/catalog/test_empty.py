@@ -23,8 +23,11 @@ def test_home_lists_corpora(client: Client, minilm: Model, tmp_path: Path) -> No
     call_command("import_corpus", str(tmp_path / "a.txt"), name="breach", inline=True)
     response = client.get("/")
     assert b"breach" in response.content and b"minilm-l6" in response.content
-    jobs = client.get("/api/v1/overview/jobs/").json()["jobs"]
-    assert [(j["status"], j["percent"]) for j in jobs] == [("succeeded", 100.0)]
+    jobs = client.get("/api/v1/jobs/").json()["results"]
+    assert [(j["status"], j["status_display"], j["percent"]) for j in jobs] == [("succeeded", "succeeded", 100.0)]
+    assert client.get("/api/v1/overview/").json()["jobs"] == jobs  # one serializer, one source of progress
+    old = client.get("/api/v1/overview/jobs/?page_size=5")  # the home page's old poll URL leads to the jobs API
+    assert (old.status_code, old["Location"]) == (301, "/api/v1/jobs/?page_size=5")
 
 
 def test_unit_lists_empty(client: Client, db: None) -> None:

@@ -39,7 +39,7 @@ def test_home_shows_sources_distributions_and_jobs(data: BrowserData, client: Cl
     assert re.search(r'<td class="num">48</td>', html)
     assert html.count('aria-label="density of the units of tiny/') == 2
     assert "top_token_concentration over the units of tiny/blocks.0.mlp.hook_post" in html
-    assert 'data-poll="/api/v1/overview/jobs/"' in html and 'role="progressbar"' in html
+    assert 'data-poll="/api/v1/jobs/"' in html and 'role="progressbar"' in html
 
 
 def test_unit_list_filters(data: BrowserData, client: Client) -> None:

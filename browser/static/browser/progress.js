@@ -1,4 +1,4 @@
-// Live job progress on the home page: poll the JSON twin every 2 s while a job is unfinished.
+// Live job progress on the home page: poll the jobs API (newest first) every 2 s while a job is unfinished.
 (function () {
   "use strict";
   var table = document.getElementById("jobs");
@@ -21,7 +21,7 @@
     fetch(table.dataset.poll, { headers: { Accept: "application/json" } })
       .then(function (r) { return r.json(); })
       .then(function (data) {
-        var running = data.jobs.map(update).some(Boolean);
+        var running = data.results.map(update).some(Boolean);
         if (running) setTimeout(poll, 2000);
       })
       .catch(function () { setTimeout(poll, 10000); });
