@@ -21,8 +21,8 @@ from django.db.models.functions import Concat, Right
 from django.utils import timezone
 
 from browser.accounts import access
-from browser.core.blobs import blob_delete, blob_write
 from browser.core.models import Blob
+from browser.core.services import blob_delete, blob_write
 from browser.runs.models import Job, Run, Shard
 
 LOG_TAIL_CHARS = 20_000

@@ -13,7 +13,7 @@ from browser.catalog.selectors import source_get, unit_get
 from browser.catalog.uids import unit_uid
 from browser.search.families import unit_family
 from browser.search.models import FamilyLink
-from browser.search.overviews import source_map_current
+from browser.search.overview_selectors import source_map_current
 
 
 class SourceMapApi(APIView):

@@ -14,7 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 from usearch.index import Index
 
-from browser.core.blobs import blob_read
+from browser.core.selectors import blob_read
 from browser.search.models import IndexSnapshot, UnitEmbedding
 
 DIM = 384

@@ -1,4 +1,5 @@
-"""Writes of the search side: queue units for (re-)embedding, store vectors, record a snapshot."""
+"""Writes of the search side: queue units for (re-)embedding, store vectors, record a snapshot, keep
+a source's map and its feature families."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
 
-from browser.core.blobs import blob_delete, blob_write
-from browser.search.models import IndexSnapshot, PendingEmbedding, UnitEmbedding
+from browser.catalog.models import Source
+from browser.core.services import blob_delete, blob_write
+from browser.search.models import FamilyLink, IndexSnapshot, PendingEmbedding, SourceMap, UnitEmbedding
+from browser.search.overview_selectors import top_context_overlap
 
 EMBED_TASK = "workers.tasks_search.embed_pending"
 
@@ -81,3 +84,25 @@ def snapshot_store(*, data: bytes, as_of: datetime, count: int) -> IndexSnapshot
         IndexSnapshot.objects.filter(pk__in=[p for p, _ in old]).delete()
         blob_delete(blob_ids=[b for _, b in old])
     return snap
+
+
+def source_map_store(*, source: Source, state: str, coords: np.ndarray, method: str) -> SourceMap:
+    """Keep the layout for ``state`` (maps of other states of the source are dropped)."""
+    with transaction.atomic():
+        SourceMap.objects.filter(source=source).exclude(state=state).delete()
+        row, _ = SourceMap.objects.update_or_create(
+            source=source, state=state,
+            defaults={"coords": np.asarray(coords, "<f4").tobytes(), "method": method})
+    return row
+
+
+def family_links_replace(*, unit_ids: Iterable[int], kind: str, links: list[tuple[int, int, float]]) -> int:
+    """Replace the ``kind`` links whose child is one of ``unit_ids`` by ``links`` (parent, child, cosine),
+    with their co-activation (``top_context_overlap``)."""
+    overlap = top_context_overlap([(p, c) for p, c, _ in links])
+    with transaction.atomic():
+        FamilyLink.objects.filter(child_id__in=list(unit_ids), kind=kind).delete()
+        FamilyLink.objects.bulk_create([FamilyLink(parent_id=p, child_id=c, kind=kind, cosine=v,
+                                                   coactivation=overlap.get((p, c))) for p, c, v in links],
+                                       batch_size=5000)
+    return len(links)

@@ -8,7 +8,7 @@ from django.shortcuts import render
 
 from browser.catalog.selectors import score_names, source_get
 from browser.search.map_svg import map_svg
-from browser.search.overviews import source_map_current
+from browser.search.overview_selectors import source_map_current
 
 
 def source_map_page(request: HttpRequest, model: str, source: str) -> HttpResponse:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from browser.catalog.models import Sae, Unit
-from browser.core.blobs import blob_write
+from browser.core.services import blob_write
 from browser.search.models import FamilyLink, SourceMap
-from browser.search.overviews import source_map_current
+from browser.search.overview_selectors import source_map_current
 from workers.compute.sae import files
 from workers.compute.sae.model import SaeConfig, SparseAutoencoder
 from workers.pipeline.maps import coords_close, layer_families, source_map, width_families

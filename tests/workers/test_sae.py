@@ -17,8 +17,8 @@ from django.test import Client
 from safetensors.torch import load_file, save_file
 
 from browser.catalog.models import Model, Sae, Source, Unit, UnitRelation
-from browser.core.blobs import blob_read
 from browser.core.models import Blob
+from browser.core.selectors import blob_read
 from browser.corpora.models import Context, Corpus
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats

@@ -14,7 +14,7 @@ import torch
 from django.conf import settings
 
 from browser.catalog.models import Model, Sae, Source
-from browser.core.blobs import blob_read
+from browser.core.selectors import blob_read
 from workers.compute import hooks, loading
 from workers.compute.sae import files
 from workers.compute.sae.model import SparseAutoencoder

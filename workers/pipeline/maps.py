@@ -8,12 +8,8 @@ import torch
 
 from browser.catalog.models import Model, Source
 from browser.search.models import FamilyLink, SourceMap
-from browser.search.overviews import (
-    family_links_replace,
-    source_map_store,
-    source_state,
-    unit_ids_by_index,
-)
+from browser.search.overview_selectors import source_state, unit_ids_by_index
+from browser.search.services import family_links_replace, source_map_store
 from workers.compute.families import nearest, parents
 from workers.compute.layout import layout_2d
 from workers.pipeline.loader import model_on, source_sae

@@ -14,7 +14,7 @@ from django.db import transaction
 
 from browser.catalog.models import Model, Sae, Source, Unit, UnitRelation
 from browser.catalog.services import sae_create, source_get_or_create, unit_relations_replace, units_ensure
-from browser.core.blobs import blob_write
+from browser.core.services import blob_write
 from workers.compute import hooks
 from workers.compute.config import SourceConfig
 from workers.compute.harvest import SourceRuntime

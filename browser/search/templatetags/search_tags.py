@@ -9,7 +9,7 @@ from django import template
 
 from browser.catalog.models import Source, Unit
 from browser.search.families import source_tree, unit_family
-from browser.search.overviews import source_map_row
+from browser.search.overview_selectors import source_map_row
 
 register = template.Library()
 

@@ -6,8 +6,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from browser.core.blobs import blob_delete, blob_read, blob_write
 from browser.core.models import Blob
+from browser.core.selectors import blob_read
+from browser.core.services import blob_delete, blob_write
 from browser.runs.models import Run
 from browser.runs.services import run_blob_key
 from workers.compute.config import HarvestConfig

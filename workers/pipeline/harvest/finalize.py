@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load
 
 from browser.catalog.models import Model, Source, Unit
 from browser.catalog.services import units_ensure
-from browser.core.blobs import blob_read
+from browser.core.selectors import blob_read
 from browser.examples.services import examples_write, run_results_clear, stats_write, units_set_browse_fields
 from browser.runs.models import Job, Run, Shard
 from browser.runs.services import FINALIZE_LOCK, job_finish, run_claim_finalize, run_lock, run_mark

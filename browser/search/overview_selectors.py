@@ -1,17 +1,16 @@
-"""Writes and reads of the source overviews: the stored map of a source (for its current state) and
-feature families. Torch-free; the layouts and matches are computed by ``workers.pipeline.maps``."""
+"""Reads of the source overviews: the stored map of a source (for its current state) and what the
+feature families are computed from. Torch-free; the layouts and matches are computed by
+``workers.pipeline.maps`` and written by ``browser.search.services``."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 
 import numpy as np
-from django.db import transaction
 
 from browser.catalog.models import Sae, Source, Unit
 from browser.examples.models import Example
-from browser.search.models import FamilyLink, SourceMap
+from browser.search.models import SourceMap
 
 
 def source_state(source: Source) -> str:
@@ -22,16 +21,6 @@ def source_state(source: Source) -> str:
     parts = [source.kind, source.hook_point, str(source.n_units), str(sae_weights), str(model.pk), model.location,
              str(model.config.get("weights_sha", ""))]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
-def source_map_store(*, source: Source, state: str, coords: np.ndarray, method: str) -> SourceMap:
-    """Keep the layout for ``state`` (maps of other states of the source are dropped)."""
-    with transaction.atomic():
-        SourceMap.objects.filter(source=source).exclude(state=state).delete()
-        row, _ = SourceMap.objects.update_or_create(
-            source=source, state=state,
-            defaults={"coords": np.asarray(coords, "<f4").tobytes(), "method": method})
-    return row
 
 
 def source_map_row(source: Source) -> SourceMap | None:
@@ -56,18 +45,6 @@ def top_context_overlap(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], f
     for unit_id, context_id in rows.iterator(chunk_size=50_000):
         contexts.setdefault(unit_id, set()).add(context_id)
     return {(p, c): len(contexts[c] & contexts.get(p, set())) / len(contexts[c]) for p, c in pairs if contexts.get(c)}
-
-
-def family_links_replace(*, unit_ids: Iterable[int], kind: str, links: list[tuple[int, int, float]]) -> int:
-    """Replace the ``kind`` links whose child is one of ``unit_ids`` by ``links`` (parent, child, cosine),
-    with their co-activation (``top_context_overlap``)."""
-    overlap = top_context_overlap([(p, c) for p, c, _ in links])
-    with transaction.atomic():
-        FamilyLink.objects.filter(child_id__in=list(unit_ids), kind=kind).delete()
-        FamilyLink.objects.bulk_create([FamilyLink(parent_id=p, child_id=c, kind=kind, cosine=v,
-                                                   coactivation=overlap.get((p, c))) for p, c, v in links],
-                                       batch_size=5000)
-    return len(links)
 
 
 def unit_ids_by_index(source: Source) -> dict[int, int]:

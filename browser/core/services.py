@@ -1,11 +1,12 @@
-"""Binary data in PostgreSQL, readable by any worker (no shared filesystem is assumed)."""
+"""Writes of binary data in PostgreSQL (blobs), readable by any worker: no shared filesystem is
+assumed. Reads: ``browser.core.selectors``."""
 
 from __future__ import annotations
 
 import hashlib
 
 from browser.core.copy import copy_rows
-from browser.core.models import Blob, BlobChunk
+from browser.core.models import Blob
 
 CHUNK_BYTES = 16 * 1024 * 1024
 
@@ -18,14 +19,6 @@ def blob_write(*, key: str, data: bytes) -> Blob:
             for i, start in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)))
     copy_rows("core_blobchunk", ["blob_id", "index", "data"], ["int8", "int4", "bytea"], rows)
     return blob
-
-
-def blob_read(blob: Blob) -> bytes:
-    chunks = BlobChunk.objects.filter(blob=blob).order_by("index").values_list("data", flat=True)
-    data = b"".join(bytes(chunk) for chunk in chunks)
-    if hashlib.sha256(data).hexdigest() != blob.sha256:
-        raise ValueError(f"blob {blob.key} is corrupt (checksum mismatch)")
-    return data
 
 
 def blob_delete(*, blob_ids: list[int]) -> None:
