@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.db.models import Q
+
 from browser.catalog.models import Source, Unit
 from browser.search.models import FamilyLink
 
@@ -28,14 +30,21 @@ def _links() -> object:
 
 
 def unit_family(unit: Unit) -> UnitFamily:
-    links = _links()
-    return UnitFamily(
-        parents=list(links.filter(child=unit, kind=FamilyLink.Kind.WIDTH).order_by("parent__source__n_units")),  # type: ignore[attr-defined]
-        children=list(links.filter(parent=unit, kind=FamilyLink.Kind.WIDTH).order_by(  # type: ignore[attr-defined]
-            "child__source__n_units", "-cosine")),
-        previous_layer=list(links.filter(child=unit, kind=FamilyLink.Kind.LAYER)),  # type: ignore[attr-defined]
-        next_layer=list(links.filter(parent=unit, kind=FamilyLink.Kind.LAYER).order_by("-cosine")[:5]),  # type: ignore[attr-defined]
-    )
+    """One query for all four lists; none for a neuron (families link SAE features only)."""
+    family = UnitFamily()
+    if unit.source.kind != Source.Kind.SAE:
+        return family
+    links = _links().filter(Q(child=unit) | Q(parent=unit)).order_by(  # type: ignore[attr-defined]
+        "kind", "parent__source__n_units", "child__source__n_units", "-cosine", "pk")
+    for link in links:
+        if link.kind == FamilyLink.Kind.WIDTH:
+            (family.parents if link.child_id == unit.pk else family.children).append(link)
+        elif link.child_id == unit.pk:
+            family.previous_layer.append(link)
+        else:
+            family.next_layer.append(link)
+    family.next_layer = sorted(family.next_layer, key=lambda link: -link.cosine)[:5]
+    return family
 
 
 @dataclass
@@ -46,7 +55,10 @@ class TreeNode:
 
 def source_tree(source: Source, *, limit: int = TREE_PARENTS) -> tuple[list[TreeNode], int]:
     """This source's features that have children in wider SAEs (lowest index first, at most ``limit``),
-    each with its children; and how many such features there are in all."""
+    each with its children; and how many such features there are in all. No query for a neuron
+    source (families link SAE features only)."""
+    if source.kind != Source.Kind.SAE:
+        return [], 0
     parent_ids = (FamilyLink.objects.filter(parent__source=source, kind=FamilyLink.Kind.WIDTH)
                   .values_list("parent_id", flat=True).distinct())
     total = parent_ids.count()

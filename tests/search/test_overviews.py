@@ -169,3 +169,38 @@ def test_neuron_directions_are_the_down_projection_columns(minilm: Any) -> None:
     hf = AutoModel.from_pretrained(model_dir())
     expected = hf.encoder.layer[2].output.dense.weight.detach().T  # [d_model, d_mlp] -> [d_mlp, d_model]
     assert torch.allclose(source_directions(source), expected, atol=1e-6)
+
+
+def test_unit_family_reads_every_list_in_one_query_and_none_for_a_neuron(minilm: Any, django_assert_num_queries: Any) -> None:
+    """Three widths on one hook point and a next layer: each feature's parents, children and layer
+    links equal the links filtered one list at a time (the old four queries); a neuron costs none."""
+    from browser.catalog.models import Source
+    from browser.search.families import source_tree, unit_family
+
+    narrow, wide = split_pair(n=8)
+    g = torch.Generator().manual_seed(4)
+    wider = torch.nn.functional.normalize(wide.repeat_interleave(2, dim=0) + 0.05 * torch.randn(32, D_IN, generator=g), dim=-1)
+    for name, w, layer in (("n8", narrow, 2), ("w16", wide, 2), ("w32", wider, 2), ("l3", wide, 3)):
+        sae_register(model=minilm, name=name, sae=sae_from(w, layer))
+    width_families(minilm.pk)
+    layer_families(minilm.pk)
+    links = FamilyLink.objects.all()
+    for unit in Unit.objects.filter(source__name__in=["n8", "w16", "w32", "l3"]).select_related("source"):
+        with django_assert_num_queries(1):
+            family = unit_family(unit)
+        expect_parents = sorted(links.filter(child=unit, kind="width"), key=lambda x: x.parent.source.n_units)
+        expect_children = sorted(links.filter(parent=unit, kind="width"), key=lambda x: (x.child.source.n_units, -x.cosine))
+        expect_next = sorted(links.filter(parent=unit, kind="layer"), key=lambda x: -x.cosine)[:5]
+        assert [x.pk for x in family.parents] == [x.pk for x in expect_parents]
+        assert [x.pk for x in family.children] == [x.pk for x in expect_children]
+        assert {x.pk for x in family.previous_layer} == {x.pk for x in links.filter(child=unit, kind="layer")}
+        assert [x.pk for x in family.next_layer] == [x.pk for x in expect_next]
+    assert any(unit_family(u).children for u in Unit.objects.filter(source__name="w16").select_related("source"))
+    from browser.catalog.services import source_get_or_create, units_ensure
+    source = source_get_or_create(model=minilm, name="blocks.2.mlp.hook_post", hook_point="blocks.2.mlp.hook_post",
+                                  layer=2, kind=Source.Kind.NEURONS, n_units=4)
+    units_ensure(source=source)
+    neuron = Unit.objects.filter(source=source).select_related("source").first()
+    with django_assert_num_queries(0):
+        assert not unit_family(neuron)
+        assert source_tree(neuron.source) == ([], 0)
