@@ -94,10 +94,11 @@ def unit_relations_replace(*, unit_ids: list[int], kind: str, rows: Iterable[tup
 
 def sae_create(*, model: Model, name: str, hook_point: str, layer: int, architecture: str, d_in: int, d_sae: int,
                cfg: dict[str, Any], weights: Blob, quality: dict[str, Any] | None = None,
-               loss_curve: list[dict[str, float]] | None = None) -> Sae:
-    """Register an SAE: its source (one unit per latent) and its row, in the caller's transaction."""
+               loss_curve: list[dict[str, float]] | None = None, kind: str = Source.Kind.SAE) -> Sae:
+    """Register an SAE or a transcoder (``kind``): its source (one unit per latent) and its row, in the
+    caller's transaction."""
     source = Source.objects.create(model=model, name=name, hook_point=hook_point, layer=layer,
-                                   kind=Source.Kind.SAE, n_units=d_sae)
+                                   kind=kind, n_units=d_sae)
     row = Sae.objects.create(source=source, architecture=architecture, d_in=d_in, d_sae=d_sae, cfg=cfg,
                              weights=weights, quality=quality or {}, loss_curve=loss_curve or [])
     units_ensure(source=source)
@@ -124,3 +125,12 @@ def label_score_set(*, label: Any, name: str, version: int, value: float | None,
     Score.objects.update_or_create(unit=label.unit, name=name, version=version, label=label,
                                    defaults={"value": value, "run_id": run_id, "details": details or {}})
 
+
+
+def sae_quality_merge(*, sae: Sae, stats: dict[str, Any]) -> Sae:
+    """Add or replace keys of an SAE's stored quality (a measurement made after registration)."""
+    with transaction.atomic():
+        row = Sae.objects.select_for_update().get(pk=sae.pk)
+        row.quality = {**row.quality, **stats}
+        row.save(update_fields=["quality"])
+    return row

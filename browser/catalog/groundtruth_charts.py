@@ -1,0 +1,95 @@
+"""Charts for the ground-truth panels: stacked shares per row (the diagnosis per layer) and lines on
+linear axes (the compression curve), server-rendered SVG with titles and a legend, readable without
+colour (each part carries its share as text where it is wide enough)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from browser.catalog.charts import _svg
+from browser.catalog.line_charts import SERIES_MARKS, _mark
+
+# One fill per part; the share is also printed in the part, so colour is not the only cue.
+FILLS = ("#0969da", "#8c959f", "#bf8700", "#1a7f37", "#cf222e", "#8250df")
+
+
+def stacked_shares_svg(rows: Sequence[tuple[str, dict[str, int]]], parts: Sequence[str], label: str, *,
+                       width: int = 560, row_h: int = 18, highlight: str | None = None) -> SafeString:
+    """One horizontal bar per row (its name on the left), split into ``parts`` by count; the
+    highlighted row's name is drawn bold."""
+    if not rows:
+        return mark_safe(f'<p class="empty">{escape(label)}: no values.</p>')
+    left, legend_h = 70, 18
+    plot_w = width - left - 10
+    body = []
+    for i, (name, counts) in enumerate(rows):
+        y = legend_h + i * (row_h + 4)
+        total = sum(counts.get(p, 0) for p in parts) or 1
+        weight = ' font-weight="bold"' if name == highlight else ""
+        body.append(f'<text x="{left - 6}" y="{y + row_h - 5}" text-anchor="end"{weight}>{escape(name)}</text>')
+        x = float(left)
+        for j, part in enumerate(parts):
+            n = counts.get(part, 0)
+            w = n / total * plot_w
+            if n:
+                body.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h}" fill="{FILLS[j % len(FILLS)]}">'
+                            f'<title>{escape(name)}: {escape(part)} {n} of {total} ({n / total:.0%})</title></rect>')
+                if w > 34:
+                    body.append(f'<text x="{x + w / 2:.1f}" y="{y + row_h - 5}" text-anchor="middle" fill="#fff">'
+                                f'{n / total:.0%}</text>')
+            x += w
+    lx = float(left)
+    for j, part in enumerate(parts):
+        body.append(f'<rect x="{lx:.0f}" y="2" width="10" height="10" fill="{FILLS[j % len(FILLS)]}"/>'
+                    f'<text x="{lx + 14:.0f}" y="11">{escape(part)}</text>')
+        lx += 24 + 7 * len(part)
+    height = legend_h + len(rows) * (row_h + 4) + 4
+    return _svg(width, height, label, "".join(body), "stacked")
+
+
+def linear_lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *, x_label: str, y_label: str,
+                     width: int = 480, height: int = 220, bands: dict[str, list[tuple[float, float, float]]] | None = None,
+                     ) -> SafeString:
+    """Named lines of (x, y) points on linear axes, each with its own point shape; ``bands`` gives a
+    series (x, low, high) drawn as a shaded band (e.g. the spread over seeds)."""
+    points = [p for pts in series.values() for p in pts if math.isfinite(p[1])]
+    if not points:
+        return mark_safe(f'<p class="empty">{escape(label)}: no values.</p>')
+    band_ys = [v for b in (bands or {}).values() for _, lo, hi in b for v in (lo, hi)]
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    x1 = x1 if x1 > x0 else x0 + 1
+    y0 = min(0.0, *(p[1] for p in points), *band_ys)
+    y1 = max(*(p[1] for p in points), *band_ys, y0 + 1e-9)
+    left, bottom, plot_w, plot_h = 44, 30, width - 190, height - 40
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    def sy(y: float) -> float:
+        return 10 + (1 - (y - y0) / (y1 - y0)) * plot_h
+
+    body = [f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y0):.1f}" y2="{sy(y0):.1f}" stroke="currentColor"/>',
+            f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" text-anchor="end">{y1:.3g}</text>',
+            f'<text x="{left - 4}" y="{sy(y0):.1f}" text-anchor="end">{y0:.3g}</text>',
+            f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">{escape(x_label)}</text>',
+            f'<text x="4" y="8">{escape(y_label)}</text>']
+    for x in sorted({p[0] for p in points}):
+        body.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 12}" text-anchor="middle">{x:.3g}</text>')
+    for name, band in (bands or {}).items():
+        band = sorted(band)
+        outline = [f"{sx(x):.1f},{sy(hi):.1f}" for x, _, hi in band] + [f"{sx(x):.1f},{sy(lo):.1f}" for x, lo, _ in reversed(band)]
+        body.append(f'<polygon points="{" ".join(outline)}" fill="currentColor" fill-opacity="0.12">'
+                    f'<title>{escape(name)}: spread over seeds</title></polygon>')
+    for i, (name, pts) in enumerate(series.items()):
+        shape = SERIES_MARKS[i % len(SERIES_MARKS)]
+        good = sorted(p for p in pts if math.isfinite(p[1]))
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in good)
+        body.append(f'<polyline fill="none" stroke="currentColor" points="{path}"/>')
+        body.extend(_mark(shape, sx(x), sy(y), f"{name}: {y_label} {y:.3f} at {x_label} {x:.3g}") for x, y in good)
+        ly = 14 + i * 14
+        body.append(_mark(shape, left + plot_w + 16, ly - 4, name) + f'<text x="{left + plot_w + 24}" y="{ly}">{escape(name)}</text>')
+    return _svg(width, height, label, "".join(body), "lines")

@@ -1,0 +1,19 @@
+"""``{% groundtruth_panels %}`` on the source page: the ground-truth panels of the source's model
+(diagnosis per layer; see browser/catalog/groundtruth_selectors.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from browser.catalog.groundtruth_selectors import layer_diagnoses
+from browser.catalog.models import Source
+
+register = template.Library()
+
+
+@register.inclusion_tag("catalog/_groundtruth.html", takes_context=True)
+def groundtruth_panels(context: dict[str, Any]) -> dict[str, Any]:
+    source: Source = context["source"]
+    return {"source": source, "diagnosis": layer_diagnoses(source)}
