@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,57 @@ def test_open_graph_hover_node_open_unit(transactional_db: None, tmp_path: Path,
     page.wait_for_url(re.compile(re.escape(href) + "$"))
     assert page.locator("h1").count() >= 1
     _shot(page, "graph-unit")
+
+
+def test_ablate_and_steer_a_node_from_the_graph_page(worker: subprocess.Popen[bytes], tmp_path: Path,
+                                                     page: Any, settings: Any) -> None:  # noqa: F811
+    """Sign in, shift-click the most influential neuron, press Ablate: the graph's predicted change
+    of the top logit next to the real one, both equal to the worker's own check; then Steer it
+    (scale by 3). Screenshots ``graph-check-ablate.png``, ``graph-check-steer.png``."""
+    from workers.pipeline.graphs import graph_check
+
+    settings.BROWSER_COMPUTE_WAIT_S = 120  # a cold worker loads torch and the model first (20 s under load)
+    model = model_register(location=str(build_tiny_llama(tmp_path / "llama")), name="tiny-llama")
+    for layer in range(model.n_layers):
+        hook = f"blocks.{layer}.mlp.hook_post"
+        units_ensure(source=source_get_or_create(model=model, name=hook, hook_point=hook, layer=layer,
+                                                 kind="neurons", n_units=model.d_mlp))
+    call_command("graph", model="tiny-llama", prompt="Now is the winter of our discontent", max_units=40,
+                 inline=True, stdout=io.StringIO())
+    graph = Graph.objects.get()
+    user_create(username="viewer", password=PASSWORD, role="viewer")
+    node = max((i for i, n in enumerate(graph.nodes) if n[0] == "unit"), key=lambda i: graph.nodes[i][5])
+    expected = graph_check(graph_id=graph.pk, nodes=[node], device="cpu")
+    expected_scaled = graph_check(graph_id=graph.pk, nodes=[node], op="scale", value=3.0, device="cpu")
+
+    page.goto(f"/graphs/{graph.pk}/")
+    assert page.locator("#check-ablate").count() == 0  # signed out: a sign-in link instead of the form
+    page.goto(f"/accounts/login/?next=/graphs/{graph.pk}/")
+    page.fill("#id_username", "viewer")
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(rf"/graphs/{graph.pk}/$"))
+    page.locator(f'svg.graph circle.gnode[data-node="{node}"]').click(modifiers=["Shift"])
+    assert page.input_value("#check-nodes") == str(node)
+    assert page.locator("svg.graph circle.gnode.pinned").count() == 1
+    with page.expect_navigation(timeout=120_000):
+        page.locator("#check-ablate").click()
+    result = page.locator(".check-result")
+    assert result.count() == 1, page.locator(".check-error").all_inner_texts()
+    predicted = float(result.locator("td.predicted").inner_text())
+    real = float(result.locator("td.real").inner_text())
+    assert predicted == pytest.approx(expected["predicted"], abs=2e-4)
+    assert real == pytest.approx(expected["real"], abs=2e-4)
+    assert "ablate" in result.inner_text() and expected["target_text"] in result.inner_text()
+    assert page.locator("svg.graph circle.gnode.pinned").count() == 1  # the checked node stays selected
+    _shot(page, "graph-check-ablate")
+
+    page.select_option("#check-edit", "scale")
+    page.fill("#check-value", "3")
+    with page.expect_navigation(timeout=120_000):
+        page.locator("#check-steer").click()
+    result = page.locator(".check-result")
+    assert "scale by 3" in result.inner_text()
+    assert float(result.locator("td.real").inner_text()) == pytest.approx(expected_scaled["real"], abs=2e-4)
+    assert float(result.locator("td.predicted").inner_text()) == pytest.approx(expected_scaled["predicted"], abs=2e-4)
+    _shot(page, "graph-check-steer")

@@ -216,18 +216,64 @@ def test_neuronpedia_export_has_the_viewers_layout(models: Model, cast: Cast) ->
 
 def test_check_requests_are_validated_before_any_work(models: Model, cast: Cast) -> None:
     graph = _graph(max_units=40)
+    other = Graph.objects.get(pk=_other_graph().pk)
     url = f"/api/v1/graphs/{graph.pk}/check/"
     token = next(i for i, n in enumerate(graph.nodes) if n[0] == "token")
     unit = next(i for i, n in enumerate(graph.nodes) if n[0] == "unit")
+    mine = {(n[1], n[3], n[2]) for n in graph.nodes if n[0] == "unit"}
+    foreign = next(f"{n[1]}_{n[3]}_{n[2]}" for n in other.nodes if n[0] == "unit" and (n[1], n[3], n[2]) not in mine)
+    layer, pos, index = graph.nodes[unit][1:4]
     assert cast.client("anonymous").post(url, {"nodes": [unit]}, format="json").status_code == 401
     client = cast.client("outsider")
     for body, message in (({"nodes": [token]}, "not a unit node"), ({"supernode": "nope"}, "no supernode"),
-                          ({"nodes": []}, "name 1 to 64 nodes")):
+                          ({"nodes": []}, "name 1 to 64 nodes"),
+                          ({"nodes": [len(graph.nodes)]}, f"node {len(graph.nodes)} is not a node of graph"),
+                          ({"nodes": [foreign]}, "is it a node of another graph?"),
+                          ({"nodes": ["x_1"]}, "neither a node number nor"),
+                          ({"nodes": [True]}, "a node is a node number"),
+                          ({"nodes": [unit], "op": "mean"}, "unknown edit 'mean'"),
+                          ({"nodes": [unit], "op": "scale"}, "needs a value"),
+                          ({"nodes": [unit], "op": "steer", "value": 1e9}, "finite number within"),
+                          ({"nodes": [unit], "target": "zzz"}, "not one of graph")):
         response = client.post(url, body, format="json")
-        assert response.status_code == 400 and message in response.json()["error"]["message"], response.content
+        assert response.status_code == 400 and message in response.json()["error"]["message"], (body, response.content)
+    # A node named by its Neuronpedia id is the same node; validation passed, so only the worker is missing.
     presence.withdraw("graph-test-worker")
-    response = client.post(url, {"nodes": [unit]}, format="json")
-    assert response.status_code == 422 and "No worker" in response.json()["error"]["message"]
+    for nodes in ([unit], [f"{layer}_{index}_{pos}"]):
+        response = client.post(url, {"nodes": nodes, "op": "scale", "value": 0.5}, format="json")
+        assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker", response.content
+    # The page's form: a bad node comes back as an error on the page, nothing queued.
+    page = Client()
+    page.force_login(cast.outsider)
+    response = page.post(f"/graphs/{graph.pk}/check/", {"nodes": f"{token}", "op": "zero"}, follow=True)
+    assert "not a unit node" in response.content.decode()
+    assert Client().post(f"/graphs/{graph.pk}/check/", {"nodes": f"{unit}"}).status_code == 403
+
+
+def _other_graph() -> Graph:
+    call_command("graph", model="tiny-llama", prompt="Shall I compare thee to a summer's day", inline=True,
+                 stdout=io.StringIO(), max_units=40)
+    return Graph.objects.order_by("-pk").first()  # type: ignore[return-value]
+
+
+def _hooked(torch_model: Any, ids: torch.Tensor, cells: dict[int, list[tuple[int, int]]], f: Any) -> float:
+    """The last position's logits with neuron activations ``cells`` (layer -> [(position, index)])
+    replaced by ``f(a)`` through plain hooks on the down projections."""
+    handles = []
+    for layer, mine in cells.items():
+        def hook(module: Any, args: Any, mine: list[tuple[int, int]] = mine) -> Any:
+            x = args[0].clone()
+            for pos, index in mine:
+                x[0, pos, index] = f(x[0, pos, index])
+            return (x,)
+
+        handles.append(torch_model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            return torch_model(ids).logits[0, -1]
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def test_worker_check_predicts_and_measures_an_ablation(models: Model) -> None:
@@ -240,23 +286,20 @@ def test_worker_check_predicts_and_measures_an_ablation(models: Model) -> None:
     # Reference for the real change: the same units zeroed by plain hooks on the down projections.
     torch_model, _, tokenizer = model_on(models, "cpu")
     ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
-    handles = []
-    for layer in (0, 1):
-        cells = [(n[2], n[3]) for i, n in enumerate(graph.nodes) if i in picked and n[1] == layer]
-
-        def zero(module: Any, args: Any, cells: list[tuple[int, int]] = cells) -> Any:
-            x = args[0].clone()
-            for pos, index in cells:
-                x[0, pos, index] = 0
-            return (x,)
-
-        handles.append(torch_model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(zero))
-    with torch.no_grad():
-        edited = float(torch_model(ids).logits[0, -1, result["target"]])
-    for handle in handles:
-        handle.remove()
+    cells: dict[int, list[tuple[int, int]]] = {}
+    for i in picked:
+        cells.setdefault(graph.nodes[i][1], []).append((graph.nodes[i][2], graph.nodes[i][3]))
+    edited = float(_hooked(torch_model, ids, cells, lambda a: 0 * a)[result["target"]])
     assert result["real"] == pytest.approx(edited - result["clean"], abs=1e-4)
-    assert result["predicted"] != 0
+    assert result["predicted"] != 0 and sum(result["terms"]) == pytest.approx(result["predicted"], abs=1e-3)
+    # Steering (scale by 3) measured on another target logit of the graph, against the same hooks.
+    target = graph.logits[-1][0]
+    steered = graph_check(graph_id=graph.pk, nodes=picked, op="scale", value=3.0, target=target, device="cpu")
+    plain = float(_hooked(torch_model, ids, {}, lambda a: a)[target])
+    scaled = float(_hooked(torch_model, ids, cells, lambda a: 3 * a)[target])
+    assert steered["target"] == target and steered["real"] == pytest.approx(scaled - plain, abs=1e-4)
+    with pytest.raises(ValueError, match="not one of graph"):
+        graph_check(graph_id=graph.pk, nodes=picked, target=10**6, device="cpu")
 
 
 def test_neuron_and_feature_graphs_of_a_prompt_side_by_side(models: Model, client: Client) -> None:

@@ -30,10 +30,8 @@ import torch
 
 from workers.compute import hooks, replacement
 from workers.compute.graph_basis import layer_bases, unit_values
+from workers.compute.graph_config import CHECK_OPS, MAX_CHECK_VALUE
 from workers.compute.interventions import Edit, Intervention, applied
-
-CHECK_OPS = ("zero", "scale", "clamp", "steer")
-MAX_CHECK_VALUE = 1e4
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gpt2", "gpt_neox")
 # least one character, so this also bounds the tokens the worker traces).
 MAX_PROMPT_CHARS = 256
 MAX_UNITS = 2048
+# The edits a causal check of graph nodes makes (workers.compute.graph_check): zero (ablate),
+# scale (a' = value a), clamp (a' = value), steer (a' = a + value); |value| at most MAX_CHECK_VALUE.
+CHECK_OPS = ("zero", "scale", "clamp", "steer")
+MAX_CHECK_VALUE = 1e4
 
 
 @dataclass(frozen=True)
