@@ -1,5 +1,8 @@
 """The import graph of the project's own modules has no cycle (issue 15): every import counts,
-at module level or inside a function, so a lazy import does not hide one."""
+at module level or inside a function, so a lazy import does not hide one. And the web side's apps
+meet in one direction: no app imports another's views or APIs (only the URL configurations route
+to them), and catalog, which composes the pages, reaches the other apps through their selectors,
+services and serializers only."""
 
 from __future__ import annotations
 
@@ -10,21 +13,42 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("workers", "browser")
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")
+def _modules(root: Path = ROOT) -> dict[str, Path]:
+    return {_module_name(p, root): p for package in PACKAGES for p in (root / package).rglob("*.py")
             if "migrations" not in p.parts}
 
 
-def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _nodes(tree: ast.AST, *, types: bool) -> list[ast.AST]:
+    """Every node of ``tree``; with ``types=False`` without the bodies of ``if TYPE_CHECKING:``
+    (names imported there exist for annotations only and cannot read or write anything)."""
+    out: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if not types and isinstance(node, ast.If) and _is_type_checking(node):
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _imports(path: Path, name: str, known: set[str], *, types: bool = True) -> set[str]:
     """The project modules ``path`` imports (``from a import b`` counts a.b when it is a module)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _nodes(ast.parse(path.read_text()), types=types):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -90,3 +114,64 @@ def test_shard_tasks_are_queued_in_one_place() -> None:
     assert senders == []
     callers = {name for name, path in _modules().items() if "run_queue_shards(" in path.read_text()}
     assert {"workers.management.commands.harvest", "workers.tasks", "workers.bench.load"} <= callers
+
+
+# ---- the web side's layers ----------------------------------------------------------------------
+COMPOSER = "catalog"  # composes pages (home, unit, compare) from the other apps
+COMPOSED = ("corpora", "examples", "labels", "runs", "search", "graphs", "exports", "imports")
+PUBLIC = ("selectors", "services", "serializers")  # what an app offers the composer
+
+
+def _app(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "browser" and len(parts) > 2 else None
+
+
+def _is_interface(module: str) -> bool:
+    """A view or API module (``views``, ``apis``, ``steer_views``, ``toy_apis``, ...)."""
+    return any(part in ("views", "apis") or part.endswith(("_views", "_apis")) for part in module.split(".")[2:])
+
+
+def _layer_violations(root: Path = ROOT) -> list[str]:
+    modules = _modules(root)
+    known = set(modules)
+    out = []
+    for name, path in sorted(modules.items()):
+        app = _app(name)
+        for dep in sorted(_imports(path, name, known, types=False)):
+            dep_app = _app(dep)
+            if dep_app is None or dep_app == app:
+                continue
+            if _is_interface(dep) and not name.endswith("urls"):
+                out.append(f"{name} imports {dep}: apps meet through selectors and services, not views or APIs")
+            elif app == COMPOSER and dep_app in COMPOSED and dep.split(".")[2] not in PUBLIC:
+                out.append(f"{name} imports {dep}: {COMPOSER} reaches {dep_app} through its {'/'.join(PUBLIC)}")
+    return out
+
+
+def test_apps_meet_through_selectors_and_services() -> None:
+    assert _layer_violations() == []
+
+
+def test_the_layer_rule_catches_the_old_layout(tmp_path: Path) -> None:
+    """The layout before issue 15: catalog's unit page called labels' view helper and its page
+    selectors read corpora's models; a type-only import and the URL configuration are fine."""
+    files = {
+        "browser/catalog/views.py": "from browser.labels.views import label_panel\n"
+                                    "from browser.labels.selectors import unit_labels\n",
+        "browser/catalog/page_selectors.py": "from typing import TYPE_CHECKING\n"
+                                             "from browser.corpora.models import Corpus\n"
+                                             "if TYPE_CHECKING:\n    from browser.labels.models import Label\n",
+        "browser/catalog/steer_apis.py": "def f():\n    from browser.runs.apis import JobSerializer\n",
+        "browser/urls.py": "from browser.labels import views\n",
+        "browser/api/urls.py": "from browser.runs import apis\n",
+        "browser/labels/views.py": "", "browser/labels/selectors.py": "", "browser/labels/models.py": "",
+        "browser/corpora/models.py": "", "browser/runs/apis.py": "",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    found = [v.split(":")[0] for v in _layer_violations(tmp_path)]
+    assert found == ["browser.catalog.page_selectors imports browser.corpora.models",
+                     "browser.catalog.steer_apis imports browser.runs.apis",
+                     "browser.catalog.views imports browser.labels.views"]

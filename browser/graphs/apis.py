@@ -17,8 +17,7 @@ from browser.api.permissions import CanRead, ReadOrLabel
 from browser.graphs.checks import MAX_CHECK_NODES, check_nodes, check_run
 from browser.graphs.neuronpedia import graph_neuronpedia
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, supernode_history, supernode_list
-from browser.graphs.services import graph_request
-from browser.graphs.supernodes import SupernodeConflict, supernode_save
+from browser.graphs.services import SupernodeConflict, graph_request, supernode_save
 from workers.compute.graph_config import BASES, MAX_PROMPT_CHARS, MAX_UNITS
 
 TASK = "workers.tasks_graphs.compute_graph"

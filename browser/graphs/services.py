@@ -1,17 +1,19 @@
 """Writes of attribution graphs: a request (validated, deduplicated by config hash, with its job),
-the worker's claim, its result and its failure."""
+the worker's claim, its result and its failure; and of supernodes: save (create, or update at the
+revision the writer read) and delete, each recorded as a revision."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from browser.accounts import access
 from browser.catalog.models import Model, Source
 from browser.catalog.uids import storable
-from browser.graphs.models import Graph
+from browser.graphs.models import Graph, Supernode, SupernodeRevision
 from browser.runs.models import Job
 from browser.runs.services import job_create
 from workers.compute.graph_config import MAX_PROMPT_CHARS, SUPPORTED_MODEL_TYPES, GraphConfig
@@ -60,6 +62,20 @@ def _saes(model: Model) -> tuple[tuple[int, str], ...]:
     return tuple(sorted(chosen.items()))
 
 
+def _transcoders(model: Model) -> tuple[tuple[int, str], ...]:
+    """(layer, source name) of one transcoder per layer on ``blocks.{layer}.mlp.hook_in`` (the first by
+    name where a layer has several); refused when no layer has one."""
+    chosen: dict[int, str] = {}
+    for source in Source.objects.filter(model=model, kind=Source.Kind.TRANSCODER,
+                                        hook_point__endswith=".mlp.hook_in").order_by("layer", "name"):
+        chosen.setdefault(source.layer, source.name)
+    if not chosen:
+        raise ValidationError(f"{model.name} has no transcoder on any layer's mlp.hook_in: basis transcoder has no "
+                              "units; train or import one (train_sae --transcoder --hook blocks.L.mlp.hook_in, "
+                              "or import_sae a circuit-tracer layer_L.safetensors)")
+    return tuple(sorted(chosen.items()))
+
+
 def target_token(model: Model, target: str) -> int:
     """A target given as a token id or as the token's exact display string -> its id."""
     vocabulary: list[str] = model.tokenizer.tokens if model.tokenizer is not None else []
@@ -80,6 +96,8 @@ def graph_request(*, model_name: str, prompt: str, basis: str = "neurons", targe
     options: dict[str, Any] = {"basis": basis}
     if basis == "sae":
         options["saes"] = _saes(model)
+    elif basis == "transcoder":
+        options["saes"] = _transcoders(model)
     if target:
         options["target_tokens"] = (target_token(model, target),)
     if max_units is not None:
@@ -117,3 +135,52 @@ def graph_finish(*, graph_id: int, tokens: list[Any], logits: list[Any], nodes: 
 
 def graph_fail(*, graph_id: int, error: str) -> None:
     Graph.objects.filter(pk=graph_id).update(status=Graph.Status.FAILED, error=error[:2000], finished=timezone.now())
+
+
+class SupernodeConflict(ValidationError):
+    """The supernode changed since the writer read it (another revision was saved)."""
+
+
+def _supernode_clean(graph: Graph, name: Any, nodes: Any) -> tuple[str, list[int]]:
+    if graph.status != Graph.Status.DONE:
+        raise ValidationError(f"graph #{graph.pk} is {graph.status}: group nodes once it is done")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or not storable(name):
+        raise ValidationError("a supernode needs a name of 1 to 200 characters")
+    if not isinstance(nodes, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in nodes):
+        raise ValidationError("nodes must be a list of node numbers")
+    unique = sorted(set(nodes))
+    if len(unique) < 2:
+        raise ValidationError("a supernode groups at least two nodes")
+    if unique[0] < 0 or unique[-1] >= len(graph.nodes):
+        raise ValidationError(f"node numbers run from 0 to {len(graph.nodes) - 1} in graph #{graph.pk}")
+    return name.strip(), unique
+
+
+def supernode_save(*, graph: Graph, user: Any, name: Any, nodes: Any, revision: int | None = None) -> Supernode:
+    """Create the supernode ``name`` of the graph, or replace its nodes (``revision``: the one the
+    writer read; a newer one raises SupernodeConflict)."""
+    if not access.can_label(user):
+        raise PermissionDenied("grouping nodes needs the annotator role")
+    name, members = _supernode_clean(graph, name, nodes)
+    with transaction.atomic():
+        node = Supernode.objects.select_for_update().filter(graph=graph, name=name).first()
+        if node is None:
+            node = Supernode.objects.create(graph=graph, name=name, nodes=members, author=user)
+        else:
+            if revision is not None and revision != node.revision:
+                raise SupernodeConflict(f"supernode {name!r} is at revision {node.revision}, not {revision}")
+            node.nodes, node.revision = members, node.revision + 1
+            node.save(update_fields=["nodes", "revision", "updated"])
+        SupernodeRevision.objects.create(graph=graph, supernode=node, name=name, nodes=members,
+                                         revision=node.revision, editor=user)
+    return node
+
+
+def supernode_delete(*, supernode: Supernode, user: Any) -> None:
+    if not access.can_label(user):
+        raise PermissionDenied("grouping nodes needs the annotator role")
+    with transaction.atomic():
+        SupernodeRevision.objects.create(graph=supernode.graph, supernode=None, name=supernode.name,
+                                         nodes=supernode.nodes, revision=supernode.revision + 1, deleted=True,
+                                         editor=user)
+        supernode.delete()

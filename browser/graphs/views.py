@@ -11,7 +11,7 @@ from browser.accounts import access
 from browser.api.compute import ComputeError, compute_refusal
 from browser.graphs.checks import check_nodes, check_run
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, graph_siblings
-from browser.graphs.supernodes import supernode_save
+from browser.graphs.services import supernode_save
 from browser.graphs.svg import MAX_EDGES_DRAWN, graph_svg
 
 
