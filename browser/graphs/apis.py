@@ -14,7 +14,8 @@ from rest_framework.views import APIView
 from browser.api.compute import CanCompute, ComputeError, ComputeThrottle, compute_send
 from browser.api.errors import Conflict
 from browser.api.permissions import CanRead, ReadOrLabel
-from browser.graphs.checks import MAX_CHECK_NODES, check_nodes, check_run
+from browser.graphs.checks import MAX_CHECK_NODES, check_edit, check_nodes, check_run, check_target
+from browser.graphs.checks import TASK as CHECK_TASK
 from browser.graphs.neuronpedia import graph_neuronpedia
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, supernode_history, supernode_list
 from browser.graphs.services import SupernodeConflict, graph_request, supernode_save
@@ -130,14 +131,34 @@ class NoAnswer(exceptions.APIException):
     default_code = "no_answer"
 
 
+class NodeRefField(serializers.Field):
+    """A node: its position in the graph's ``nodes`` (an integer) or a unit's Neuronpedia id (a string
+    layer_index_position)."""
+
+    def to_internal_value(self, data: Any) -> int | str:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return data
+        if isinstance(data, str) and 0 < len(data) <= 50:
+            return int(data) if data.isdigit() else data
+        raise serializers.ValidationError("a node is a node number or a unit's id layer_index_position")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class CheckSerializer(serializers.Serializer):
-    nodes = serializers.ListField(child=serializers.IntegerField(), required=False, max_length=MAX_CHECK_NODES)
+    nodes = serializers.ListField(child=NodeRefField(), required=False, max_length=MAX_CHECK_NODES)
     supernode = serializers.CharField(max_length=200, required=False)
+    op = serializers.CharField(max_length=20, default="zero")
+    value = serializers.FloatField(required=False, allow_null=True)
+    target = serializers.CharField(max_length=200, required=False, allow_blank=True, trim_whitespace=False)
 
 
 class GraphCheck(APIView):
-    """Zero-ablate unit nodes (``nodes``) or a supernode's (``supernode``) together: the top target
-    logit's change as the graph's replacement model predicts it and as the model really shows it."""
+    """Edit unit nodes (``nodes``) or a supernode's (``supernode``) together, ablated (``op`` zero,
+    the default) or steered (``scale``, ``clamp``, ``steer`` with ``value``): a target logit's change
+    (``target``: one of the graph's, default the top one) as the graph's replacement model predicts it
+    and as the model really shows it. 503 ``no_worker`` when no worker runs."""
 
     permission_classes = [CanCompute]
     throttle_classes = [ComputeThrottle]
@@ -147,9 +168,17 @@ class GraphCheck(APIView):
         graph = graph_get(pk=pk)
         params = CheckSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        nodes = check_nodes(graph=graph, nodes=params.validated_data.get("nodes"),
-                            supernode=params.validated_data.get("supernode"))
+        data = params.validated_data
+        nodes = check_nodes(graph=graph, nodes=data.get("nodes"), supernode=data.get("supernode"))
+        op = data["op"]
+        value = check_edit(op=op, value=data.get("value"))
+        target = check_target(graph=graph, target=data.get("target"))
+        from workers.celery import ROUTES
+        from workers.presence import workers_alive
+
+        if not workers_alive(ROUTES[CHECK_TASK]):
+            raise NoWorker()
         try:
-            return Response(check_run(graph=graph, nodes=nodes))
+            return Response(check_run(graph=graph, nodes=nodes, op=op, value=value, target=target))
         except ComputeError as exc:
             raise NoAnswer(str(exc)) from None

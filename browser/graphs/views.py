@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -9,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from browser.accounts import access
 from browser.api.compute import ComputeError, compute_refusal
-from browser.graphs.checks import check_nodes, check_run
+from browser.graphs.checks import OP_NAMES, check_edit, check_nodes, check_run, check_target
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, graph_siblings
 from browser.graphs.services import supernode_save
 from browser.graphs.svg import MAX_EDGES_DRAWN, graph_svg
@@ -22,7 +24,9 @@ def graph_view(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "graphs/graph.html", {
         "d": detail, "svg": mark_safe(svg),  # noqa: S308  # escaped in svg.py
         "max_edges": MAX_EDGES_DRAWN, "can_group": access.can_label(request.user),
-        "error": request.GET.get("error", "")[:300], "siblings": graph_siblings(graph)})
+        "can_compute": access.can_compute(request.user), "ops": OP_NAMES,
+        "error": request.GET.get("error", "")[:300], "check_error": request.GET.get("check_error", "")[:300],
+        "selected": request.GET.get("nodes", "")[:500], "siblings": graph_siblings(graph)})
 
 
 def graph_compare_view(request: HttpRequest) -> HttpResponse:
@@ -38,23 +42,49 @@ def graph_compare_view(request: HttpRequest) -> HttpResponse:
     return render(request, "graphs/compare.html", {"graphs": graphs})
 
 
+def _check_value(raw: str) -> float | None:
+    try:
+        return float(raw) if raw.strip() else None
+    except ValueError:
+        raise ValidationError(f"the value {raw[:30]!r} is not a number") from None
+
+
 @require_POST
 def graph_check_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """A supernode's "ablate" button: the page again with the predicted and real change."""
+    """The page's check form (selected nodes or a supernode; "Ablate", or "Steer" with an edit and a
+    value): the page again with the predicted and real change of the chosen target logit."""
     graph = graph_get(pk=pk)
     refusal = compute_refusal(request)
     if refusal is not None:
         return HttpResponse(refusal[1], status=refusal[0])
+    supernode = request.POST.get("supernode", "")
+    raw_nodes = [n for n in request.POST.get("nodes", "").replace(" ", "").split(",") if n]
+    op = request.POST.get("op", "zero")
+    op = request.POST.get("edit", "scale") if op == "edit" else op
     try:
-        nodes = check_nodes(graph=graph, supernode=request.POST.get("supernode", ""))
-        check: dict[str, object] = {"supernode": request.POST.get("supernode", ""), **check_run(graph=graph, nodes=nodes)}
+        nodes = check_nodes(graph=graph, supernode=supernode,
+                            nodes=None if supernode else [int(n) if n.isdigit() else n for n in raw_nodes])
+        value = check_edit(op=op, value=_check_value(request.POST.get("value", "")))
+        target = check_target(graph=graph, target=request.POST.get("target") or None)
+        result = check_run(graph=graph, nodes=nodes, op=op, value=value, target=target)
     except (ValidationError, ComputeError) as exc:
         message = exc.messages[0] if isinstance(exc, ValidationError) else str(exc)
-        return redirect(f"/graphs/{pk}/?" + urlencode({"error": message[:200]}))
+        return redirect(f"/graphs/{pk}/?" + urlencode({"check_error": message[:300], "nodes": ",".join(raw_nodes)}))
     detail = graph_detail(graph)
+    check: dict[str, object] = {"supernode": supernode, "op_name": OP_NAMES[op], **result,
+                                "gap": round(result["real"] - result["predicted"], 5),
+                                "rows": [{"node": n, "term": term, **_described(detail["nodes"][n])}
+                                         for n, term in zip(result["nodes"], result["terms"], strict=True)]}
     return render(request, "graphs/graph.html", {
         "d": detail, "svg": mark_safe(graph_svg(detail)),  # noqa: S308  # escaped in svg.py
-        "max_edges": MAX_EDGES_DRAWN, "can_group": access.can_label(request.user), "check": check})
+        "max_edges": MAX_EDGES_DRAWN, "can_group": access.can_label(request.user), "check": check,
+        "can_compute": True, "selected": ", ".join(str(n) for n in result["nodes"]), "siblings": graph_siblings(graph),
+        "ops": OP_NAMES})
+
+
+def _described(node: dict[str, Any]) -> dict[str, Any]:
+    return {"uid": node.get("uid", ""), "label": node.get("label", ""), "token": node.get("token", ""),
+            "value": node.get("value")}
 
 
 @require_POST
