@@ -4,6 +4,7 @@ model page's: browser/catalog/toy_selectors.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from django.db import connection
@@ -139,18 +140,42 @@ def overview() -> Overview:
 # ---- one unit ----------------------------------------------------------------------------------
 @dataclass
 class UnitDetail:
+    """A unit's page. What its stats run computed (statistics, histogram, examples) is read on first
+    use: the HTML page serves those parts from the fragment cache (browser/catalog/fragments.py)
+    and reads them only on a miss; the JSON twin reads them every time."""
+
     unit: Unit
     id: str
-    stats: UnitStats | None
-    top: list[ExampleView]
-    intervals: list[tuple[tuple[float, float], list[ExampleView]]]
-    random: list[ExampleView]
     effects: dict[str, list[tuple[str, float]]]
     scores: list[ScoreView]
     relations: list[RelationGroup]
     labels: list[Label]
     prev: int | None
     next: int | None
+
+    @cached_property
+    def stats(self) -> UnitStats | None:
+        return unit_stats(self.unit)
+
+    @cached_property
+    def examples(self) -> list[ExampleView]:
+        return unit_examples(self.unit)
+
+    @property
+    def top(self) -> list[ExampleView]:
+        return [e for e in self.examples if e.kind == "top"]
+
+    @property
+    def intervals(self) -> list[tuple[tuple[float, float], list[ExampleView]]]:
+        by_bucket: dict[int, list[ExampleView]] = {}
+        for e in self.examples:
+            if e.kind == "interval":
+                by_bucket.setdefault(e.bucket, []).append(e)
+        return [(interval_range(b), members) for b, members in by_bucket.items()]
+
+    @property
+    def random(self) -> list[ExampleView]:
+        return [e for e in self.examples if e.kind == "random"]
 
     @property
     def hist(self) -> SafeString | None:
@@ -163,17 +188,9 @@ def _effects(unit: Unit) -> dict[str, list[tuple[str, float]]]:
 
 
 def unit_detail(unit: Unit) -> UnitDetail:
-    examples = unit_examples(unit)
-    intervals: dict[int, list[ExampleView]] = {}
-    for e in examples:
-        if e.kind == "interval":
-            intervals.setdefault(e.bucket, []).append(e)
     prev, nxt = unit_neighbours(unit)
     return UnitDetail(
-        unit=unit, id=unit_uid(unit), stats=unit_stats(unit),
-        top=[e for e in examples if e.kind == "top"],
-        intervals=[(interval_range(b), members) for b, members in intervals.items()],
-        random=[e for e in examples if e.kind == "random"], effects=_effects(unit),
+        unit=unit, id=unit_uid(unit), effects=_effects(unit),
         scores=unit_scores(unit), relations=unit_relations(unit),
         labels=list(unit_labels(unit)),
         prev=prev, next=nxt,

@@ -8,6 +8,7 @@ import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from django.contrib.postgres.search import SearchQuery
@@ -57,9 +58,19 @@ def unit_get(*, model_name: str, source_name: str, index: int) -> Unit:
     # The vocabulary itself is read once per process by browser.examples.selectors.vocab_for.
     return get_object_or_404(
         Unit.objects.select_related("source", "source__model", "source__model__tokenizer")
-        .defer("search", "source__model__tokenizer__tokens"),
+        .defer("search", "source__model__tokenizer__tokens")
+        .annotate(stats_run_created=F("stats_run__created")),  # keys the page's cached fragments
         source__model__name=model_name, source__name=source_name, index=index,
     )
+
+
+def unit_stats_run_created(unit: Unit) -> datetime | None:
+    """When the unit's stats run was created (read with the unit by ``unit_get``)."""
+    if unit.stats_run_id is None:
+        return None
+    if hasattr(unit, "stats_run_created"):
+        return unit.stats_run_created  # type: ignore[no-any-return]
+    return Unit.objects.filter(pk=unit.pk).values_list("stats_run__created", flat=True).first()
 
 
 def unit_by_id(value: str) -> Unit:
@@ -272,20 +283,25 @@ def unit_page(filters: UnitFilters, *, cursor: str | None = None, size: int = PA
     if values is not None:
         qs = qs.filter(_after(keys, values, down))
     order = [f"-{k}" if down else k for k in keys]
-    rows = list(qs.select_related("source", "source__model").defer("search", "logit_effects", "search_text")
-                .prefetch_related(labels_newest_first())
-                .order_by(*order)[: size + 1])
-    more = len(rows) > size
-    rows = rows[:size]
+    # Keys first, rows second: the first query reads only columns the covering sort indexes hold,
+    # so rows that a filter skips are never fetched from the table (index-only scan).
+    found = list(qs.order_by(*order).values_list("pk", *keys)[: size + 1])
+    more = len(found) > size
+    found = found[:size]
     if direction == "before":
-        rows.reverse()
-
-    def key(unit: Unit) -> list[Any]:
-        return [getattr(unit, k) for k in keys]
-
+        found.reverse()
+    by_id = {u.pk: u for u in Unit.objects.filter(pk__in=[row[0] for row in found])
+             .select_related("source", "source__model").defer("search", "logit_effects", "search_text")
+             .prefetch_related(labels_newest_first())}
+    rows = []
+    for pk, *key in found:
+        if pk in by_id:  # else deleted between the two reads
+            if filters.sort_key != "index":
+                by_id[pk].sort_value = key[0]  # type: ignore[attr-defined]
+            rows.append(by_id[pk])
     has_next, has_prev = (more, values is not None) if direction == "after" else (True, more)
-    return UnitPage(rows, encode_cursor("after", key(rows[-1])) if rows and has_next else None,
-                    encode_cursor("before", key(rows[0])) if rows and has_prev else None, filters)
+    return UnitPage(rows, encode_cursor("after", found[-1][1:]) if found and has_next else None,
+                    encode_cursor("before", found[0][1:]) if found and has_prev else None, filters)
 
 
 def score_names() -> list[str]:

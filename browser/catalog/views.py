@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
 from browser.api.compute import compute_refusal
+from browser.catalog.fragments import unit_run_fragments
 from browser.catalog.models import Model, Source, Unit
 from browser.catalog.page_selectors import compare as compare_units
 from browser.catalog.page_selectors import overview, unit_detail
@@ -21,6 +22,7 @@ from browser.catalog.selectors import (
     source_get,
     unit_by_id,
     unit_get,
+    unit_stats_run_created,
 )
 from browser.catalog.sweep_selectors import sweep_panel
 from browser.catalog.toy_selectors import toy_view
@@ -71,9 +73,13 @@ def source_detail(request: HttpRequest, model: str, source: str) -> HttpResponse
 
 def unit_detail_view(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
     unit = unit_get(model_name=model, source_name=source, index=index)
+    return render(request, "catalog/unit.html", _unit_context(request, unit))
+
+
+def _unit_context(request: HttpRequest, unit: Unit) -> dict[str, Any]:
     d = unit_detail(unit)
-    context = {"d": d, "unit": unit, "label_panel": _label_panel(request, unit, d.labels)}
-    return render(request, "catalog/unit.html", context)
+    return {"d": d, "unit": unit, "run": unit_run_fragments(d, unit_stats_run_created(unit)),
+            "label_panel": _label_panel(request, unit, d.labels)}
 
 
 def _label_panel(request: HttpRequest, unit: Unit, labels: list[Label]) -> dict[str, Any]:
@@ -84,7 +90,7 @@ def _label_panel(request: HttpRequest, unit: Unit, labels: list[Label]) -> dict[
 def unit_probe(request: HttpRequest, model: str, source: str, index: int) -> HttpResponse:
     unit = unit_get(model_name=model, source_name=source, index=index)
     text = request.POST.get("text", "")
-    context: dict[str, Any] = {"unit": unit, "text": text, "d": unit_detail(unit)}
+    context = {**_unit_context(request, unit), "text": text}
     status = 200
     refusal = compute_refusal(request)
     if refusal is not None:

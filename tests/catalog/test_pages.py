@@ -164,3 +164,35 @@ def test_probe_without_a_worker_says_so(data: BrowserData, client: Client) -> No
     assert response.status_code == 422 and b"No worker is running" in response.content
     empty = client.post(f"/u/tiny/{data.neurons.name}/0/probe/", {"text": "  "})
     assert b"Type some text first." in empty.content
+
+
+def test_unit_page_serves_its_run_parts_from_the_cache_and_never_a_stale_one(data: BrowserData, client: Client) -> None:
+    """The statistics, histogram and examples are rendered once per unit and stats run: the second
+    view reads neither table and is byte-identical; the same unit and run ids in another database
+    (a fresh test database, a restored dump: the run's creation time differs) never get the first
+    one's parts; a deleted run leaves a page that says so."""
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from browser.runs.models import Run
+    from browser.runs.services import run_delete
+
+    unit = data.labeled
+    url = f"/u/tiny/{data.neurons.name}/{unit.index}/"
+    first = client.get(url).content.decode()
+    with CaptureQueriesContext(connection) as queries:
+        second = client.get(url).content.decode()
+    assert second == first
+    assert not [q["sql"] for q in queries.captured_queries if "examples_" in q["sql"]]
+    top = Example.objects.filter(unit=unit, kind=0, rank=0).get()
+    assert f'<span class="val" title="max activation">{top.max_value:.3f}</span>' in first
+
+    # Another database, same ids: other values, another creation time.
+    Example.objects.filter(pk=top.pk).update(max_value=123.456)
+    Run.objects.filter(pk=data.run.pk).update(created=data.run.created + timedelta(seconds=1))
+    assert '<span class="val" title="max activation">123.456</span>' in client.get(url).content.decode()
+
+    run_delete(run=Run.objects.get(pk=data.run.pk))
+    assert "This unit has not been harvested yet." in client.get(url).content.decode()
