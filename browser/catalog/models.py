@@ -52,11 +52,13 @@ class Model(models.Model):
 
 
 class Source(models.Model):
-    """A basis at one hook point: the neurons themselves or the latents of one SAE."""
+    """A basis at one hook point: the neurons themselves, the latents of one SAE, or the latents of one
+    transcoder (it reads the hook point, an ``mlp.hook_in``, and predicts that MLP's output)."""
 
     class Kind(models.TextChoices):
         NEURONS = "neurons", "neurons"
         SAE = "sae", "SAE features"
+        TRANSCODER = "transcoder", "transcoder features"
 
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="sources")
     name = models.CharField(max_length=100, validators=[name_validator])

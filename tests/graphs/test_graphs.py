@@ -124,7 +124,7 @@ def test_api_queues_a_graph_once(models: Model, cast: Cast) -> None:
     ({"model": "tiny-bert"}, "not a causal language model"),
     ({"model": "nope"}, "unknown model"),
     ({"basis": "sae"}, "has no SAE on any layer's mlp.hook_post"),
-    ({"basis": "transcoder"}, "no attribution graphs yet"),
+    ({"basis": "transcoder"}, "has no transcoder on any layer's mlp.hook_in"),
     ({"target": "zzzqqq-not-a-token"}, "not a token of tiny-llama's vocabulary"),
     ({"target": "99999999"}, "not a token of tiny-llama's vocabulary"),
     ({"max_units": 0}, "max_units"),

@@ -199,21 +199,38 @@ def test_a_hub_folder_missing_offline_lists_the_layouts_looked_for(tiny: Model, 
                      "--hook", "blocks.1.mlp.hook_post", stdout=io.StringIO())
 
 
-def test_transcoders_are_read_but_not_registered(tiny: Model, tmp_path: Path) -> None:
+def test_circuit_tracer_transcoders_are_registered_as_their_own_source_kind(tiny: Model, cache: Path,
+                                                                          tmp_path: Path) -> None:
+    params = _gemma_params()
+    layer_file = {"W_enc": np.ascontiguousarray(params["W_enc"].T), "W_dec": params["W_dec"], "b_enc": params["b_enc"],
+                  "b_dec": params["b_dec"], "W_skip": np.eye(D_MODEL, dtype=np.float32),
+                  "k": np.array(4, dtype=np.int64)}
+    save_numpy(layer_file, str(tmp_path / "layer_1.safetensors"))
     before = _counts()
-    with pytest.raises(CommandError, match="transcoders are not a source kind yet"):
-        call_command("import_sae", "--repo", "mntss/transcoder-x", "--path", "layer_1.safetensors", "--model",
-                     "tiny", stdout=io.StringIO())
-    with pytest.raises(CommandError, match="transcoders are not a source kind yet"):
+    with pytest.raises(CommandError, match="not imported yet.*circuit-tracer layer_N.safetensors"):
         call_command("import_sae", "--release", "gemma-scope-2b-pt-transcoders", "--id",
                      "layer_0/width_16k/average_l0_76", "--model", "tiny", stdout=io.StringIO())
-    params = _gemma_params()
-    save_numpy({"W_enc": np.ascontiguousarray(params["W_enc"].T), "W_dec": params["W_dec"], "b_enc": params["b_enc"],
-                "b_dec": params["b_dec"]}, str(tmp_path / "layer_1.safetensors"))
-    with pytest.raises(CommandError, match="transcoders are not a source kind yet"):
+    with pytest.raises(CommandError, match="its hook must be blocks.L.mlp.hook_in"):
         call_command("import_sae", str(tmp_path / "layer_1.safetensors"), "--model", "tiny",
                      "--hook", "blocks.1.hook_resid_post", stdout=io.StringIO())
+    save_numpy({**layer_file, "W_dec": np.zeros((D_SAE, D_MODEL + 1), np.float32),
+                "b_dec": np.zeros(D_MODEL + 1, np.float32), "W_skip": np.zeros((D_MODEL + 1, D_MODEL), np.float32)},
+               str(tmp_path / "layer_0.safetensors"))
+    with pytest.raises(CommandError, match="predicts d_out=33 values but tiny's MLP writes 32"):
+        call_command("import_sae", str(tmp_path / "layer_0.safetensors"), "--model", "tiny", stdout=io.StringIO())
     assert _counts() == before
+    put_files(cache, "mntss/transcoder-x", {"layer_1.safetensors": tmp_path / "layer_1.safetensors"})
+    call_command("import_sae", "--repo", "mntss/transcoder-x", "--path", "layer_1.safetensors", "--model", "tiny",
+                 stdout=io.StringIO())
+    row = Sae.objects.select_related("source").get(source__model=tiny)
+    assert (row.source.name, row.source.kind, row.source.hook_point, row.architecture, row.d_in, row.d_sae) == (
+        "transcoder-x.layer_1", "transcoder", "blocks.1.mlp.hook_in", "topk", D_MODEL, D_SAE)
+    assert (row.cfg["architecture"], row.cfg["repo_id"], row.source.units.count()) == (
+        "skip_transcoder", "mntss/transcoder-x", D_SAE)
+    loaded = sae_load(row)
+    assert loaded.cfg.transcoder and loaded.cfg.skip and loaded.cfg.k == 4
+    assert torch.equal(loaded.W_enc, torch.from_numpy(params["W_enc"]))
+    assert torch.equal(loaded.W_skip, torch.eye(D_MODEL))
 
 
 def test_sae_registry_refresh_writes_a_table_the_lookups_read(tmp_path: Path) -> None:

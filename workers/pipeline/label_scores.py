@@ -53,7 +53,7 @@ def _max_activations(source: Source, contexts: list[Context], special: set[int])
     """[C, n_units] each unit's max over the real, non-special tokens of each context."""
     device = device_for()
     torch_model, arch, _ = model_on(source.model, device)
-    encode = source_sae(source, device).encode if source.kind == Source.Kind.SAE else None
+    encode = source_sae(source, device).encode if source.kind in (Source.Kind.SAE, Source.Kind.TRANSCODER) else None
     out = []
     for start in range(0, len(contexts), BATCH):
         rows = [decode_tokens(bytes(c.tokens)) for c in contexts[start:start + BATCH]]

@@ -30,7 +30,7 @@ def probe(*, unit_id: int, text: str) -> dict[str, list[Any]]:
                        lambda hook, acts: captured.__setitem__(hook, acts[0].clone())):
         hooks.forward(torch_model, input_ids, torch.ones_like(input_ids))
     acts = captured[source.hook_point]  # [T, d]
-    if source.kind == Source.Kind.SAE:
+    if source.kind in (Source.Kind.SAE, Source.Kind.TRANSCODER):
         with torch.inference_mode():
             acts = source_sae(source, device).encode(acts)  # [T, d_sae]
     return {"token_ids": [int(t) for t in ids], "values": acts[:, unit.index].float().cpu().tolist()}

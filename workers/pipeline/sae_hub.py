@@ -21,8 +21,9 @@ FOLDER_LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 # The release table's config_overrides that change how an SAE encodes (SAELens applies them over cfg.json).
 ENCODING_OVERRIDES = ("normalize_activations", "apply_b_dec_to_input")
-NOT_A_SOURCE_KIND = ("transcoders are not a source kind yet: the product registers neurons and SAE latents only, "
-                     "so {what} was not registered")
+NOT_FROM_THE_TABLE = ("transcoders of SAELens's release table (Gemma Scope's) are not imported yet: their files do "
+                      "not say where their output goes, so {what} was not registered; import a circuit-tracer "
+                      "layer_N.safetensors file or an SAELens transcoder directory instead")
 
 
 def default_name(*parts: str) -> str:
@@ -33,13 +34,13 @@ def default_name(*parts: str) -> str:
 
 def sae_import_files(*, model: Model, path: Path, name: str, hook: str = "",
                      provenance: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Sae:
-    """Read any known layout at ``path`` and register it (transcoders are read, then refused)."""
+    """Read any known layout at ``path`` and register it (a transcoder as a source of kind transcoder)."""
     sae, fmt = files.read_any(path, hook)
     changes = {key: value for key, value in (overrides or {}).items() if key in ENCODING_OVERRIDES}
     if changes:
         sae = sae.with_config(**changes)
-    if fmt in files.TRANSCODER_FORMATS or sae.cfg.hook_name.endswith("mlp.hook_in"):
-        raise SaeInputError(NOT_A_SOURCE_KIND.format(what=f"the transcoder at {path}"))
+    if fmt in ("gemma_scope", "gemma_scope_2") and sae.cfg.hook_name.endswith("mlp.hook_in"):
+        raise SaeInputError(NOT_FROM_THE_TABLE.format(what=f"the Gemma Scope file at {path}"))
     return sae_register(model=model, name=name, sae=sae, extra={"imported_from": str(path), **(provenance or {})})
 
 
@@ -51,7 +52,7 @@ def sae_import_release(*, model: Model, release: str, sae_id: str, name: str = "
         raise SaeInputError(str(exc)) from None
     what = f"SAE {sae_id!r} of release {release!r}"
     if entry.is_transcoder:
-        raise SaeInputError(NOT_A_SOURCE_KIND.format(what=what))
+        raise SaeInputError(NOT_FROM_THE_TABLE.format(what=what))
     if not entry.supported:
         raise SaeInputError(f"{what} is stored in SAELens's {entry.conversion_func!r} layout, which the product "
                             f"does not read yet (it reads the SAELens layout and Gemma Scope's params.npz)")
@@ -66,13 +67,15 @@ def sae_import_release(*, model: Model, release: str, sae_id: str, name: str = "
 
 
 def sae_import_repo(*, model: Model, repo_id: str, path: str, name: str = "", hook: str = "") -> Sae:
-    """An SAE folder of any hub repo (sparsify, SAELens, Gemma Scope); a circuit-tracer
-    transcoder file (``layer_N.safetensors``) is refused before anything is fetched."""
+    """An SAE folder of any hub repo (sparsify, SAELens, Gemma Scope), or one circuit-tracer transcoder
+    file (``layer_N.safetensors``, read as blocks.N.mlp.hook_in unless ``hook`` says otherwise)."""
     what = f"SAE {path!r} of hub repo {repo_id!r}"
-    if path.endswith(".safetensors"):
-        raise SaeInputError(NOT_A_SOURCE_KIND.format(what=f"the circuit-tracer transcoder {path!r} of {repo_id!r}"))
-    name = name or default_name(repo_id.split("/")[-1], path)
+    name = name or default_name(repo_id.split("/")[-1], path.removesuffix(".safetensors"))
     _precheck(model, name, hook)
+    if path.endswith(".safetensors"):
+        [file] = hub.fetch_files(repo_id, [path], f"transcoder {path!r} of hub repo {repo_id!r}")
+        return sae_import_files(model=model, path=file, name=name, hook=hook,
+                                provenance={"repo_id": repo_id, "repo_path": path})
     folder = hub.fetch_folder(repo_id, path, FOLDER_LAYOUTS, what)
     provenance = {"repo_id": repo_id, "repo_path": path}
     return sae_import_files(model=model, path=folder, name=name, hook=hook, provenance=provenance)

@@ -28,8 +28,10 @@ EVAL_CONTEXTS = 128  # at most this many held-out contexts (and never more than 
 
 
 def sae_train_create(*, model: Model, corpus: Corpus, hook: str, name: str, config: TrainConfig,
-                     device: str = "auto", user: Any = None) -> Job:
-    """Check the request and create the training job (its task is queued by the caller)."""
+                     device: str = "auto", user: Any = None, transcoder: bool = False, skip: bool = False) -> Job:
+    """Check the request and create the training job (its task is queued by the caller); with
+    ``transcoder`` the job trains a TopK transcoder (``skip``: with a linear skip term) on the MLP whose
+    input ``hook`` (blocks.L.mlp.hook_in) is."""
     if corpus.status != Corpus.Status.READY or corpus.n_contexts < 2:
         raise SaeInputError(f"corpus {corpus.name!r} is not ready or has fewer than 2 contexts")
     if corpus.tokenizer_id != model.tokenizer_id:
@@ -42,9 +44,17 @@ def sae_train_create(*, model: Model, corpus: Corpus, hook: str, name: str, conf
         raise SaeInputError(f"{model.name} already has a source named {name!r}")
     if not (device in {"auto", "cpu", "cuda"} or device.startswith("cuda:")):
         raise SaeInputError(f"device must be auto, cpu or cuda[:N] (got {device!r})")
-    params = {"model_id": model.pk, "corpus_id": corpus.pk, "hook": hook, "name": name, "device": device,
-              "train": config.to_dict()}
-    return job_create(kind=Job.Kind.TRAIN_SAE, title=f"train SAE {name} on {model.name} {hook}",
+    params: dict[str, Any] = {"model_id": model.pk, "corpus_id": corpus.pk, "hook": hook, "name": name,
+                              "device": device, "train": config.to_dict()}
+    if transcoder:
+        from workers.pipeline.transcoder_train import transcoder_hook_check
+
+        transcoder_hook_check(model, hook, config)
+        params["transcoder"] = {"skip": skip}
+    elif skip:
+        raise SaeInputError("only a transcoder has a skip connection")
+    what = "transcoder" if transcoder else "SAE"
+    return job_create(kind=Job.Kind.TRAIN_SAE, title=f"train {what} {name} on {model.name} {hook}",
                       params=params, created_by=user)
 
 
@@ -104,6 +114,11 @@ def sae_train_work(job: Job, progress: Callable[..., None]) -> None:
     acts = _Activations(model, torch_model, arch, p["hook"], corpus, set(corpus.tokenizer.special_ids), pad)
     n_eval = max(1, min(EVAL_CONTEXTS, corpus.n_contexts // 10))
     train_range, eval_range = range(0, corpus.n_contexts - n_eval), range(corpus.n_contexts - n_eval, corpus.n_contexts)
+    if p.get("transcoder") is not None:
+        from workers.pipeline.transcoder_train import transcoder_train_work
+
+        transcoder_train_work(job, model, corpus, acts, config, (train_range, eval_range), device, progress)
+        return
     result = train(acts.forever(train_range), expected_d_in(model, p["hook"]), config, device,
                    progress=lambda step, total: progress(step, total, "training"), hook_name=p["hook"])
     sae = result.sae.with_config(model_name=model.name)

@@ -1,5 +1,7 @@
-"""SAEs in the catalog: register (weights in a Blob, a Source of kind sae, its units and feature
-relations), import and export files, load for a harvest, and train from a corpus."""
+"""SAEs and transcoders in the catalog: register (weights in a Blob, a Source of kind sae or
+transcoder, its units and feature relations), import and export files, load for a harvest, and train
+from a corpus. A transcoder is stored like an SAE (an Sae row holding its SAELens transcoder cfg.json);
+its source's kind says what it is."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from workers.compute.sae.model import SparseAutoencoder
 from workers.pipeline.loader import sae_on
 
 NEAREST = 8  # nearest features kept per feature
+DICTIONARY_KINDS = (Source.Kind.SAE, Source.Kind.TRANSCODER)  # sources whose units are an Sae row's latents
 ALIGNED = 5  # neurons kept per feature, and features per neuron
 
 
@@ -43,6 +46,8 @@ def _check(model: Model, name: str, sae: SparseAutoencoder) -> None:
         want = expected_d_in(model, hook)
     except hooks.HookError as exc:
         raise SaeInputError(str(exc)) from None
+    if sae.cfg.transcoder:
+        _check_transcoder(model, sae)
     if sae.cfg.d_in != want:
         what = "d_mlp" if hook.endswith("mlp.hook_post") else "d_model"
         raise SaeInputError(f"the SAE reads d_in={sae.cfg.d_in} values but {model.name}'s {hook} has "
@@ -53,6 +58,20 @@ def _check(model: Model, name: str, sae: SparseAutoencoder) -> None:
         Source(model=model, name=name, hook_point=hook, layer=0, kind=Source.Kind.SAE, n_units=1).clean_fields()
     except ValidationError as exc:
         raise SaeInputError(f"bad SAE name {name!r}: {' '.join(exc.messages)}") from None
+
+
+def _check_transcoder(model: Model, sae: SparseAutoencoder) -> None:
+    """A transcoder reads a layer's MLP input and predicts its output: d_model values each."""
+    if not sae.cfg.hook_name.endswith(".mlp.hook_in"):
+        raise SaeInputError(f"a transcoder reads an MLP's input: its hook must be blocks.L.mlp.hook_in "
+                            f"(got {sae.cfg.hook_name})")
+    if sae.cfg.out_dim != model.d_model:
+        raise SaeInputError(f"the transcoder predicts d_out={sae.cfg.out_dim} values but {model.name}'s MLP "
+                            f"writes {model.d_model} (d_model): it was trained on another model")
+
+
+def source_kind(sae: SparseAutoencoder) -> str:
+    return Source.Kind.TRANSCODER if sae.cfg.transcoder else Source.Kind.SAE
 
 
 def sae_register(*, model: Model, name: str, sae: SparseAutoencoder, quality_stats: dict[str, Any] | None = None,
@@ -67,7 +86,7 @@ def sae_register(*, model: Model, name: str, sae: SparseAutoencoder, quality_sta
         row = sae_create(model=model, name=name, hook_point=sae.cfg.hook_name, layer=layer,
                          architecture=sae.cfg.architecture, d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
                          cfg={**files.saelens_cfg(sae.cfg), **(extra or {})}, weights=blob,
-                         quality=quality_stats, loss_curve=loss_curve)
+                         quality=quality_stats, loss_curve=loss_curve, kind=source_kind(sae))
         relations_write(sae_row=row, sae=sae)
     return row
 
@@ -82,17 +101,30 @@ def sae_load(sae_row: Sae) -> SparseAutoencoder:
     return sae_on(sae_row, "cpu")
 
 
-def sae_export(*, sae_row: Sae, path: Path) -> None:
-    if path.exists() and any(path.iterdir()):
-        raise SaeInputError(f"{path} exists and is not empty")
-    files.write_dir(sae_load(sae_row), path)
+EXPORT_LAYOUTS = ("saelens", "circuit-tracer")
+
+
+def sae_export(*, sae_row: Sae, path: Path, layout: str = "saelens") -> list[Path]:
+    """Write the SAE or transcoder into the directory ``path``: SAELens's cfg.json and
+    sae_weights.safetensors, or (transcoders only) circuit-tracer's layer_N.safetensors."""
+    if layout not in EXPORT_LAYOUTS:
+        raise SaeInputError(f"unknown layout {layout!r}; choose from {', '.join(EXPORT_LAYOUTS)}")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise SaeInputError(f"{path} exists and is not an empty directory")
+    sae = sae_load(sae_row)
+    if layout == "circuit-tracer":
+        if not sae.cfg.transcoder:
+            raise SaeInputError(f"{sae_row.source.name} is an SAE: circuit-tracer's layer files hold transcoders")
+        return [files.write_circuit_tracer(sae, path)]
+    files.write_dir(sae, path)
+    return [path / "cfg.json", path / files.SAELENS_WEIGHTS]
 
 
 def sae_find(model: Model, name: str) -> Sae:
     row = Sae.objects.select_related("source", "weights").filter(source__model=model, source__name=name).first()
     if row is None:
-        known = ", ".join(Source.objects.filter(model=model, kind=Source.Kind.SAE).values_list("name", flat=True))
-        raise SaeInputError(f"{model.name} has no SAE named {name!r} (registered: {known or 'none'})")
+        known = ", ".join(Source.objects.filter(model=model, kind__in=DICTIONARY_KINDS).values_list("name", flat=True))
+        raise SaeInputError(f"{model.name} has no SAE or transcoder named {name!r} (registered: {known or 'none'})")
     return row
 
 
@@ -105,8 +137,11 @@ def sae_sources(model: Model, names: list[str]) -> tuple[SourceConfig, ...]:
 def feature_directions(sae: SparseAutoencoder, arch: hooks.Architecture, torch_model: torch.nn.Module,
                        layer: int) -> torch.Tensor:
     """[d_sae, d_model]: what each feature writes to the residual stream (through the MLP's down
-    projection for an SAE on mlp.hook_post)."""
+    projection for an SAE on mlp.hook_post; a transcoder's decoder writes the MLP's output, through
+    the post-MLP norm where there is one)."""
     W_dec = sae.W_dec.detach()
+    if sae.cfg.transcoder:
+        return arch.through_norm(arch.post_mlp_norm(arch.layers(torch_model)[layer]), W_dec)
     if sae.cfg.hook_name.endswith("mlp.hook_post"):
         neuron_dirs = arch.neuron_directions(arch.layers(torch_model)[layer]).float()  # [d_mlp, d_model]
         return W_dec.to(neuron_dirs.device) @ neuron_dirs

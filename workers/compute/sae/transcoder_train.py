@@ -174,4 +174,4 @@ def transcoder_quality(tc: SparseAutoencoder, chunks: Iterable[torch.Tensor]) ->
         raise ValueError("no held-out tokens to measure the transcoder on")
     variance = sums["y2"] - float(y_sum.pow(2).sum()) / n
     return {"fvu": sums["err"] / max(variance, 1e-12), "l0": sums["l0"] / n,
-            "dead_fraction": float((~fired).float().mean()), "eval_tokens": float(n)}
+            "dead_fraction": float((~fired).float().mean()), "tokens": float(n)}

@@ -16,7 +16,8 @@ class Command(BaseCommand):
     help = (
         "Import an SAE and register its features as a source: from a directory (SAELens, sparsify or Gemma "
         "Scope params.npz), by SAELens release and id (--release R --id ID), or from a hub repo folder "
-        "(--repo ORG/NAME --path SUBDIR). Hub files come from the local Hugging Face cache, or are downloaded "
+        "(--repo ORG/NAME --path SUBDIR). Transcoders (an SAELens transcoder directory, or circuit-tracer's "
+        "layer_N.safetensors file, locally or as --path of a hub repo) become sources of kind transcoder. Hub files come from the local Hugging Face cache, or are downloaded "
         "when online."
     )
 
@@ -44,7 +45,8 @@ class Command(BaseCommand):
             row = self._import(model=model, opts=opts)
         except (ModelLoadError, ValueError, HubFilesMissing) as exc:
             raise CommandError(f"SAE not imported, nothing registered: {exc}") from None
-        self.stdout.write(f"Imported {row.architecture} SAE {model.name}/{row.source.name}: {row.d_sae} features "
+        what = "transcoder" if row.source.kind == "transcoder" else "SAE"
+        self.stdout.write(f"Imported {row.architecture} {what} {model.name}/{row.source.name}: {row.d_sae} features "
                           f"at {row.source.hook_point} (d_in {row.d_in}).\n")
 
     def _import(self, *, model: Any, opts: dict[str, Any]) -> Sae:

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from browser.catalog.models import Sae
+from browser.catalog.models import Sae, Source
 from browser.corpora.models import Corpus
 from browser.runs.models import Job
 from workers.cli import submit
@@ -19,13 +19,18 @@ class Command(BaseCommand):
     help = (
         "Train an SAE (TopK or BatchTopK with AuxK, ReLU with L1, JumpReLU with L0, Matryoshka BatchTopK) on a model's activations at one hook point over a "
         "corpus, as a job on the gpu queue; quality is measured on held-out contexts and the SAE is "
-        "registered as a source (weights in PostgreSQL)."
+        "registered as a source (weights in PostgreSQL). With --transcoder: a TopK transcoder that reads the MLP "
+        "input at --hook blocks.L.mlp.hook_in and predicts that MLP's output (held-out FVU of the output and L0), "
+        "registered as a source of kind transcoder."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--model", required=True, help="a registered model or packaged alias")
         parser.add_argument("--corpus", required=True, help="the name of an imported corpus")
-        parser.add_argument("--hook", required=True, help="e.g. blocks.3.mlp.hook_post")
+        parser.add_argument("--hook", required=True, help="e.g. blocks.3.mlp.hook_post (a transcoder: blocks.3.mlp.hook_in)")
+        parser.add_argument("--transcoder", action="store_true",
+                            help="train a TopK transcoder: MLP input (--hook blocks.L.mlp.hook_in) -> MLP output")
+        parser.add_argument("--skip", action="store_true", help="give the transcoder a linear skip term x @ W_skip.T")
         parser.add_argument("--name", default="", help="the SAE source's name (default: derived from the options)")
         parser.add_argument("--architecture", default="topk", choices=list(ARCHITECTURES))
         parser.add_argument("--width", type=int, default=4096, help="number of latents")
@@ -53,7 +58,8 @@ class Command(BaseCommand):
             row = Sae.objects.get(source__model_id=job.params["model_id"], source__name=job.params["name"])
             q = row.quality
             summary = ", ".join(f"{key} {value:.4g}" for key, value in q.items() if isinstance(value, float))
-            self.stdout.write(f"Trained SAE {row.source.name}: {summary}.\n")
+            what = "transcoder" if row.source.kind == Source.Kind.TRANSCODER else "SAE"
+            self.stdout.write(f"Trained {what} {row.source.name}: {summary}.\n")
 
     def _create(self, opts: dict[str, Any]) -> Job:
         model = model_get_or_register(opts["model"])
@@ -65,12 +71,14 @@ class Command(BaseCommand):
                              l1_coefficient=opts["l1"], l0_coefficient=opts["l0_coefficient"], steps=opts["steps"], batch_tokens=opts["batch_tokens"],
                              lr=opts["lr"], buffer_tokens=opts["buffer_tokens"], reuse=opts["reuse"],
                              seed=opts["seed"])
-        name = opts["name"] or _default_name(opts["hook"], config)
+        name = opts["name"] or _default_name(opts["hook"], config, opts["transcoder"], opts["skip"])
         return sae_train_create(model=model, corpus=corpus, hook=opts["hook"], name=name, config=config,
-                                device=opts["device"])
+                                device=opts["device"], transcoder=opts["transcoder"], skip=opts["skip"])
 
 
-def _default_name(hook: str, config: TrainConfig) -> str:
+def _default_name(hook: str, config: TrainConfig, transcoder: bool = False, skip: bool = False) -> str:
+    if transcoder:
+        return f"{hook}.transcoder{'-skip' if skip else ''}-{config.d_sae}-k{config.k}"
     sparsity = (f"k{config.k}" if config.architecture in TOPK_LIKE else f"l1-{config.l1_coefficient:g}"
                 if config.architecture == "relu" else f"l0-{config.l0_coefficient:g}")
     return f"{hook}.sae-{config.architecture}-{config.d_sae}-{sparsity}"

@@ -166,7 +166,7 @@ def _logit_effects(run: Run, config: HarvestConfig,
     out: dict[tuple[str, int], dict[str, Any]] = {}
     layers = arch.layers(torch_model)
     for name, source in sources.items():
-        if source.kind == Source.Kind.SAE:
+        if source.kind in (Source.Kind.SAE, Source.Kind.TRANSCODER):
             directions = sae_directions(source, arch, torch_model)
         elif source.hook_point.endswith("mlp.hook_post"):
             directions = arch.neuron_directions(layers[source.layer])
