@@ -76,20 +76,6 @@ def _transcoders(model: Model) -> tuple[tuple[int, str], ...]:
     return tuple(sorted(chosen.items()))
 
 
-def _transcoders(model: Model) -> tuple[tuple[int, str], ...]:
-    """(layer, source name) of one transcoder per layer on ``blocks.{layer}.mlp.hook_in`` (the first by
-    name where a layer has several); refused when no layer has one."""
-    chosen: dict[int, str] = {}
-    for source in Source.objects.filter(model=model, kind=Source.Kind.TRANSCODER,
-                                        hook_point__endswith=".mlp.hook_in").order_by("layer", "name"):
-        chosen.setdefault(source.layer, source.name)
-    if not chosen:
-        raise ValidationError(f"{model.name} has no transcoder on any layer's mlp.hook_in: basis transcoder has no "
-                              "units; train or import one (train_sae --transcoder --hook blocks.L.mlp.hook_in, "
-                              "or import_sae a circuit-tracer layer_L.safetensors)")
-    return tuple(sorted(chosen.items()))
-
-
 def target_token(model: Model, target: str) -> int:
     """A target given as a token id or as the token's exact display string -> its id."""
     vocabulary: list[str] = model.tokenizer.tokens if model.tokenizer is not None else []
@@ -110,8 +96,6 @@ def graph_request(*, model_name: str, prompt: str, basis: str = "neurons", targe
     options: dict[str, Any] = {"basis": basis}
     if basis == "sae":
         options["saes"] = _saes(model)
-    elif basis == "transcoder":
-        options["saes"] = _transcoders(model)
     elif basis == "transcoder":
         options["saes"] = _transcoders(model)
     if target:
