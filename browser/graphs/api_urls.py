@@ -6,6 +6,7 @@ from browser.graphs import apis
 
 urlpatterns = [
     path("graphs/", apis.GraphListCreate.as_view(), name="api-graphs"),
+    path("graphs/import/", apis.GraphImport.as_view(), name="api-graph-import"),
     path("graphs/<int:pk>/", apis.GraphDetail.as_view(), name="api-graph"),
     path("graphs/<int:pk>/check/", apis.GraphCheck.as_view(), name="api-graph-check"),
     path("graphs/<int:pk>/neuronpedia/", apis.GraphNeuronpedia.as_view(), name="api-graph-neuronpedia"),

@@ -7,6 +7,7 @@ from typing import Any
 
 from drf_spectacular.utils import OpenApiTypes, extend_schema
 from rest_framework import exceptions, serializers, status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,7 +17,7 @@ from browser.api.errors import Conflict
 from browser.api.permissions import CanRead, ReadOrLabel
 from browser.graphs.checks import MAX_CHECK_NODES, check_edit, check_nodes, check_run, check_target
 from browser.graphs.checks import TASK as CHECK_TASK
-from browser.graphs.neuronpedia import graph_neuronpedia
+from browser.graphs.neuronpedia import graph_import_upload, graph_neuronpedia
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, supernode_history, supernode_list
 from browser.graphs.services import SupernodeConflict, graph_request, supernode_save
 from workers.compute.graph_config import BASES, MAX_PROMPT_CHARS, MAX_UNITS
@@ -182,3 +183,29 @@ class GraphCheck(APIView):
             return Response(check_run(graph=graph, nodes=nodes, op=op, value=value, target=target))
         except ComputeError as exc:
             raise NoAnswer(str(exc)) from None
+
+
+class GraphImport(APIView):
+    """Upload a Neuronpedia/circuit-tracer attribution-graph JSON file (multipart ``file``, at most
+    ``MAX_IMPORT_BYTES``; ``model``: a registered model, default the file's): 201 with the new graph,
+    200 when the same file was imported before, 400 naming what is wrong with a malformed file."""
+
+    permission_classes = [CanCompute]
+    throttle_classes = [ComputeThrottle]
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        request={"multipart/form-data": {"type": "object", "properties": {
+            "file": {"type": "string", "format": "binary"},
+            "model": {"type": "string", "description": "a registered model (default: the one the file names)"}},
+            "required": ["file"]}},
+        responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT})
+    def post(self, request: Request) -> Response:
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise exceptions.ValidationError({"file": "send the graph JSON file as 'file'"})
+        graph, created, notes = graph_import_upload(upload, model_name=request.data.get("model") or None,
+                                                    user=request.user)
+        return Response({"id": graph.pk, "url": f"/graphs/{graph.pk}/", "api": f"/api/v1/graphs/{graph.pk}/",
+                         "basis": graph.basis, "nodes": len(graph.nodes), "edges": len(graph.edges), "notes": notes},
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

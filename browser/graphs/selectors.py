@@ -44,8 +44,16 @@ def unit_source(graph: Graph, layer: int) -> str:
     return saes.get(layer, neuron_source(layer))
 
 
+def foreign_units(graph: Graph) -> bool:
+    """Whether the graph's unit nodes are not this browser's units (an imported graph of features
+    from elsewhere, say a Neuronpedia transcoder): they show the file's labels and link nowhere."""
+    return graph.basis == "imported"
+
+
 def _units(graph: Graph, nodes: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     """(source, index) -> {label, top_token} for the graph's unit nodes the browser has."""
+    if foreign_units(graph):
+        return {}
     wanted = {(unit_source(graph, n["layer"]), n["index"]) for n in nodes if n["kind"] == "unit"}
     found: dict[tuple[str, int], dict[str, Any]] = {}
     sources = {source for source, _ in wanted}
@@ -67,9 +75,15 @@ def graph_detail(graph: Graph) -> dict[str, Any]:
     nodes = [dict(zip(NODE_KEYS, row, strict=True)) for row in graph.nodes]
     known = _units(graph, nodes)
     tokens = [text for _, text in graph.tokens]
-    for node in nodes:
+    imported = graph.config.get("imported")
+    foreign = foreign_units(graph)
+    for k, node in enumerate(nodes):
         node["token"] = tokens[node["position"]] if 0 <= node["position"] < len(tokens) else ""
-        if node["kind"] == "unit":
+        if node["kind"] == "unit" and foreign:
+            node.update({"source": "", "unit_kind": "feature", "harvested": False,
+                         "uid": f"{imported.get('scan') or graph.model.name} layer {node['layer']} #{node['index']}",
+                         "label": imported.get("labels", {}).get(str(k), ""), "top_token": ""})
+        elif node["kind"] == "unit":
             source = unit_source(graph, node["layer"])
             node["source"] = source
             node["unit_kind"] = "neuron" if source == neuron_source(node["layer"]) else "feature"
@@ -85,6 +99,7 @@ def graph_detail(graph: Graph) -> dict[str, Any]:
         "tokens": [{"id": t, "text": text} for t, text in graph.tokens],
         "logits": [{"id": t, "text": text, "probability": p, "logit": v} for t, text, p, v in graph.logits],
         "scores": graph.scores, "nodes": nodes, "supernodes": supernode_list(graph),
+        "imported": ({k: v for k, v in imported.items() if k != "labels"} if imported else None),
         "edges": [{"source": s, "target": t, "weight": w} for s, t, w in graph.edges],
     }
 
@@ -106,3 +121,18 @@ def supernode_history(graph: Graph, *, limit: int = 100) -> list[dict[str, Any]]
     revisions = SupernodeRevision.objects.filter(graph=graph).select_related("editor").order_by("-at", "-id")[:limit]
     return [{"name": r.name, "nodes": r.nodes, "revision": r.revision, "deleted": r.deleted,
              "editor": r.editor.username, "at": r.at.isoformat()} for r in revisions]
+
+
+def graph_unit_ids(graph: Graph) -> list[int]:
+    """The ids of this browser's units that are nodes of the graph (none for foreign units)."""
+    if foreign_units(graph):
+        return []
+    wanted: dict[str, set[int]] = {}
+    for kind, layer, _, index, *_ in graph.nodes:
+        if kind == "unit":
+            wanted.setdefault(unit_source(graph, layer), set()).add(index)
+    ids: list[int] = []
+    for source, indices in wanted.items():
+        ids += Unit.objects.filter(source__model=graph.model, source__name=source,
+                                   index__in=indices).values_list("pk", flat=True)
+    return sorted(ids)

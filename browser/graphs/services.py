@@ -184,3 +184,74 @@ def supernode_delete(*, supernode: Supernode, user: Any) -> None:
                                          nodes=supernode.nodes, revision=supernode.revision + 1, deleted=True,
                                          editor=user)
         supernode.delete()
+
+
+def _imported_basis(model: Model, extension: dict[str, Any]) -> tuple[str, list[list[Any]]]:
+    """(basis, [[layer, source name], ...]) of an imported graph: what its ``neuron_browser`` metadata
+    says when this browser has those sources (units then link to their pages), else ``imported``."""
+    basis, saes = extension.get("basis"), extension.get("saes") or []
+    if basis == "neurons" and not saes:
+        return "neurons", []
+    if basis in ("sae", "transcoder") and isinstance(saes, list) and saes:
+        found = {(s.layer, s.name) for s in Source.objects.filter(model=model, name__in=[str(e[1]) for e in saes
+                                                                                          if isinstance(e, list)])}
+        wanted = [[int(e[0]), str(e[1])] for e in saes if isinstance(e, list) and len(e) == 2 and str(e[0]).isdigit()]
+        if wanted and len(wanted) == len(saes) and all((layer, name) in found for layer, name in wanted):
+            return str(basis), wanted
+    return "imported", []
+
+
+def graph_import(*, data: Any, model_name: str | None = None, user: Any = None) -> tuple[Graph, bool, list[str]]:
+    """(graph, created, notes): a Neuronpedia/circuit-tracer attribution-graph JSON object stored as a
+    finished graph of a registered model (``model_name``, else the one its metadata names). The same
+    file again gives the stored graph. Its supernodes come along when ``user`` may group nodes. A
+    malformed file or an unknown model raises ValidationError and stores nothing."""
+    import hashlib
+    import json
+
+    from browser.graphs.neuronpedia import GraphFileError, parse_neuronpedia
+
+    try:
+        parsed = parse_neuronpedia(data)
+    except GraphFileError as exc:
+        raise ValidationError(str(exc)) from None
+    name = model_name or str(parsed.extension.get("model") or "") or parsed.scan
+    model = Model.objects.filter(name=name).first()
+    if model is None:
+        raise ValidationError(f"unknown model {name[:100]!r} (the file names {parsed.scan[:100]!r}): register it "
+                              "first (manage.py register_model) or name a registered model")
+    deepest = max((row[1] for row in parsed.nodes if row[0] in ("unit", "error")), default=-1)
+    if deepest >= model.n_layers:
+        raise ValidationError(f"the file's nodes reach layer {deepest}, but {model.name} has {model.n_layers} layers")
+    texts = [parsed.prompt, *(t[1] for t in parsed.tokens), *(entry[1] for entry in parsed.logits),
+             *parsed.labels.values(), *(group[0] for group in parsed.supernodes)]
+    if not all(storable(text) for text in texts):
+        raise ValidationError("the file's texts hold a NUL or a lone surrogate")
+    basis, saes = _imported_basis(model, parsed.extension)
+    digest = hashlib.sha256(json.dumps(["import", model.name, data], sort_keys=True).encode()).hexdigest()
+    provenance = {"format": "neuronpedia", "slug": parsed.slug, "scan": parsed.scan, "by": getattr(user, "username", ""),
+                  "labels": parsed.labels if basis == "imported" else {}}
+    scores = parsed.extension.get("scores") if isinstance(parsed.extension.get("scores"), dict) else {}
+    scores = {**(scores or {}), "nodes": len(parsed.nodes), "edges": len(parsed.edges)}
+    if parsed.node_threshold is not None:
+        scores.setdefault("node_threshold", parsed.node_threshold)
+    notes = []
+    with transaction.atomic():
+        existing = Graph.objects.filter(config_hash=digest).first()
+        if existing is not None:
+            return existing, False, ["this file was imported before: the stored graph"]
+        graph = Graph.objects.create(
+            model=model, prompt=parsed.prompt, basis=basis, config={"imported": provenance, "basis": basis, "saes": saes},
+            config_hash=digest, status=Graph.Status.DONE, created_by=user if getattr(user, "pk", None) else None,
+            finished=timezone.now(), tokens=parsed.tokens, logits=parsed.logits, nodes=parsed.nodes,
+            edges=parsed.edges, scores=scores)
+        if parsed.supernodes and access.can_label(user):
+            for group_name, members in parsed.supernodes:
+                node = Supernode.objects.create(graph=graph, name=group_name, nodes=members, author=user)
+                SupernodeRevision.objects.create(graph=graph, supernode=node, name=group_name, nodes=members,
+                                                 revision=1, editor=user)
+        elif parsed.supernodes:
+            notes.append(f"{len(parsed.supernodes)} supernodes left out: grouping nodes needs the annotator role")
+    if basis == "imported":
+        notes.append("its features are not this browser's units: nodes show the file's labels and link nowhere")
+    return graph, True, notes

@@ -68,7 +68,8 @@ def place(nodes: list[dict[str, Any]], n_layers: int) -> Layout:
 def _title(node: dict[str, Any]) -> str:
     kind = node["kind"]
     if kind == "unit":
-        label = node.get("label") or ("no label yet" if node.get("harvested") else "not harvested yet")
+        label = node.get("label") or ("no label yet" if node.get("harvested") or not node.get("source")
+                                      else "not harvested yet")
         top = node.get("top_token") or "?"
         return (f"{node['unit_kind']} {node['uid']} at {node['token']!r}: {label}; top token {top!r}; "
                 f"activation {node['value']:.3g}; influence {node['influence']:.3g}")
@@ -86,7 +87,7 @@ def _node_svg(i: int, node: dict[str, Any], at: Placed, groups: list[str]) -> st
     css = "gnode grouped" if groups else "gnode"
     circle = (f'<circle class="{css}" cx="{at.x:.1f}" cy="{at.y:.1f}" r="{at.r:.1f}" '
               f'fill="{COLOURS[node["kind"]]}" {data}><title>{escape(title)}</title></circle>')
-    if node["kind"] == "unit":
+    if node["kind"] == "unit" and node.get("source"):
         return f'<a href="/u/{escape(node["uid"])}/" class="gunit">{circle}</a>'
     return circle
 

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_POST
 from browser.accounts import access
 from browser.api.compute import ComputeError, compute_refusal
 from browser.graphs.checks import OP_NAMES, check_edit, check_nodes, check_run, check_target
+from browser.graphs.neuronpedia import MAX_IMPORT_BYTES, graph_import_upload
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, graph_siblings
 from browser.graphs.services import supernode_save
 from browser.graphs.svg import MAX_EDGES_DRAWN, graph_svg
@@ -102,4 +103,22 @@ def graph_supernode_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def graph_list_view(request: HttpRequest) -> HttpResponse:
-    return render(request, "graphs/graphs.html", {"graphs": graph_list(model=request.GET.get("model") or None)})
+    return render(request, "graphs/graphs.html", {
+        "graphs": graph_list(model=request.GET.get("model") or None), "can_import": access.can_compute(request.user),
+        "max_mib": MAX_IMPORT_BYTES // 2**20, "error": request.GET.get("error", "")[:300]})
+
+
+@require_POST
+def graph_import_view(request: HttpRequest) -> HttpResponse:
+    """The list page's upload form: a Neuronpedia graph JSON file opens as a graph (signed-in users)."""
+    refusal = compute_refusal(request)
+    if refusal is not None:
+        return HttpResponse(refusal[1], status=refusal[0])
+    upload = request.FILES.get("file")
+    try:
+        if upload is None:
+            raise ValidationError("choose a graph JSON file")
+        graph, _, _ = graph_import_upload(upload, model_name=request.POST.get("model") or None, user=request.user)
+    except ValidationError as exc:
+        return redirect("/graphs/?" + urlencode({"error": exc.messages[0][:300]}))
+    return redirect(f"/graphs/{graph.pk}/")

@@ -256,7 +256,7 @@ def _other_graph() -> Graph:
     return Graph.objects.order_by("-pk").first()  # type: ignore[return-value]
 
 
-def _hooked(torch_model: Any, ids: torch.Tensor, cells: dict[int, list[tuple[int, int]]], f: Any) -> float:
+def _hooked(torch_model: Any, ids: torch.Tensor, cells: dict[int, list[tuple[int, int]]], f: Any) -> torch.Tensor:
     """The last position's logits with neuron activations ``cells`` (layer -> [(position, index)])
     replaced by ``f(a)`` through plain hooks on the down projections."""
     handles = []
