@@ -22,6 +22,7 @@ from workers.compute.sae.model import SaeConfig, SparseAutoencoder, tensor_shape
 from workers.pipeline.loader import model_on
 from workers.pipeline.models import model_register
 from workers.pipeline.saes import sae_register
+from workers.pipeline.steer import SteerInputError, steer
 
 TC_HOOK = "blocks.1.mlp.hook_in"
 
@@ -66,3 +67,10 @@ def test_transcoder_basis_graph_has_the_transcoders_features(llama: Model, clien
         assert value == pytest.approx(float(features[pos, index]), abs=1e-4)
     html = client.get(f"/graphs/{graph.pk}/").content.decode()
     assert f'href="/u/tiny-llama/{row.source.name}/{kept[0][3]}/"' in html
+
+
+def test_steering_a_transcoder_feature_is_refused_clearly(llama: Model) -> None:
+    row = sae_register(model=llama, name="tiny-tc", sae=_transcoder(llama.d_model))
+    unit = row.source.units.get(index=3)
+    with pytest.raises(SteerInputError, match="transcoder features cannot be edited yet"):
+        steer(request={"units": [{"unit_id": unit.pk, "op": "scale", "value": 2.0}], "prompt": PROMPT})

@@ -6,9 +6,13 @@
   ``mlp.hook_post`` points, else with seeded random TopK SAEs (``--sae-width``, ``--sae-k``) on
   ``--sae-layers`` (``feature_basis`` says which: random SAEs time the computation, their scores mean
   nothing); ``feature_nodes``, ``feature_edges``;
+- ``transcoder_graph_s``: the same prompt in the transcoder basis, with the transcoders registered on the
+  model's ``mlp.hook_in`` points, else seeded random TopK transcoders of the same width and k on the same
+  layers (``transcoder_basis`` says which); ``transcoder_nodes``, ``transcoder_edges``;
 - ``peak_rss_mb``: the process's peak resident memory (model included); ``graph_rss_mb``: how much
   the neuron-basis graphs added to the peak reached once the model was loaded and run once;
-  ``feature_rss_mb``: how much more the feature-basis graph (its SAEs included) added;
+  ``feature_rss_mb``: how much more the feature-basis graph (its SAEs included) added; ``transcoder_rss_mb``:
+  how much more the transcoder-basis graph (its transcoders included) added;
 - ``replacement_score``, ``completeness``, ``kept_share``, ``selected_share``, ``nodes``, ``edges``
   (kept by pruning) of the ``--tokens`` graph; ``seconds_by_tokens``: the same at 8, 16 and 32 tokens.
 """
@@ -71,6 +75,21 @@ def _saes(model_row: Any, opts: dict[str, Any], device: str) -> tuple[dict[int, 
                   f"{opts['sae_layers']}: no SAE is registered on {model_row.name}; timing only, scores meaningless")
 
 
+def _transcoders(model_row: Any, opts: dict[str, Any], device: str) -> tuple[dict[int, Any], str]:
+    """The transcoders of the transcoder-basis graph and what they are."""
+    sources = Source.objects.filter(model=model_row, kind=Source.Kind.TRANSCODER, hook_point__endswith=".mlp.hook_in")
+    registered = {s.layer: loader.source_sae(s, device) for s in sources.order_by("-name")}
+    if registered:
+        return registered, "registered transcoders on layers " + ",".join(str(k) for k in sorted(registered))
+    layers = [int(x) for x in opts["sae_layers"].split(",") if x.strip()]
+    tcs = {layer: random_sae(model_row.d_model, opts["sae_width"], k=opts["sae_k"], seed=layer,
+                             hook_name=f"blocks.{layer}.mlp.hook_in", apply_b_dec_to_input=False,
+                             transcoder=True).to(device) for layer in layers}
+    return tcs, (f"seeded random TopK transcoders (width {opts['sae_width']}, k {opts['sae_k']}) on layers "
+                 f"{opts['sae_layers']}: no transcoder is registered on {model_row.name}; timing only, scores "
+                 "meaningless")
+
+
 def _one(model: Any, ids: torch.Tensor, config: GraphConfig, device: str,
          saes: dict[int, Any] | None = None) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
@@ -109,12 +128,22 @@ def main(opts: dict[str, Any], stderr: Any) -> dict[str, Any]:
                                      max_units=opts["max_units"])
         feature_s, feature_facts = _one(model, _prompt(tokenizer, opts["tokens"]), feature_config, device, saes)
         stderr.write(f"feature basis: {feature_s:.1f} s, {feature_facts['nodes']} nodes\n")
+        feature_peak = _peak_mb()
+        tcs, transcoder_basis = _transcoders(model_row, opts, device)
+        tc_config = GraphConfig(basis="transcoder", saes=tuple((k, "bench") for k in sorted(tcs)),
+                                max_units=opts["max_units"])
+        tc_s, tc_facts = _one(model, _prompt(tokenizer, opts["tokens"]), tc_config, device, tcs)
+        stderr.write(f"transcoder basis: {tc_s:.1f} s, {tc_facts['nodes']} nodes\n")
     return {"model": model_row.name, "device": device, "threads": opts["threads"] if device == "cpu" else None,
             "tokens": opts["tokens"], "max_units": opts["max_units"],
             "neuron_graph_s": by_tokens[opts["tokens"]], "feature_graph_s": round(feature_s, 2),
             "feature_basis": feature_basis, "feature_nodes": feature_facts["nodes"],
             "feature_edges": feature_facts["edges"], "feature_replacement_score": feature_facts["replacement_score"],
             "feature_completeness": feature_facts["completeness"],
+            "transcoder_graph_s": round(tc_s, 2), "transcoder_basis": transcoder_basis,
+            "transcoder_nodes": tc_facts["nodes"], "transcoder_edges": tc_facts["edges"],
+            "transcoder_replacement_score": tc_facts["replacement_score"],
+            "transcoder_completeness": tc_facts["completeness"],
             "peak_rss_mb": round(_peak_mb(), 1), "graph_rss_mb": round(neuron_peak - loaded_peak, 1),
-            "feature_rss_mb": round(_peak_mb() - neuron_peak, 1),
+            "feature_rss_mb": round(feature_peak - neuron_peak, 1), "transcoder_rss_mb": round(_peak_mb() - feature_peak, 1),
             **result, "seconds_by_tokens": by_tokens, "vocab_size": model_row.vocab_size}

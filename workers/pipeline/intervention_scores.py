@@ -119,6 +119,9 @@ def intervention_scores(*, run_id: int, contexts: int = 16, progress: Progress, 
         raise ScoreInputError("contexts per unit must be 1 to 256")
     counts = {"scores": 0}
     for source in run.sources.order_by("layer", "kind", "name"):
+        if source.kind == Source.Kind.TRANSCODER:  # no intervention reaches a transcoder feature yet
+            counts["transcoder_sources_skipped"] = counts.get("transcoder_sources_skipped", 0) + 1
+            continue
         rows = source_rows(run, source, contexts, loader.device_for(device), progress)
         with transaction.atomic():
             counts["scores"] += scores_replace(run=run, unit_ids=[r[0] for r in rows[::2]], names=NAMES,

@@ -53,6 +53,9 @@ def _units(specs: list[Mapping[str, Any]]) -> tuple[list[Unit], Model]:
     if len(models) > 1:
         raise SteerInputError("all units of one request must belong to one model")
     model = units[0].source.model
+    if any(u.source.kind == Source.Kind.TRANSCODER for u in units):
+        raise SteerInputError("transcoder features cannot be edited yet (an edit would change the MLP's output, "
+                              "which the intervention hooks do not reach); steer a neuron or an SAE feature")
     if model.kind != Model.Kind.CAUSAL_LM:
         raise SteerInputError(f"{model.name} ({model.get_kind_display()}) is not a causal language model: "
                               "it predicts no next token, so there is nothing to steer")
