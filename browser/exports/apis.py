@@ -19,6 +19,7 @@ from browser.exports import formats
 from browser.exports.lines import json_lines
 from browser.exports.records import neuron_record, neuronpedia_explanations
 from browser.exports.selectors import SCHEMA_VERSION, dataset_card, export_rows
+from browser.graphs.selectors import graph_get, graph_unit_ids
 from browser.labels.models import LabelRevision
 from browser.labels.selectors import label_list
 from browser.labels.serializers import label_filters
@@ -27,10 +28,22 @@ FILTERS = [
     OpenApiParameter("model", str), OpenApiParameter("source", str), OpenApiParameter("author", str),
     OpenApiParameter("updated_since", str, description="ISO 8601: only labels updated since (incremental sync)"),
     OpenApiParameter("machine", bool),
+    OpenApiParameter("graph", int, description="only the labels of an attribution graph's nodes (its units)"),
 ]
 MAX_TOP_EXAMPLES = 32
 CONTENT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8",
                  "parquet": "application/vnd.apache.parquet"}
+
+
+def _filters(params: Any) -> dict[str, Any]:
+    """The label filters, plus ``graph``: the units that are nodes of that attribution graph."""
+    filters = label_filters(params)
+    raw = params.get("graph")
+    if raw not in (None, ""):
+        if not str(raw).isdigit():
+            raise serializers.ValidationError({"graph": "a graph id"})
+        filters["units"] = graph_unit_ids(graph_get(pk=int(raw)))
+    return filters
 
 
 def _top_examples(params: Any) -> int:
@@ -47,7 +60,7 @@ class LabelExport(APIView):
                                                           description="add the texts of the top N contexts")],
                    responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request: Request, fmt: str) -> StreamingHttpResponse:
-        filters = label_filters(request.query_params)
+        filters = _filters(request.query_params)
         top_examples = _top_examples(request.query_params)
         rows = export_rows(filters=filters, top_examples=top_examples)
         metadata = {"dataset_card": json.dumps(dataset_card(filters=filters, count=-1)),
@@ -70,7 +83,7 @@ class LabelExport(APIView):
 class DatasetCard(APIView):
     @extend_schema(parameters=FILTERS, responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request) -> Response:
-        filters = label_filters(request.query_params)
+        filters = _filters(request.query_params)
         return Response(dataset_card(filters=filters, count=label_list(**filters).count()))
 
 
@@ -93,7 +106,7 @@ class DeletedLabels(APIView):
 class NeuronpediaExport(APIView):
     @extend_schema(parameters=FILTERS, responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request) -> StreamingHttpResponse:
-        filters = label_filters(request.query_params)
+        filters = _filters(request.query_params)
 
         def body() -> Iterator[bytes]:
             yield b"["

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiTypes, extend_schema
+from drf_spectacular.utils import OpenApiTypes, extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -132,6 +132,7 @@ class NoAnswer(exceptions.APIException):
     default_code = "no_answer"
 
 
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^\d+_\d+_\d+$"}]})
 class NodeRefField(serializers.Field):
     """A node: its position in the graph's ``nodes`` (an integer) or a unit's Neuronpedia id (a string
     layer_index_position)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Collection
 from datetime import datetime
 from itertools import combinations
 from typing import Any
@@ -76,7 +77,7 @@ def label_consensus(labels: list[Label]) -> dict[str, Any]:
 
 def label_list(*, model: str | None = None, source: str | None = None, author: str | None = None,
                updated_since: datetime | None = None, unit: Unit | None = None,
-               machine: bool | None = None) -> QuerySet[Label]:
+               machine: bool | None = None, units: Collection[int] | None = None) -> QuerySet[Label]:
     labels = Label.objects.select_related("unit", "unit__source", "unit__source__model", "author")
     if model:
         labels = labels.filter(unit__source__model__name=model)
@@ -90,6 +91,9 @@ def label_list(*, model: str | None = None, source: str | None = None, author: s
         labels = labels.filter(unit=unit)
     if machine is not None:
         labels = labels.filter(machine=machine)
+    if units is not None:  # unit ids, e.g. the nodes of an attribution graph
+        # Never an empty IN: the COPY export compiles this query to SQL, which Django refuses for one.
+        labels = labels.filter(unit_id__in=list(units) or [-1])
     return labels.order_by("id")
 
 
