@@ -1,5 +1,6 @@
-"""Ground-truth panels of a source page: why the model's neurons are polysemantic, per layer (the
-diagnosis each layer's SAE made, ``manage.py diagnose_layers``)."""
+"""Ground-truth panels: why a model's neurons are polysemantic, per layer (the diagnosis each layer's
+SAE made, ``manage.py diagnose_layers``; source pages), and the compression-hypothesis curve
+(``manage.py toy_compression``; toy pages)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 from django.utils.safestring import SafeString
 
-from browser.catalog.groundtruth_charts import stacked_shares_svg
-from browser.catalog.models import Sae, Source
+from browser.catalog.groundtruth_charts import linear_lines_svg, stacked_shares_svg
+from browser.catalog.models import Model, Sae, Source
 
 CAUSES = ("monosemantic", "superposition", "rotation", "nonlinear", "compositional")
 
@@ -66,3 +67,39 @@ def layer_diagnoses(source: Source) -> LayerDiagnosisPanel | None:
                                f"cause of polysemanticity named for each MLP neuron, per layer of {source.model.name}",
                                highlight=f"layer {current}" if current is not None else None)
     return LayerDiagnosisPanel(layers, chart, current)
+
+
+COMPRESSION_CHARTS = (("distinct_per_dim", "distinct directions per dimension"),
+                      ("features_per_neuron", "true features per neuron"),
+                      ("pair_cosine", "cosine within a represented pair"))
+
+
+@dataclass(frozen=True)
+class CompressionPanel:
+    charts: list[SafeString]
+    rows: list[dict[str, Any]]
+    """p, rho and each metric's mean / min / max over the seeds."""
+    config: dict[str, Any]
+    train_seconds: float | None
+
+
+def compression_panel(model: Model) -> CompressionPanel | None:
+    """The compression-hypothesis curve stored by ``manage.py toy_compression`` (None for other models)."""
+    stored = (model.config or {}).get("compression")
+    if not stored:
+        return None
+    curve = stored["curve"]
+    charts = []
+    for key, name in COMPRESSION_CHARTS:
+        series: dict[str, list[tuple[float, float]]] = {}
+        bands: dict[str, list[tuple[float, float, float]]] = {}
+        for row in curve:
+            if row.get(key):
+                label = f"p = {row['p']:g}"
+                series.setdefault(label, []).append((row["rho"], row[key]["mean"]))
+                bands.setdefault(label, []).append((row["rho"], row[key]["min"], row[key]["max"]))
+        charts.append(linear_lines_svg(series, f"{name} against the presence correlation within pairs", x_label="rho",
+                                       y_label=name, bands=bands))
+    rows = [{"p": r["p"], "rho": r["rho"], **{k: r.get(k) for k, _ in COMPRESSION_CHARTS},
+             "dims_per_feature": r.get("dims_per_feature")} for r in curve]
+    return CompressionPanel(charts, rows, stored["config"], stored.get("train_seconds"))

@@ -1,5 +1,6 @@
 """``{% groundtruth_panels %}`` on the source page: the ground-truth panels of the source's model
-(diagnosis per layer; see browser/catalog/groundtruth_selectors.py)."""
+(diagnosis per layer), and ``{% compression_curve model %}`` on the toy page; see
+browser/catalog/groundtruth_selectors.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 from django import template
 
-from browser.catalog.groundtruth_selectors import layer_diagnoses
-from browser.catalog.models import Source
+from browser.catalog.groundtruth_selectors import compression_panel, layer_diagnoses
+from browser.catalog.models import Model, Source
 
 register = template.Library()
 
@@ -17,3 +18,8 @@ register = template.Library()
 def groundtruth_panels(context: dict[str, Any]) -> dict[str, Any]:
     source: Source = context["source"]
     return {"source": source, "diagnosis": layer_diagnoses(source)}
+
+
+@register.inclusion_tag("catalog/_compression.html")
+def compression_curve(model: Model) -> dict[str, Any]:
+    return {"c": compression_panel(model)}
