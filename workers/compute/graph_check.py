@@ -82,6 +82,8 @@ def node_check(model: Any, ids: torch.Tensor, units: list[tuple[int, int, int]],
         parameter.requires_grad_(False)
     frozen = replacement.clean_run(model, ids)
     bases = layer_bases(model, frozen, saes)
+    if any(bases[layer].sae is not None and bases[layer].transcoder for layer, _, _ in units):
+        raise ValueError("checking transcoder features causally is not done yet")
     run = replacement.frozen_run(model, frozen, 1, total=True)
     logit = replacement.logits_at(model, run.final[0, -1], torch.tensor([target], device=ids.device))[0]
     cells = torch.tensor(units, dtype=torch.long, device=ids.device).reshape(-1, 3)
