@@ -90,6 +90,12 @@ def corpus_mark_ready(*, corpus: Corpus, n_contexts: int, n_tokens: int) -> None
     )
 
 
+def corpus_counts_set(*, corpus: Corpus, n_documents: int, n_contexts: int, n_tokens: int, context_length: int) -> None:
+    """The counts of a corpus that grew by appended documents and contexts (imports)."""
+    Corpus.objects.filter(pk=corpus.pk).update(n_documents=n_documents, n_contexts=n_contexts, n_tokens=n_tokens,
+                                               context_length=context_length)
+
+
 def corpus_mark_failed(*, corpus_id: int, error: str) -> None:
     Corpus.objects.filter(pk=corpus_id).update(status=Corpus.Status.FAILED, error=error[:5000])
 

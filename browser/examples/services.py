@@ -23,6 +23,14 @@ def run_results_clear(*, run: Run, sources: Sequence[Source]) -> None:
     Example.objects.filter(run=run, unit__source__in=sources).delete()
 
 
+def unit_results_clear(*, run: Run, unit_ids: list[int]) -> int:
+    """Remove the statistics and examples of these units in the run; returns how many had statistics."""
+    had_stats = UnitStats.objects.filter(run=run, unit_id__in=unit_ids).count()
+    UnitStats.objects.filter(run=run, unit_id__in=unit_ids).delete()
+    Example.objects.filter(run=run, unit_id__in=unit_ids).delete()
+    return had_stats
+
+
 def stats_write(*, run: Run, rows: Iterable[StatsRow]) -> int:
     """rows: (unit id, n_tokens, fire_count, density, mean, max, hist bytes, hist stride)."""
     return copy_rows(

@@ -37,11 +37,19 @@ from django.utils import timezone
 from browser.accounts import access
 from browser.accounts.services import machine_user
 from browser.catalog.models import Model, Source, Tokenizer, Unit, name_validator
-from browser.catalog.services import model_create, source_get_or_create, tokenizer_get_or_create, units_ensure
+from browser.catalog.services import (
+    model_create,
+    model_layers_extend,
+    model_tokenizer_set,
+    source_get_or_create,
+    source_units_extend,
+    tokenizer_get_or_create,
+    tokenizer_tokens_replace,
+    units_ensure,
+)
 from browser.corpora.models import Context, Corpus
-from browser.corpora.services import contexts_write, corpus_create, documents_add
-from browser.examples.models import Example, UnitStats
-from browser.examples.services import examples_write, stats_write, units_set_browse_fields
+from browser.corpora.services import contexts_write, corpus_counts_set, corpus_create, documents_add
+from browser.examples.services import examples_write, stats_write, unit_results_clear, units_set_browse_fields
 from browser.imports.neuronpedia_format import BatchFile, NpBatch, NpFeature, Problems, parse_batches
 from browser.imports.neuronpedia_rows import (
     FeatureStats,
@@ -53,7 +61,7 @@ from browser.imports.neuronpedia_rows import (
 from browser.labels.models import Label
 from browser.labels.services import label_save
 from browser.runs.models import Run
-from browser.runs.services import run_create
+from browser.runs.services import run_config_set, run_create, runs_cover_corpus
 
 IMPORT_TAG = "neuronpedia"
 IMPORT_LOCK = 0x6E62_0010  # advisory lock class of imports (the second key hashes the model name)
@@ -177,9 +185,7 @@ def _write(target: Target, features: list[NpFeature], user: Any, report: ImportR
     context_of, report.contexts_created = _contexts(run.corpus, features, token_id)
     units = {u.index: u for u in Unit.objects.filter(source=source, index__in=[f.index for f in features])}
     unit_ids = [u.pk for u in units.values()]
-    report.replaced = UnitStats.objects.filter(run=run, unit_id__in=unit_ids).count()
-    UnitStats.objects.filter(run=run, unit_id__in=unit_ids).delete()
-    Example.objects.filter(run=run, unit_id__in=unit_ids).delete()
+    report.replaced = unit_results_clear(run=run, unit_ids=unit_ids)
     stats = {f.index: feature_stats(f, units[f.index].pk) for f in features}
     stats_write(run=run, rows=(s.row for s in stats.values()))
     report.examples = examples_write(run=run, rows=(
@@ -204,7 +210,7 @@ def _model(target: Target) -> Model:
         raise ImportRejected("model", f"a model named {model.name!r} exists and was not imported from {location}; "
                                       "choose another model name")
     if model.n_layers <= target.layer:
-        Model.objects.filter(pk=model.pk).update(n_layers=target.layer + 1)
+        model_layers_extend(model=model, n_layers=target.layer + 1)
     return model
 
 
@@ -231,9 +237,9 @@ def _vocabulary(model: Model, features: list[NpFeature]) -> tuple[Tokenizer, dic
     if tokenizer is None:
         tokenizer = tokenizer_get_or_create(name=f"{model.name} (imported from Neuronpedia)",
                                             vocab_hash=vocab_hash, tokens=tokens, special_ids=[])
-        Model.objects.filter(pk=model.pk).update(tokenizer=tokenizer)
+        model_tokenizer_set(model=model, tokenizer=tokenizer)
     elif tokenizer.vocab_hash != vocab_hash:
-        Tokenizer.objects.filter(pk=tokenizer.pk).update(tokens=tokens, vocab_hash=vocab_hash)
+        tokenizer_tokens_replace(tokenizer=tokenizer, tokens=tokens, vocab_hash=vocab_hash)
     return tokenizer, token_id
 
 
@@ -242,9 +248,8 @@ def _source(model: Model, target: Target, n_units: int) -> Source:
     if source is None:
         source = source_get_or_create(model=model, name=target.source_name, hook_point=target.hook_point,
                                       layer=target.layer, kind=Source.Kind.SAE, n_units=n_units)
-    elif source.n_units < n_units:  # a later batch of the same SAE reaches further
-        Source.objects.filter(pk=source.pk).update(n_units=n_units)
-        source.n_units = n_units
+    else:
+        source_units_extend(source=source, n_units=n_units)
     units_ensure(source=source)
     return source
 
@@ -289,11 +294,10 @@ def _contexts(corpus: Corpus, features: list[NpFeature],
         stored.update((bytes(tokens), pk) for pk, tokens in Context.objects.filter(
             corpus=corpus, index__gte=corpus.n_contexts).values_list("id", "tokens"))
         n_contexts = corpus.n_contexts + len(new)
-        Corpus.objects.filter(pk=corpus.pk).update(
-            n_documents=n_documents + len(new), n_contexts=n_contexts,
-            n_tokens=corpus.n_tokens + sum(len(w) for w in new),
-            context_length=max([corpus.context_length] + [len(w) for w in new]))
-        Run.objects.filter(corpus=corpus).update(contexts_total=n_contexts, contexts_done=n_contexts)
+        corpus_counts_set(corpus=corpus, n_documents=n_documents + len(new), n_contexts=n_contexts,
+                          n_tokens=corpus.n_tokens + sum(len(w) for w in new),
+                          context_length=max([corpus.context_length] + [len(w) for w in new]))
+        runs_cover_corpus(corpus=corpus, n_contexts=n_contexts)
     return {w: stored[packed[w]] for w in windows}, len(new)
 
 
@@ -308,7 +312,7 @@ def _note_estimates(run: Run, stats: Mapping[int, FeatureStats]) -> None:
         kept = {i for i in config.get(key, []) if i not in stats}
         config[key] = sorted(kept | {i for i, s in stats.items() if getattr(s, flag)})
     if config != run.config:
-        Run.objects.filter(pk=run.pk).update(config=config)
+        run_config_set(run=run, config=config)
 
 
 # ---- labels ------------------------------------------------------------------------------------

@@ -324,6 +324,16 @@ def run_mark(*, run: Run, status: str, error: str = "") -> None:
     Run.objects.filter(pk=run.pk).update(**fields)
 
 
+def runs_cover_corpus(*, corpus: Any, n_contexts: int) -> None:
+    """Every run over ``corpus`` has done all of its ``n_contexts`` contexts (an imported corpus grows
+    with each import, and its run holds exactly what was imported)."""
+    Run.objects.filter(corpus=corpus).update(contexts_total=n_contexts, contexts_done=n_contexts)
+
+
+def run_config_set(*, run: Run, config: dict[str, Any]) -> None:
+    Run.objects.filter(pk=run.pk).update(config=config)
+
+
 def run_delete(*, run: Run) -> None:
     """Delete a run with its shards, results, the shards' partial blobs and the run's own blobs
     (which a plain cascade would leave behind: shards point at blobs, not the other way round)."""
