@@ -96,6 +96,14 @@ class Sae(models.Model):
         return f"SAE {self.source}"
 
 
+# The unit list's filters on a unit's own columns, carried in its sort indexes (see Unit.Meta).
+BROWSE_COLUMNS = ["density", "max_activation", "mean_activation", "label_count", "layer", "kind"]
+
+
+def _browse_columns(key: str) -> list[str]:
+    return [c for c in BROWSE_COLUMNS if c != key]
+
+
 class Unit(models.Model):
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="units")
     index = models.IntegerField()
@@ -116,17 +124,18 @@ class Unit(models.Model):
     search = SearchVectorField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["source", "index"], name="unit_unique_index")]
+        constraints = [models.UniqueConstraint(fields=["source", "index"], include=["id", *BROWSE_COLUMNS],
+                                               name="unit_unique_index")]
         indexes = [
             models.Index(fields=["density"], name="unit_density"),
             models.Index(fields=["max_activation"], name="unit_max_act"),
             models.Index(fields=["layer", "kind", "index"], name="unit_layer_kind"),
             models.Index(fields=["top_token"], name="unit_top_token"),
             GinIndex(fields=["search"], name="unit_search"),
-            # Keyset pages of one source sorted by a statistic (the unit list's sorts).
-            models.Index(fields=["source", "density", "id"], name="unit_source_density"),
-            models.Index(fields=["source", "max_activation", "id"], name="unit_source_max_act"),
-            models.Index(fields=["source", "mean_activation", "id"], name="unit_source_mean_act"),
+            # Keyset pages of one source sorted by a statistic (the unit list's sorts), covering the
+            # list's filters: rows a filter skips are read from the index only, never the table.
+            *(models.Index(fields=["source", stat, "id"], include=_browse_columns(stat), name=f"unit_source_{stat}")
+              for stat in ("density", "max_activation", "mean_activation")),
         ]
 
     def __str__(self) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
+from django.db.models.functions import Upper
 
 
 class Label(models.Model):
@@ -19,7 +21,12 @@ class Label(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["unit", "author"], name="label_one_per_author")]
-        indexes = [models.Index(fields=["updated"], name="label_updated")]
+        indexes = [
+            models.Index(fields=["updated"], name="label_updated"),
+            # The unit list's label filter is UPPER(text) LIKE UPPER('%word%') (icontains): trigrams find
+            # rare words without a scan, and the expression's statistics let the planner see common ones.
+            GinIndex(OpClass(Upper("text"), name="gin_trgm_ops"), name="label_text_trgm"),
+        ]
 
 
 class LabelRevision(models.Model):

@@ -28,12 +28,16 @@ from browser.catalog.services import model_create, source_get_or_create, tokeniz
 from browser.core.copy import copy_rows
 from browser.corpora.models import Corpus
 from browser.corpora.services import contexts_write, corpus_create, corpus_mark_ready, documents_add
+from browser.examples.services import examples_write, stats_write
 from browser.runs.services import run_create
 
 MODEL, SOURCE = "bench-web", "bench.mlp"
 CONTEXT_LENGTH, N_CONTEXTS, VOCAB = 64, 20_000, 5000
 EXAMPLES = ((0, 0, 16), (1, 3, 3), (1, 2, 3), (1, 1, 3), (1, 0, 3), (2, 0, 4))  # (kind, bucket, count): 32
+EXAMPLE_SLOTS = [(kind, bucket, rank) for kind, bucket, count in EXAMPLES for rank in range(count)]
 LABELED_EVERY = 20  # one unit in 20 has a label
+BLOCK = 10_000  # units per block of generated examples
+MAX_UNITS = 10_000_000  # about 85 GB of examples, stats and indexes at 32 examples of 64 tokens per unit
 WORDS = ("king queen crown throne love death night day sea storm blood sword ghost ring letter honour "
          "poison dream fool wit grief war peace fire water earth heaven hell soul heart eye hand").split()
 HELP = "server time (p50/p95) of the unit page, filtered unit lists and search over N bench units"
@@ -46,8 +50,8 @@ def add_arguments(parser: Any) -> None:
 
 
 def main(opts: dict[str, Any], log: Any) -> dict[str, Any]:
-    if not 100 <= opts["units"] <= 5_000_000:
-        raise ValueError("--units must be between 100 and 5,000,000")
+    if not 100 <= opts["units"] <= MAX_UNITS:
+        raise ValueError(f"--units must be between 100 and {MAX_UNITS:,}")
     return run(units=opts["units"], requests=opts["requests"], fresh=opts["fresh"], log=log)
 
 
@@ -73,41 +77,80 @@ def drop() -> None:
                        [model.pk])
         cursor.execute("DELETE FROM examples_unitstats WHERE run_id IN (SELECT id FROM runs_run WHERE model_id = %s)",
                        [model.pk])
-        cursor.execute("DELETE FROM catalog_score WHERE unit_id IN (SELECT u.id FROM catalog_unit u JOIN "
-                       "catalog_source s ON s.id = u.source_id WHERE s.model_id = %s)", [model.pk])
+        units = "SELECT u.id FROM catalog_unit u JOIN catalog_source s ON s.id = u.source_id WHERE s.model_id = %s"
+        cursor.execute(f"DELETE FROM catalog_score WHERE unit_id IN ({units})", [model.pk])
+        cursor.execute(f"DELETE FROM labels_label WHERE unit_id IN ({units})", [model.pk])
+        cursor.execute(f"DELETE FROM catalog_unit WHERE id IN ({units})", [model.pk])
     Corpus.objects.filter(name=MODEL).delete()
     model.delete()
     Tokenizer.objects.filter(vocab_hash=f"{MODEL}-v1").delete()
 
 
+UNIT_COLUMNS = ("source_id", "index", "layer", "kind", "density", "max_activation", "mean_activation", "top_token",
+                "dead", "stats_run_id", "label_count", "search_text", "logit_effects")
+UNIT_TYPES = ("int8", "int4", "int4", "text", "float8", "float8", "float8", "text", "bool", "int8", "int4", "text",
+              "jsonb")
+
+
+def _label_text(i: int) -> str:
+    return f"{WORDS[i % len(WORDS)]} and {WORDS[(i * 7) % len(WORDS)]} contexts"
+
+
 def _unit_rows(source: Source, run_id: int, rng: np.random.Generator) -> Iterator[tuple[Any, ...]]:
+    """Units with their run's statistics and, as the labels service leaves them, label count and
+    search text (top token, then the label's text)."""
     n = source.n_units
     density = 10 ** rng.uniform(-6, -0.5, n)
     dead = rng.random(n) < 0.02
     max_act = rng.gamma(2.0, 2.0, n)
     top = rng.integers(0, VOCAB, n)
+    empty = Jsonb({})
     for i in range(n):
         d, m = (0.0, 0.0) if dead[i] else (float(density[i]), float(max_act[i]))
-        yield (source.pk, i, 0, "neurons", d, m, m * d, _word(int(top[i])), bool(dead[i]), run_id, 0, "", Jsonb({}))
+        token = _word(int(top[i]))
+        labeled = i % LABELED_EVERY == 0
+        text = f"{token} {_label_text(i)}" if labeled else token
+        yield source.pk, i, 0, "neurons", d, m, m * d, token, bool(dead[i]), run_id, int(labeled), text, empty
 
 
-def _example_rows(run_id: int, first_unit: int, n: int, n_ctx: int, first_ctx: int,
+def _units_write(source: Source, run_id: int, rng: np.random.Generator) -> None:
+    """COPY into a temporary table (not WAL-logged, no indexes), then one INSERT that makes each
+    search vector exactly as the services do (``to_tsvector('simple', search_text)``): the same
+    rows a harvest and the labels service leave, without rewriting every unit twice."""
+    columns = ", ".join(f'"{c}"' for c in UNIT_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMPORARY TABLE bench_unit AS SELECT {columns} FROM catalog_unit LIMIT 0")
+        cursor.execute("ALTER TABLE bench_unit SET (autovacuum_enabled = false)")
+    copy_rows("bench_unit", UNIT_COLUMNS, UNIT_TYPES, _unit_rows(source, run_id, rng))
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO catalog_unit ({columns}, search) "
+                       f"SELECT {columns}, to_tsvector('simple', search_text) FROM bench_unit ORDER BY index")
+        cursor.execute("DROP TABLE bench_unit")
+
+
+def _example_rows(first_unit: int, n: int, n_ctx: int, first_ctx: int,
                   rng: np.random.Generator) -> Iterator[tuple[Any, ...]]:
+    """(unit id, kind, bucket, rank, context id, max value, max position, values), as a harvest's."""
     values = rng.random((256, CONTEXT_LENGTH), dtype=np.float32).astype("<f2")
     blobs = [v.tobytes() for v in values]
-    ctx = rng.integers(0, n_ctx, n * 32) + first_ctx
+    slots = [(kind, bucket, rank, 4.0 - rank * 0.1) for kind, bucket, rank in EXAMPLE_SLOTS]
     k = 0
-    for u in range(first_unit, first_unit + n):
-        for kind, bucket, count in EXAMPLES:
-            for rank in range(count):
-                yield (run_id, u, kind, bucket, rank, int(ctx[k]), 4.0 - rank * 0.1, k % CONTEXT_LENGTH,
-                       blobs[k & 255])
+    for start in range(0, n, BLOCK):  # contexts drawn a block of units at a time: flat memory at 10 M units
+        block = min(BLOCK, n - start)
+        ctx = iter((rng.integers(0, n_ctx, block * len(slots)) + first_ctx).tolist())
+        for u in range(first_unit + start, first_unit + start + block):
+            for kind, bucket, rank, value in slots:
+                yield u, kind, bucket, rank, next(ctx), value, k % CONTEXT_LENGTH, blobs[k & 255]
                 k += 1
 
 
 def build(units: int, log: Any) -> Source:
     rng = np.random.default_rng(0)
     start = time.perf_counter()
+
+    def phase(what: str) -> None:
+        log.write(f"{what}: {time.perf_counter() - start:.1f} s\n")
+
     with transaction.atomic():
         tok = tokenizer_get_or_create(name=MODEL, vocab_hash=f"{MODEL}-v1",
                                       tokens=["[CLS]", "[SEP]", *(" " + _word(i) for i in range(2, VOCAB))],
@@ -124,33 +167,27 @@ def build(units: int, log: Any) -> Source:
         first_ctx = corpus.contexts.order_by("id").values_list("id", flat=True).first() or 0
         source = source_get_or_create(model=model, name=SOURCE, hook_point="blocks.0.mlp.hook_post", layer=0,
                                       kind="neurons", n_units=units)
-        run_id = run_create(model=model, corpus=corpus, config={}, config_hash=MODEL, sources=[source],
-                            status="done", contexts_total=N_CONTEXTS, contexts_done=N_CONTEXTS).pk
-        copy_rows("catalog_unit", ["source_id", "index", "layer", "kind", "density", "max_activation",
-                                   "mean_activation", "top_token", "dead", "stats_run_id", "label_count",
-                                   "search_text", "logit_effects"],
-                  ["int8", "int4", "int4", "text", "float8", "float8", "float8", "text", "bool", "int8", "int4",
-                   "text", "jsonb"], _unit_rows(source, run_id, rng))
-        log.write(f"units: {time.perf_counter() - start:.1f} s\n")
+        run = run_create(model=model, corpus=corpus, config={}, config_hash=MODEL, sources=[source],
+                         status="done", contexts_total=N_CONTEXTS, contexts_done=N_CONTEXTS)
+        _units_write(source, run.pk, rng)
+        phase("units")
         first_unit = Unit.objects.filter(source=source).order_by("id").values_list("id", flat=True).first() or 0
-        _stats_scores_labels(source, run_id, first_unit, units, rng)
-        log.write(f"stats, scores, labels: {time.perf_counter() - start:.1f} s\n")
-        copy_rows("examples_example", ["run_id", "unit_id", "kind", "bucket", "rank", "context_id", "max_value",
-                                       "max_pos", "values"],
-                  ["int8", "int8", "int2", "int2", "int2", "int8", "float8", "int2", "bytea"],
-                  _example_rows(run_id, first_unit, units, N_CONTEXTS, first_ctx, rng))
-        log.write(f"{units * 32} examples: {time.perf_counter() - start:.1f} s\n")
+        _stats_scores_labels(run, first_unit, units, rng)
+        phase("stats, scores, labels")
+        examples_write(run=run, rows=_example_rows(first_unit, units, N_CONTEXTS, first_ctx, rng))
+        phase(f"{units * len(EXAMPLE_SLOTS)} examples")
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE catalog_unit; ANALYZE catalog_score; ANALYZE examples_example; ANALYZE labels_label")
+        # VACUUM sets the visibility map that index-only scans of the unit list need (autovacuum
+        # does the same after a harvest's inserts, later); ANALYZE gives the planner the new sizes.
+        cursor.execute("VACUUM (ANALYZE) catalog_unit, labels_label")
+        cursor.execute("ANALYZE catalog_score; ANALYZE examples_example; ANALYZE examples_unitstats")
+    phase("vacuum, analyze")
     return source
 
 
-def _stats_scores_labels(source: Source, run_id: int, first_unit: int, n: int, rng: np.random.Generator) -> None:
+def _stats_scores_labels(run: Any, first_unit: int, n: int, rng: np.random.Generator) -> None:
     hist = struct.pack("<8q", 5, 4, 3, 2, 1, 1, 0, 1)
-    copy_rows("examples_unitstats", ["run_id", "unit_id", "n_tokens", "fire_count", "density", "mean", "max", "hist",
-                                     "hist_stride"],
-              ["int8", "int8", "int8", "int8", "float8", "float8", "float8", "bytea", "int4"],
-              ((run_id, u, 1_280_000, 1000, 0.001, 0.1, 4.0, hist, 7) for u in range(first_unit, first_unit + n)))
+    stats_write(run=run, rows=((u, 1_280_000, 1000, 0.001, 0.1, 4.0, hist, 7) for u in range(first_unit, first_unit + n)))
     conc = rng.random(n)
     copy_rows("catalog_score", ["unit_id", "name", "version", "value", "details", "computed"],
               ["int8", "text", "int4", "float8", "jsonb", "timestamptz"],
@@ -160,15 +197,8 @@ def _stats_scores_labels(source: Source, run_id: int, first_unit: int, n: int, r
     now = _now()
     copy_rows("labels_label", ["unit_id", "author_id", "text", "tags", "machine", "revision", "created", "updated"],
               ["int8", "int4", "text", "jsonb", "bool", "int4", "timestamptz", "timestamptz"],
-              ((first_unit + i, user.pk, f"{WORDS[i % len(WORDS)]} and {WORDS[(i * 7) % len(WORDS)]} contexts",
-                Jsonb([]), False, 1, now, now) for i in range(0, n, LABELED_EVERY)))
-    with connection.cursor() as cursor:  # what the labels service does per label, set-based here
-        cursor.execute(
-            """UPDATE catalog_unit u SET label_count = 1, search_text = u.top_token || ' ' || l.text,
-                      search = to_tsvector('simple', u.top_token || ' ' || l.text)
-                 FROM labels_label l WHERE l.unit_id = u.id AND u.source_id = %s""", [source.pk])
-        cursor.execute("UPDATE catalog_unit SET search = to_tsvector('simple', top_token) "
-                       "WHERE source_id = %s AND label_count = 0", [source.pk])
+              ((first_unit + i, user.pk, _label_text(i), Jsonb([]), False, 1, now, now)
+               for i in range(0, n, LABELED_EVERY)))
 
 
 def _now() -> Any:
@@ -212,7 +242,7 @@ def run(*, units: int, requests: int, fresh: bool = False, log: Any = sys.stderr
         source = build(units, log)
     fill_s = time.perf_counter() - start
     with override_settings(DEBUG=False):  # as served: no query log
-        return {"units": units, "examples": units * 32, "requests_per_kind": requests, "fill_s": round(fill_s, 1),
+        return {"units": units, "examples": units * len(EXAMPLE_SLOTS), "requests_per_kind": requests, "fill_s": round(fill_s, 1),
                 "reused": fill_s < 5, **_measure(units, requests),
                 "load_average_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
 
