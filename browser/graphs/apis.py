@@ -17,9 +17,9 @@ from browser.api.errors import Conflict
 from browser.api.permissions import CanRead, ReadOrLabel
 from browser.graphs.checks import MAX_CHECK_NODES, check_edit, check_nodes, check_run, check_target
 from browser.graphs.checks import TASK as CHECK_TASK
-from browser.graphs.neuronpedia import graph_import_upload, graph_neuronpedia
+from browser.graphs.neuronpedia import graph_neuronpedia
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, supernode_history, supernode_list
-from browser.graphs.services import SupernodeConflict, graph_request, supernode_save
+from browser.graphs.services import SupernodeConflict, graph_import_upload, graph_request, supernode_save
 from workers.compute.graph_config import BASES, MAX_PROMPT_CHARS, MAX_UNITS
 
 TASK = "workers.tasks_graphs.compute_graph"

@@ -261,10 +261,3 @@ def graph_file_data(upload: Any) -> Any:
         return json.loads(upload.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationError(f"the file is not JSON: {exc}") from None
-
-
-def graph_import_upload(upload: Any, *, model_name: str | None, user: Any) -> tuple[Graph, bool, list[str]]:
-    """Read an uploaded file and import it (``browser.graphs.services.graph_import``)."""
-    from browser.graphs.services import graph_import
-
-    return graph_import(data=graph_file_data(upload), model_name=model_name, user=user)

@@ -14,6 +14,7 @@ from browser.accounts import access
 from browser.catalog.models import Model, Source
 from browser.catalog.uids import storable
 from browser.graphs.models import Graph, Supernode, SupernodeRevision
+from browser.graphs.neuronpedia import GraphFileError, graph_file_data, parse_neuronpedia
 from browser.runs.models import Job
 from browser.runs.services import job_create
 from workers.compute.graph_config import MAX_PROMPT_CHARS, SUPPORTED_MODEL_TYPES, GraphConfig
@@ -209,8 +210,6 @@ def graph_import(*, data: Any, model_name: str | None = None, user: Any = None) 
     import hashlib
     import json
 
-    from browser.graphs.neuronpedia import GraphFileError, parse_neuronpedia
-
     try:
         parsed = parse_neuronpedia(data)
     except GraphFileError as exc:
@@ -255,3 +254,8 @@ def graph_import(*, data: Any, model_name: str | None = None, user: Any = None) 
     if basis == "imported":
         notes.append("its features are not this browser's units: nodes show the file's labels and link nowhere")
     return graph, True, notes
+
+
+def graph_import_upload(upload: Any, *, model_name: str | None, user: Any) -> tuple[Graph, bool, list[str]]:
+    """Read an uploaded graph file (refused over ``MAX_IMPORT_BYTES`` or when not JSON) and import it."""
+    return graph_import(data=graph_file_data(upload), model_name=model_name, user=user)

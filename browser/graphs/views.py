@@ -12,9 +12,9 @@ from django.views.decorators.http import require_POST
 from browser.accounts import access
 from browser.api.compute import ComputeError, compute_refusal
 from browser.graphs.checks import OP_NAMES, check_edit, check_nodes, check_run, check_target
-from browser.graphs.neuronpedia import MAX_IMPORT_BYTES, graph_import_upload
+from browser.graphs.neuronpedia import MAX_IMPORT_BYTES
 from browser.graphs.selectors import graph_detail, graph_get, graph_list, graph_siblings
-from browser.graphs.services import supernode_save
+from browser.graphs.services import graph_import_upload, supernode_save
 from browser.graphs.svg import MAX_EDGES_DRAWN, graph_svg
 
 
