@@ -131,10 +131,11 @@ def parquet_from_lines(blocks: Iterable[bytes], *, metadata: dict[str, str],
         pending = bytearray()
         for block in blocks:
             pending += block
-            if len(pending) >= row_group_bytes:
-                cut = pending.rindex(b"\n") + 1
-                writer.write_table(_lines_table(bytes(pending[:cut]), options, schema))
-                del pending[:cut]
+            # A row group is the fewest whole lines that reach ``row_group_bytes`` (a block holds
+            # many lines, so one block may close several groups).
+            while len(pending) >= row_group_bytes and (end := pending.find(b"\n", row_group_bytes - 1)) >= 0:
+                writer.write_table(_lines_table(bytes(pending[:end + 1]), options, schema))
+                del pending[:end + 1]
                 yield sink.take()
         if pending:
             writer.write_table(_lines_table(bytes(pending), options, schema))
