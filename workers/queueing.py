@@ -1,5 +1,6 @@
 """The one place that queues a run's shard tasks: the harvest command, the API request path,
-the stalled-run check and the benchmarks all call :func:`run_queue_shards`.
+the stalled-run check and the benchmarks all call :func:`run_queue_shards`. A finished harvest
+queues its sources' semantic-search embeddings here too (:func:`run_queue_embeddings`).
 
 Tasks are sent by name, so this module needs the Celery app only, never the task modules (which
 import the job machinery): no import cycle.
@@ -8,13 +9,18 @@ import the job machinery): no import cycle.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
-from browser.runs.services import runs_stalled
+from django.db import transaction
+
+from browser.runs.models import Job, Run
+from browser.runs.services import job_create, runs_stalled
 from workers.celery import app
 
 logger = logging.getLogger(__name__)
 HARVEST_SHARDS = "workers.tasks.harvest_shards"
 FINALIZE_RUN = "workers.tasks.finalize_run"
+EMBED_SOURCE = "workers.tasks_search.embed_source"
 
 
 def run_queue_shards(*, run_id: int, tasks: int = 1) -> None:
@@ -37,3 +43,18 @@ def resume_stalled_runs(run_ids: list[int] | None = None) -> list[int]:
         run_queue_shards(run_id=run_id)
         logger.warning("run %s had stalled; queued its work again", run_id)
     return stalled
+
+
+def run_queue_embeddings(*, run_id: int) -> list[int]:
+    """Queue one ``embed_source`` job per source of a finished run, sent once the caller's
+    transaction commits: semantic search describes a unit by its labels and its top contexts
+    (``workers.pipeline.search``), and the harvest has just written those contexts. The job embeds
+    only units whose text changed and then snapshots the index. Returns the job ids."""
+    run = Run.objects.select_related("model").get(pk=run_id)
+    job_ids = []
+    for source in run.sources.order_by("layer", "kind", "name"):
+        job = job_create(kind=Job.Kind.SCORE, title=f"search vectors {run.model.name}/{source.name}",
+                         params={"source_id": source.pk})
+        transaction.on_commit(partial(app.send_task, EMBED_SOURCE, args=[job.pk]), robust=True)
+        job_ids.append(job.pk)
+    return job_ids

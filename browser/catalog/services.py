@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from browser.catalog.models import Model, Sae, Score, Source, Tokenizer, Unit, UnitRelation
@@ -111,9 +112,10 @@ def scores_replace(*, run: Any, unit_ids: list[int], names: tuple[str, ...], ver
     value, details), tied to ``run`` (None for scores of a model rather than a run); call it inside the
     caller's transaction. Every score job writes through it, so a rerun gives the same rows."""
     Score.objects.filter(unit_id__in=unit_ids, name__in=names, version=version, label__isnull=True).delete()
-    return len(Score.objects.bulk_create(
-        Score(unit_id=u, name=name, version=version, value=value, run=run, details=details)
-        for u, name, value, details in rows))
+    run_id, now = (run.pk if run is not None else None), timezone.now()
+    return copy_rows("catalog_score", ["unit_id", "name", "version", "value", "run_id", "details", "computed"],
+                     ["int8", "text", "int4", "float8", "int8", "jsonb", "timestamptz"],
+                     ((u, name, version, value, run_id, Jsonb(details), now) for u, name, value, details in rows))
 
 
 def label_score_set(*, label: Any, name: str, version: int, value: float | None, run_id: int | None = None,

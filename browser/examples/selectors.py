@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
+from django.db import connection
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
@@ -133,3 +134,14 @@ def unit_histogram(stats: UnitStats) -> ActivationHistogram:
     lo, hi = int(nonzero[0]), int(nonzero[-1]) + 1
     return ActivationHistogram(counts[lo:hi].tolist(), grid.hist_bin_lower_edge(lo + 1), grid.hist_bin_upper_edge(hi),
                                stats.hist_stride)
+
+
+def run_source_examples(*, run_id: int, source_id: int) -> list[tuple[int, int, int, int, float]]:
+    """(unit index, kind, context id, max position, max value) of every example of one source's units
+    in a run, by unit, kind, bucket and rank: the score job's read, as plain rows (hundreds of
+    thousands of them: model instances or ``values_list`` cost several times the query)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT u.index, e.kind, e.context_id, e.max_pos, e.max_value FROM examples_example e "
+                       "JOIN catalog_unit u ON u.id = e.unit_id WHERE e.run_id = %s AND u.source_id = %s "
+                       "ORDER BY e.unit_id, e.kind, e.bucket, e.rank", [run_id, source_id])
+        return cursor.fetchall()

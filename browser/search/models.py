@@ -70,3 +70,16 @@ class FamilyLink(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["child", "kind", "parent"], name="familylink_unique")]
         indexes = [models.Index(fields=["parent", "kind"], name="familylink_parent")]
+
+
+class WindowEmbedding(models.Model):
+    """The vector of one example window's text under one embedder: the score job's cache, so each
+    distinct window is embedded once across all units, sources and runs (and any job that embeds
+    the same text under the same embedder finds it here)."""
+
+    embedder = models.CharField(max_length=40)
+    text_sha = models.BinaryField()  # SHA-256 of the window's text (32 bytes)
+    vector = models.BinaryField()  # float32 little-endian
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["embedder", "text_sha"], name="window_embedding_unique")]

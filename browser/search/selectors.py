@@ -15,6 +15,7 @@ from browser.catalog.selectors import PAGE_SIZE, UnitFilters, UnitPage, unit_pag
 from browser.labels.models import Label
 from browser.search.encoder import query_encoder
 from browser.search.index import live_index
+from browser.search.models import WindowEmbedding
 
 CANDIDATES = 200  # first ANN fetch; doubled while the filters leave too few
 MAX_CANDIDATES = 20_000
@@ -98,3 +99,16 @@ def unit_list_page(filters: UnitFilters, *, cursor: str | None = None, size: int
     if filters.semantic and filters.q:
         return semantic_page(filters, size=size)
     return unit_page(filters, cursor=cursor, size=size)
+
+
+WINDOW_LOOKUP_BATCH = 5_000  # hashes per query
+
+
+def window_embeddings(*, embedder: str, shas: list[bytes]) -> dict[bytes, np.ndarray]:
+    """The cached vectors (float32) of the windows whose text SHA-256 is in ``shas``, under ``embedder``."""
+    out: dict[bytes, np.ndarray] = {}
+    for start in range(0, len(shas), WINDOW_LOOKUP_BATCH):
+        rows = WindowEmbedding.objects.filter(embedder=embedder, text_sha__in=shas[start:start + WINDOW_LOOKUP_BATCH])
+        for sha, vector in rows.values_list("text_sha", "vector"):
+            out[bytes(sha)] = np.frombuffer(bytes(vector), dtype="<f4")
+    return out

@@ -12,7 +12,14 @@ from django.utils import timezone
 
 from browser.catalog.models import Source
 from browser.core.services import blob_delete, blob_write
-from browser.search.models import FamilyLink, IndexSnapshot, PendingEmbedding, SourceMap, UnitEmbedding
+from browser.search.models import (
+    FamilyLink,
+    IndexSnapshot,
+    PendingEmbedding,
+    SourceMap,
+    UnitEmbedding,
+    WindowEmbedding,
+)
 from browser.search.overview_selectors import top_context_overlap
 
 EMBED_TASK = "workers.tasks_search.embed_pending"
@@ -106,3 +113,21 @@ def family_links_replace(*, unit_ids: Iterable[int], kind: str, links: list[tupl
                                                    coactivation=overlap.get((p, c))) for p, c, v in links],
                                        batch_size=5000)
     return len(links)
+
+
+def window_embeddings_store(*, embedder: str, rows: list[tuple[bytes, np.ndarray]]) -> int:
+    """Cache (text SHA-256, vector) rows of ``embedder``; a window another job stored meanwhile is
+    kept as it is (both vectors embed the same text). Returns how many rows were new."""
+    if not rows:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO search_windowembedding (embedder, text_sha, vector) "
+                       "SELECT %s, s, v FROM unnest(%s::bytea[], %s::bytea[]) AS r(s, v) "
+                       "ON CONFLICT (embedder, text_sha) DO NOTHING",
+                       [embedder, [sha for sha, _ in rows], [np.asarray(v, "<f4").tobytes() for _, v in rows]])
+        return cursor.rowcount
+
+
+def window_embeddings_clear(*, embedder: str) -> int:
+    """Empty the window cache of ``embedder`` (benchmarks of a cold cache; a changed model)."""
+    return WindowEmbedding.objects.filter(embedder=embedder).delete()[0]

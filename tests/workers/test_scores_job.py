@@ -269,3 +269,59 @@ def test_deleting_a_run_deletes_its_correlation_blob(harvested: Run) -> None:
     assert Blob.objects.filter(key=f"run-{harvested.pk}-correlation").exists()
     run_delete(run=harvested)
     assert not Blob.objects.filter(key__startswith=f"run-{harvested.pk}-").exists()
+
+
+def _window_texts(run: Run) -> set[str]:
+    """Every distinct window the job embeds, worked out from the stored examples: the top and
+    interval examples of each unit with at least six (the tiny config keeps fewer than 24 of
+    each), and the corpus's common windows."""
+    tokenizer = load_tokenizer(run.model.location, Path("/nonexistent"))
+    tokens = {pk: decode_tokens(bytes(t)) for pk, t in Context.objects.values_list("pk", "tokens")}
+    texts = set(common_windows(run, tokenizer))
+    for source in (HOOK, "feat"):
+        for entries in _examples(run, source, [Example.Kind.TOP, Example.Kind.INTERVAL]).values():
+            if len(entries) >= 6:
+                texts |= {str(tokenizer.decode(tokens[c][max(0, p - WINDOW): p + WINDOW + 1],
+                                               skip_special_tokens=True)).strip() for c, p in entries}
+    return texts
+
+
+def test_each_window_is_embedded_once_across_jobs(harvested: Run) -> None:
+    from browser.search.models import WindowEmbedding
+    from workers.pipeline.scores import scores_compute
+
+    run = harvested
+    first_texts = _window_texts(run)
+    first = scores_compute(run_id=run.pk, progress=lambda *args: None)
+    assert first["windows_embedded"] == len(first_texts) == WindowEmbedding.objects.count() > 100
+    rows = _snapshot()
+    second = scores_compute(run_id=run.pk, progress=lambda *args: None)
+    assert (second["windows_embedded"], second["windows_cached"]) == (0, len(first_texts))
+    assert _snapshot() == rows  # cached vectors give exactly the same scores
+    # Change one token in the middle of one example's window: only the windows that now read
+    # differently are embedded.
+    context_id, pos = _examples(run, HOOK, [Example.Kind.TOP])[0][0]
+    context = Context.objects.get(pk=context_id)
+    ids = decode_tokens(bytes(context.tokens))
+    ids[pos] = next(t for t in range(1000, 2000) if t != ids[pos])
+    context.tokens = torch.tensor(ids, dtype=torch.int32).numpy().tobytes()
+    context.save(update_fields=["tokens"])
+    changed = _window_texts(run) - first_texts
+    third = scores_compute(run_id=run.pk, progress=lambda *args: None)
+    assert third["windows_embedded"] == len(changed) >= 1
+    assert WindowEmbedding.objects.count() == len(first_texts | changed)
+
+
+def test_a_finished_harvest_queues_the_search_embeddings(harvested: Run) -> None:
+    """Semantic search describes a unit by its top contexts: finalize queues one embed_source job
+    per source of the run, and running it gives every unit of the source a vector."""
+    from browser.runs.models import Job
+    from browser.search.models import UnitEmbedding
+    from workers.tasks_search import embed_source_work
+
+    jobs = {job.params["source_id"]: job for job in Job.objects.filter(title__startswith="search vectors")}
+    sources = {s.pk: s for s in harvested.sources.all()}
+    assert sorted(jobs) == sorted(sources) and all(j.status == Job.Status.QUEUED for j in jobs.values())
+    source = Source.objects.get(name=HOOK)
+    assert run_here(embed_source_work, jobs[source.pk], io.StringIO()).status == Job.Status.SUCCEEDED
+    assert UnitEmbedding.objects.filter(unit__source=source).exclude(vector=b"").count() == source.n_units

@@ -34,6 +34,7 @@ from workers.pipeline.harvest.examples import (
 from workers.pipeline.harvest.runtime import UNIT_OFFSET_STRIDE, note, worker_name
 from workers.pipeline.loader import device_for, model_on
 from workers.pipeline.saes import sae_directions
+from workers.queueing import run_queue_embeddings
 
 
 def merged_states(run: Run, config: HarvestConfig) -> dict[str, dict[str, torch.Tensor]]:
@@ -123,6 +124,7 @@ def _write(run: Run, config: HarvestConfig, summaries: dict[str, list[UnitSummar
             (unit_ids[(sources[name].pk, u)], best.get((name, u), ""), effects.get((name, u), {}))
             for name, units in summaries.items() for u in range(len(units))))
         run_mark(run=run, status=Run.Status.DONE)
+        run_queue_embeddings(run_id=run.pk)  # semantic search reads the units' new top contexts
         if run.job_id:
             job_finish(job_id=run.job_id, status=Job.Status.SUCCEEDED)
 

@@ -32,7 +32,7 @@ from workers.pipeline.scores.common import (
     ScoreInputError,
 )
 from workers.pipeline.scores.job import scores_compute
-from workers.pipeline.scores.units import common_windows, window_text
+from workers.pipeline.scores.windows import common_windows, window_text
 
 __all__ = ["COMMON_WINDOWS", "NAMES", "RELATED", "VERSION", "WINDOW", "ScoreInputError", "common_windows",
            "scores_compute", "window_text"]

@@ -48,9 +48,12 @@ class ScoreInputError(ValueError):
 
 @dataclass
 class UnitExamples:
-    """One source's examples in the run: (kind, context id, max position) per unit index."""
+    """One source's examples in the run: (kind, context id, max position) per unit index, and each
+    unit's largest activation in each of its example contexts (``max_value[(unit index, context
+    id)]``: the same for the top and interval example of one context)."""
 
     by_unit: dict[int, list[tuple[int, int, int]]] = field(default_factory=lambda: defaultdict(list))
+    max_value: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def contexts(self, unit: int, kinds: tuple[int, ...]) -> list[int]:
         return [c for k, c, _ in self.by_unit.get(unit, []) if k in kinds]

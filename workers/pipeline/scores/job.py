@@ -9,7 +9,7 @@ from django.db import transaction
 
 from browser.catalog.models import Model, Source, Unit, UnitRelation
 from browser.catalog.services import scores_replace, unit_relations_replace
-from browser.examples.models import Example
+from browser.examples.selectors import run_source_examples
 from browser.runs.models import Run
 from workers.pipeline.scores.common import (
     NAMES,
@@ -21,11 +21,14 @@ from workers.pipeline.scores.common import (
     UnitExamples,
 )
 from workers.pipeline.scores.pairs import Relations, _comparisons, _superposition
-from workers.pipeline.scores.units import Windows, _toy_features_per_neuron, _unit_scores
+from workers.pipeline.scores.units import _toy_features_per_neuron, _unit_scores
+from workers.pipeline.scores.windows import Windows
 
 
-def scores_compute(*, run_id: int, progress: Progress) -> dict[str, int]:
-    """Compute and store every score, relation and layer superposition of a finished run."""
+def scores_compute(*, run_id: int, progress: Progress) -> dict[str, float]:
+    """Compute and store every score, relation and layer superposition of a finished run. Counts
+    the rows written, the distinct windows embedded and read from the cache, and the seconds
+    spent on the embedding-based score (``embedding_scores_s``: windows, cache, 2-means)."""
     run = Run.objects.select_related("model", "model__tokenizer", "corpus", "corpus__tokenizer").filter(
         pk=run_id).first()
     if run is None or run.status != Run.Status.DONE:
@@ -44,17 +47,16 @@ def scores_compute(*, run_id: int, progress: Progress) -> dict[str, int]:
     relations = _comparisons(run, sources, examples, results, progress)
     counts = _write(run, results, relations)
     counts["superposition"] = sum(_superposition(run, s) for s in sources if s.kind == Source.Kind.SAE)
-    return counts
+    return {**counts, "windows_embedded": windows.embedded, "windows_cached": windows.cached,
+            "embedding_scores_s": round(windows.seconds, 3)}
 
 
 def _examples(run: Run, source: Source) -> UnitExamples:
-    index = dict(Unit.objects.filter(source=source).values_list("pk", "index"))
     out = UnitExamples()
-    rows = Example.objects.filter(run=run, unit_id__in=list(index)).order_by("unit_id", "kind", "bucket", "rank")
-    for unit_id, kind, context_id, max_pos in rows.values_list("unit_id", "kind", "context_id", "max_pos"):
-        out.by_unit[index[unit_id]].append((kind, context_id, max_pos))
+    for index, kind, context_id, max_pos, max_value in run_source_examples(run_id=run.pk, source_id=source.pk):
+        out.by_unit[index].append((kind, context_id, max_pos))
+        out.max_value[(index, context_id)] = max_value
     return out
-
 
 
 def _write(run: Run, results: dict[int, SourceScores], relations: Relations) -> dict[str, int]:

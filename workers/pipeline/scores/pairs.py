@@ -156,7 +156,7 @@ class _PairPass:
             group = torch.tensor([ctx % GROUPS for ctx in batch_indices], device=acts.device).repeat_interleave(L)
             for g in group.unique().tolist():  # each token in one group: one product's worth of work in all
                 cols = group == g
-                self.mass[g] += comparison.carried_mass(member[:, cols], features[cols]).double()
+                self.mass[g] += comparison.carried_mass(member[:, cols], features[cols])
             self.tokens += member.sum(dim=1)
 
 

@@ -4,36 +4,31 @@ model's features per neuron from its true dictionary."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from django.conf import settings
 
 from browser.catalog.models import Model, Source
-from browser.corpora.models import Context
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
 from browser.runs.models import Run
-from workers.compute import loading, scores
-from workers.pipeline.loader import device_for
+from workers.compute import scores
 from workers.pipeline.scores.common import (
     CLUSTER_INTERVAL,
     CLUSTER_TOP,
     CLUSTERS,
-    COMMON_WINDOWS,
     CONCENTRATION,
     DENSITY,
     FEATURES_PER_NEURON,
     MIN_CLUSTER_EXAMPLES,
-    WINDOW,
     SourceScores,
     UnitExamples,
     context_tokens,
 )
+from workers.pipeline.scores.windows import Windows
 
 
 def _unit_scores(run: Run, result: SourceScores, examples: UnitExamples, windows: Windows) -> None:
@@ -51,7 +46,9 @@ def _unit_scores(run: Run, result: SourceScores, examples: UnitExamples, windows
         if top:
             result.rows.append((unit, CONCENTRATION, share, {"token": token, "examples": len(top)}))
     if run.model.kind != Model.Kind.TOY:
+        start = time.perf_counter()
         _cluster_scores(run, source, result, examples, tokens, windows)
+        windows.seconds += time.perf_counter() - start
 
 
 def _density_rows(run: Run, result: SourceScores) -> Iterator[tuple[int, float, int]]:
@@ -70,53 +67,6 @@ def _cluster_examples(examples: UnitExamples, unit: int) -> tuple[list[int], lis
     return [c for c, _ in chosen], [p for _, p in chosen]
 
 
-def window_text(tokenizer: Any, ids: list[int], pos: int) -> str:
-    """The decoded window of WINDOW tokens each side of ``pos`` (special tokens dropped)."""
-    return str(tokenizer.decode(ids[max(0, pos - WINDOW): pos + WINDOW + 1], skip_special_tokens=True)).strip()
-
-
-class Windows:
-    """MiniLM embeddings of example windows for one job, each (context, position) embedded once
-    however many units and sources share it, and the corpus's common component."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self._tokenizer: Any = None
-        self._embedder: Any = None
-        self._rows: dict[tuple[int, int], int] = {}
-        self._vectors = torch.empty(0)
-        self._common: torch.Tensor | None = None
-
-    @property
-    def tokenizer(self) -> Any:
-        """The run's model's tokenizer (loaded on first use: toy models have none)."""
-        if self._tokenizer is None:
-            self._tokenizer = loading.load_tokenizer(self.run.model.location, Path(settings.CACHE_DIR))
-        return self._tokenizer
-
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        if self._embedder is None:
-            from workers.compute.embed import SentenceEmbedder
-
-            self._embedder = SentenceEmbedder(Path(settings.CACHE_DIR), device_for())
-        return self._embedder.embed(texts)
-
-    def vectors(self, keys: list[tuple[int, int]], tokens: dict[int, list[int]]) -> torch.Tensor:
-        """[N, d] embeddings of the windows around (context id, position) ``keys``."""
-        new = sorted({k for k in keys if k not in self._rows})
-        if new:
-            embedded = self._embed([window_text(self.tokenizer, tokens[c], p) for c, p in new])
-            self._rows.update({k: len(self._vectors) + i for i, k in enumerate(new)})
-            self._vectors = torch.cat([self._vectors, embedded]) if len(self._vectors) else embedded
-        return self._vectors[[self._rows[k] for k in keys]]
-
-    def common(self) -> torch.Tensor | None:
-        if self._common is None:
-            windows = common_windows(self.run, self.tokenizer)
-            self._common = self._embed(windows).mean(dim=0) if windows else None
-        return self._common
-
-
 def _cluster_scores(run: Run, source: Source, result: SourceScores, examples: UnitExamples,
                     tokens: dict[int, list[int]], windows: Windows) -> None:
     chosen = {u: _cluster_examples(examples, u) for u in examples.by_unit}
@@ -127,45 +77,11 @@ def _cluster_scores(run: Run, source: Source, result: SourceScores, examples: Un
     vectors = windows.vectors(keys, tokens)
     common = windows.common()
     row = {key: i for i, key in enumerate(keys)}
-    weight = _max_values(run, [result.units[u] for u in chosen])
     for unit, (cs, ps) in sorted(chosen.items()):
-        w = torch.tensor([weight[(result.units[unit], c)] for c in cs], dtype=torch.float64)
+        w = torch.tensor([examples.max_value[(unit, c)] for c in cs], dtype=torch.float64)
         split = scores.context_cluster_polysemanticity(
             vectors[[row[k] for k in zip(cs, ps, strict=True)]], w, common=common)
         result.rows.append((unit, CLUSTERS, split.score, {"clarity": split.clarity, "sizes": list(split.sizes)}))
-
-
-def common_windows(run: Run, tokenizer: Any, n: int = COMMON_WINDOWS, seed: int = 0) -> list[str]:
-    """``n`` windows of the run's corpus, each around a random non-special token of a random
-    context (both drawn with replacement from a generator seeded with ``seed``): the same for
-    every run on the corpus."""
-    corpus = run.corpus
-    if corpus.n_contexts == 0:
-        return []
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.randint(corpus.n_contexts, (n,), generator=gen).tolist()
-    where = torch.rand(n, generator=gen, dtype=torch.float64).tolist()
-    rows = dict(Context.objects.filter(corpus=corpus, index__in=set(picks)).values_list("index", "tokens"))
-    special = set(corpus.tokenizer.special_ids)
-    out = []
-    for index, u in zip(picks, where, strict=True):
-        ids = decode_tokens(bytes(rows[index]))
-        valid = [p for p, t in enumerate(ids) if t not in special]
-        if valid:
-            out.append(window_text(tokenizer, ids, valid[int(u * len(valid))]))
-    return out
-
-
-def _max_values(run: Run, unit_ids: list[int]) -> dict[tuple[int, int], float]:
-    """(unit id, context id) -> the unit's largest activation in that context (the same for the
-    top and interval example of one context)."""
-    out: dict[tuple[int, int], float] = {}
-    for start in range(0, len(unit_ids), 2048):
-        rows = Example.objects.filter(run=run, unit_id__in=unit_ids[start:start + 2048],
-                                      kind__in=[Example.Kind.TOP, Example.Kind.INTERVAL])
-        for unit_id, context_id, value in rows.values_list("unit_id", "context_id", "max_value"):
-            out[(unit_id, context_id)] = value
-    return out
 
 
 # ---- toy models: features per neuron from the true dictionary ---------------------------------

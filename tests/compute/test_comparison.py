@@ -1,0 +1,27 @@
+"""Neuron x feature comparison helpers against brute force."""
+
+from __future__ import annotations
+
+import torch
+
+from workers.compute.comparison import carried_mass
+
+
+def test_carried_mass_equals_a_sum_over_tokens() -> None:
+    """Per neuron and feature: the sum of |activation| over the neuron's member tokens, written as
+    loops, for sparse (TopK-like), dense and all-zero activations."""
+    gen = torch.Generator().manual_seed(0)
+    N, T, F = 7, 30, 11
+    member = torch.rand(N, T, generator=gen) < 0.4
+    dense = torch.randn(T, F, generator=gen)
+    sparse = dense.masked_fill(torch.rand(T, F, generator=gen) < 0.8, 0.0)
+    for acts in (sparse, dense, torch.zeros(T, F)):
+        want = torch.zeros(N, F, dtype=torch.float64)
+        for n in range(N):
+            for t in range(T):
+                if member[n, t]:
+                    for f in range(F):
+                        want[n, f] += abs(float(acts[t, f]))
+        got = carried_mass(member, acts)
+        assert got.dtype == torch.float64 and got.shape == (N, F)
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
