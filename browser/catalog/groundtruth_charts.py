@@ -93,3 +93,36 @@ def linear_lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *
         ly = 14 + i * 14
         body.append(_mark(shape, left + plot_w + 16, ly - 4, name) + f'<text x="{left + plot_w + 24}" y="{ly}">{escape(name)}</text>')
     return _svg(width, height, label, "".join(body), "lines")
+
+
+def intervals_svg(points: Sequence[tuple[str, float, float, float]], band: tuple[float, float, float] | None,
+                  label: str, *, y_label: str, width: int = 560, height: int = 200) -> SafeString:
+    """One column per (name, value, low, high), sorted as given: a dot at the value and a bar from
+    low to high; ``band`` (low, mean, high) is shaded across the whole plot (e.g. random units)."""
+    if not points:
+        return mark_safe(f'<p class="empty">{escape(label)}: no values.</p>')
+    ys = [v for _, value, lo, hi in points for v in (value, lo, hi)] + (list(band) if band else [])
+    y0, y1 = min(0.0, *ys), max(*ys, 1e-9)
+    left, plot_w, plot_h = 44, width - 54, height - 30
+    step = plot_w / len(points)
+
+    def sy(y: float) -> float:
+        return 10 + (1 - (y - y0) / (y1 - y0)) * plot_h
+
+    body = [f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y0):.1f}" y2="{sy(y0):.1f}" stroke="currentColor"/>',
+            f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" text-anchor="end">{y1:.3g}</text>',
+            f'<text x="{left - 4}" y="{sy(y0):.1f}" text-anchor="end">{y0:.3g}</text>',
+            f'<text x="4" y="8">{escape(y_label)}</text>',
+            f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">units, by score</text>']
+    if band:
+        lo, mean, hi = band
+        body.append(f'<rect x="{left}" y="{sy(hi):.1f}" width="{plot_w}" height="{max(sy(lo) - sy(hi), 1):.1f}" '
+                    f'fill="currentColor" fill-opacity="0.12"><title>random units: 5-95% {lo:.3f}-{hi:.3f}</title></rect>'
+                    f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(mean):.1f}" y2="{sy(mean):.1f}" stroke="currentColor" '
+                    f'stroke-dasharray="4 3"><title>random units: mean {mean:.3f}</title></line>')
+    for i, (name, value, lo, hi) in enumerate(points):
+        x = left + (i + 0.5) * step
+        tip = escape(f"{name}: {value:.3f} (resampled 5-95%: {lo:.3f}-{hi:.3f})")
+        body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{sy(hi):.1f}" y2="{sy(lo):.1f}" stroke="currentColor">'
+                    f'<title>{tip}</title></line><circle cx="{x:.1f}" cy="{sy(value):.1f}" r="2.5"><title>{tip}</title></circle>')
+    return _svg(width, height, label, "".join(body), "intervals")

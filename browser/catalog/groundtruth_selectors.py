@@ -1,16 +1,18 @@
 """Ground-truth panels: why a model's neurons are polysemantic, per layer (the diagnosis each layer's
 SAE made, ``manage.py diagnose_layers``; source pages), and the compression-hypothesis curve
-(``manage.py toy_compression``; toy pages)."""
+(``manage.py toy_compression``; toy pages), and the context-cluster score's spread against random
+units (``manage.py cluster_spread``; source pages)."""
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from django.utils.safestring import SafeString
 
-from browser.catalog.groundtruth_charts import linear_lines_svg, stacked_shares_svg
-from browser.catalog.models import Model, Sae, Source
+from browser.catalog.groundtruth_charts import intervals_svg, linear_lines_svg, stacked_shares_svg
+from browser.catalog.models import Model, Sae, Score, Source
 
 CAUSES = ("monosemantic", "superposition", "rotation", "nonlinear", "compositional")
 
@@ -103,3 +105,36 @@ def compression_panel(model: Model) -> CompressionPanel | None:
     rows = [{"p": r["p"], "rho": r["rho"], **{k: r.get(k) for k, _ in COMPRESSION_CHARTS},
              "dims_per_feature": r.get("dims_per_feature")} for r in curve]
     return CompressionPanel(charts, rows, stored["config"], stored.get("train_seconds"))
+
+
+SPREAD = "context_cluster_spread"
+
+
+@dataclass(frozen=True)
+class ClusterSpreadPanel:
+    chart: SafeString
+    units: int
+    baseline: dict[str, Any]
+    median_sample_std: float
+    median_seed_range: float
+    above: int
+    """Sampled units whose resampled 5th percentile lies above the random units' 95th."""
+
+
+def cluster_spread_panel(source: Source) -> ClusterSpreadPanel | None:
+    """The spread of the context-cluster score over seeds and samples for a sample of the source's
+    units, against random units (``manage.py cluster_spread``)."""
+    rows = list(Score.objects.filter(unit__source=source, name=SPREAD, label__isnull=True)
+                .values_list("unit__index", "details"))
+    if not rows:
+        return None
+    rows.sort(key=lambda r: r[1]["score"])
+    baseline = rows[0][1]["baseline"]
+    points = [(f"unit {i}", d["score"], d["sample_p5"], d["sample_p95"]) for i, d in rows]
+    chart = intervals_svg(points, (baseline["p5"], baseline["mean"], baseline["p95"]),
+                          f"context-cluster score of {len(rows)} sampled units of {source.name}, resampled, "
+                          f"against random units", y_label="context_cluster_polysemanticity")
+    return ClusterSpreadPanel(
+        chart, len(rows), baseline, statistics.median(d["sample_std"] for _, d in rows),
+        statistics.median(d["seed_max"] - d["seed_min"] for _, d in rows),
+        sum(d["sample_p5"] > baseline["p95"] for _, d in rows))
