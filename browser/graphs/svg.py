@@ -70,8 +70,8 @@ def _title(node: dict[str, Any]) -> str:
     if kind == "unit":
         label = node.get("label") or ("no label yet" if node.get("harvested") or not node.get("source")
                                       else "not harvested yet")
-        top = node.get("top_token") or "?"
-        return (f"{node['unit_kind']} {node['uid']} at {node['token']!r}: {label}; top token {top!r}; "
+        top = f"; top token {node.get('top_token') or '?'!r}" if node.get("source") else ""
+        return (f"{node['unit_kind']} {node['uid']} at {node['token']!r}: {label}{top}; "
                 f"activation {node['value']:.3g}; influence {node['influence']:.3g}")
     if kind == "error":
         return (f"the rest of layer {node['layer']}'s MLP output at {node['token']!r} (units not selected; "

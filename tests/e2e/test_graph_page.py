@@ -123,3 +123,34 @@ def test_ablate_and_steer_a_node_from_the_graph_page(worker: subprocess.Popen[by
     assert float(result.locator("td.real").inner_text()) == pytest.approx(expected_scaled["real"], abs=2e-4)
     assert float(result.locator("td.predicted").inner_text()) == pytest.approx(expected_scaled["predicted"], abs=2e-4)
     _shot(page, "graph-check-steer")
+
+
+def test_import_a_circuit_tracer_graph_from_the_list_page(transactional_db: None, tmp_path: Path,
+                                                          page: Any) -> None:  # noqa: F811
+    """Sign in, upload a graph file written the way circuit-tracer writes it on /graphs/, land on its
+    page: the file's labels on hover, no links to unit pages. Screenshots ``graph-import*.png``."""
+    import json
+
+    from tests.graphs.test_graph_import import circuit_tracer_file
+
+    model_register(location=str(build_tiny_llama(tmp_path / "llama")), name="tiny-llama")
+    user_create(username="viewer", password=PASSWORD, role="viewer")
+    path = tmp_path / "winter.json"
+    path.write_text(json.dumps(circuit_tracer_file()))
+    page.goto("/accounts/login/?next=/graphs/")
+    page.fill("#id_username", "viewer")
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/graphs/$"))
+    page.set_input_files("#graph-file", str(path))
+    _shot(page, "graph-import-form")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Import graph").click()
+    graph = Graph.objects.get()
+    assert page.url.endswith(f"/graphs/{graph.pk}/")
+    assert page.locator("svg.graph circle.gnode").count() == len(graph.nodes) == 7
+    assert page.locator("svg.graph a.gunit").count() == 0
+    page.locator('svg.graph circle.gnode[data-node="0"]').hover()
+    assert "winter words" in page.locator("#node-info").inner_text()
+    assert "Imported from neuronpedia graph JSON" in page.locator("p.imported").inner_text()
+    _shot(page, "graph-import")

@@ -105,7 +105,7 @@ def circuit_tracer_file() -> dict[str, Any]:
             {"node_id": "3_15_2", "feature": 15, "layer": "3", "ctx_idx": 2, "feature_type": "logit",
              "token_prob": 0.25, "is_target_logit": False, "jsNodeId": "L_15-2", "clerp": 'Output " b" (p=0.250)'},
             {"node_id": "3_14_2", "feature": 14, "layer": "3", "ctx_idx": 2, "feature_type": "logit",
-             "token_prob": 0.5, "is_target_logit": True, "jsNodeId": "L_14-2", "clerp": 'Output " \\"a\\"" (p=0.500)'},
+             "token_prob": 0.5, "is_target_logit": True, "jsNodeId": "L_14-2", "clerp": 'Output " "a"" (p=0.500)'},
         ],
         "links": [{"source": "E_9_1", "target": "0_812_1", "weight": 1.5},
                   {"source": "0_812_1", "target": "1_77_2", "weight": 2.5},
@@ -123,7 +123,7 @@ def test_a_circuit_tracer_file_opens_with_its_own_labels(models: Model, cast: Ca
     assert graph.nodes[:3] == [["unit", 0, 1, 812, 3.5, 0.4], ["unit", 1, 2, 77, 3.5, 0.4], ["error", 1, 2, -1, 0.0, 0.1]]
     assert graph.nodes[5:] == [["logit", -1, 2, 15, 0.0, 0.25], ["logit", -1, 2, 14, 0.0, 0.5]]
     assert graph.tokens == [[2, "<s>"], [9, "Now"], [-1, " is"]]
-    assert graph.logits == [[14, ' \\"a\\"', 0.5, 0.0], [15, " b", 0.25, 0.0]]  # the target logit first
+    assert graph.logits == [[14, ' "a"', 0.5, 0.0], [15, " b", 0.25, 0.0]]  # the target logit first
     assert graph.edges[0] == [1, 6, -4.0] and len(graph.edges) == 4  # strongest first
     assert list(Supernode.objects.filter(graph=graph).values_list("name", "nodes")) == [("season", [0, 1])]
     page = Client().get(f"/graphs/{graph.pk}/").content.decode()
