@@ -128,20 +128,26 @@ def parquet_from_lines(blocks: Iterable[bytes], *, metadata: dict[str, str],
     schema = SCHEMA.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
     options = pa_json.ParseOptions(explicit_schema=_LINE_SCHEMA, unexpected_field_behavior="error")
     with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-        pending = bytearray()
+        pending: list[bytes] = []
+        size = 0
         for block in blocks:
-            pending += block
+            pending.append(block)
+            size += len(block)
+            if size < row_group_bytes:
+                continue
             # A row group is the fewest whole lines that reach ``row_group_bytes`` (a block holds
             # many lines, so one block may close several groups).
-            while len(pending) >= row_group_bytes and (end := pending.find(b"\n", row_group_bytes - 1)) >= 0:
-                writer.write_table(_lines_table(bytes(pending[:end + 1]), options, schema))
-                del pending[:end + 1]
+            data, start = b"".join(pending), 0
+            while len(data) - start >= row_group_bytes and (end := data.find(b"\n", start + row_group_bytes - 1)) >= 0:
+                writer.write_table(_lines_table(data[start:end + 1], options, schema))
+                start = end + 1
                 yield sink.take()
-        if pending:
-            writer.write_table(_lines_table(bytes(pending), options, schema))
+            pending, size = [data[start:]], len(data) - start
+        if size:
+            writer.write_table(_lines_table(b"".join(pending), options, schema))
     yield sink.take()
 
 
 def _lines_table(data: bytes, options: pa_json.ParseOptions, schema: pa.Schema) -> pa.Table:
-    table = pa_json.read_json(io.BytesIO(data), parse_options=options)
+    table = pa_json.read_json(pa.BufferReader(data), parse_options=options)
     return table.select(schema.names).cast(schema)
