@@ -123,6 +123,20 @@ def test_ablate_and_steer_a_node_from_the_graph_page(worker: subprocess.Popen[by
     assert float(result.locator("td.real").inner_text()) == pytest.approx(expected_scaled["real"], abs=2e-4)
     assert float(result.locator("td.predicted").inner_text()) == pytest.approx(expected_scaled["predicted"], abs=2e-4)
     _shot(page, "graph-check-steer")
+    # The API twin, answered by the same worker: a node named by its Neuronpedia id, steered by +2.
+    from django.contrib.auth import get_user_model
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(get_user_model().objects.get(username="viewer"))
+    layer, pos, index = graph.nodes[node][1:4]
+    response = client.post(f"/api/v1/graphs/{graph.pk}/check/",
+                           {"nodes": [f"{layer}_{index}_{pos}"], "op": "steer", "value": 2}, format="json")
+    assert response.status_code == 200, response.content
+    expected_steer = graph_check(graph_id=graph.pk, nodes=[node], op="steer", value=2.0, device="cpu")
+    assert response.json()["nodes"] == [node]
+    assert response.json()["real"] == pytest.approx(expected_steer["real"], abs=1e-4)
+    assert response.json()["predicted"] == pytest.approx(expected_steer["predicted"], abs=1e-4)
 
 
 def test_import_a_circuit_tracer_graph_from_the_list_page(transactional_db: None, tmp_path: Path,
