@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from workers.compute import logits
 from workers.compute.hooks import architecture_for
-from workers.compute.logits import logit_effects
+from workers.compute.logits import Bf16Screen, exact_top, logit_effects
 
 
 def _randomize_norms(model: nn.Module, seed: int) -> None:
@@ -141,3 +142,40 @@ def test_encoder_has_no_logit_effects() -> None:
     model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                  intermediate_size=20)).eval()
     assert logit_effects(model, architecture_for("bert"), torch.randn(3, 16)) == [{}, {}, {}]
+
+
+def test_bf16_screen_gives_the_float32_top_tokens() -> None:
+    """The bfloat16 screen against the float32 top over the whole vocabulary, on directions where
+    bfloat16 alone ranks differently: planted near-ties at the 10th place, a zero direction (every
+    logit ties: not certifiable, recomputed) and rows of very different norms."""
+    g = torch.Generator().manual_seed(0)
+    W_U = torch.randn(6000, 48, generator=g) * torch.rand(6000, 1, generator=g).add(0.2)
+    d = torch.randn(200, 48, generator=g)
+    d[7] = 0
+    want = exact_top(d, W_U, 10)
+    # Tokens at the 10th and 11th places of the up side 1e-4 apart: within bfloat16's error, not float32's.
+    tenth, eleventh = want[0][:, 9], torch.topk(d @ W_U.T, 11, dim=1).indices[:, 10]
+    W_U[eleventh[:20]] = W_U[tenth[:20]] * (1 - 1e-4)
+    want = exact_top(d, W_U, 10)
+    got = Bf16Screen(W_U).top(d, 10)
+    for g_t, w_t in zip(got, want, strict=True):
+        if g_t.dtype == torch.int64:
+            assert torch.equal(g_t[torch.arange(200) != 7], w_t[torch.arange(200) != 7])
+        else:
+            assert torch.allclose(g_t, w_t, atol=1e-5)
+    # bfloat16 alone would get some of these wrong: the float32 recompute is what makes them right.
+    approx = torch.topk(d.bfloat16() @ W_U.bfloat16().T, 10, dim=1).indices
+    assert not torch.equal(approx, want[0])
+
+
+def test_llama_logit_effects_through_the_screen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path with the screen on (a screen of 12 tokens leaves most of the 97 out)."""
+    if not torch.cpu._is_avx512_bf16_supported():
+        pytest.skip("the screen runs only on CPUs with bfloat16 dot products")
+    monkeypatch.setattr(logits, "SCREEN", 12)
+    model = _tiny_llama()
+    W_U = architecture_for("llama").unembed(model)
+    assert W_U is not None and logits._screens(W_U, 10)
+    d = _directions(24)
+    got = logit_effects(model, architecture_for("llama"), d)
+    _assert_effects(got, _module_reference(model.get_submodule("model.norm"), model.get_submodule("lm_head"), d))

@@ -137,7 +137,9 @@ class SparseAutoencoder(nn.Module):
         """[..., d_in] (already normalized) -> [..., d_sae] before the activation function."""
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        pre = x @ self.W_enc
+        # Outside autograd the bias goes in place: one [..., d_sae] temporary fewer (the same floats).
+        return pre + self.b_enc if pre.requires_grad else pre.add_(self.b_enc)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         arch = self.cfg.architecture
@@ -153,7 +155,21 @@ class SparseAutoencoder(nn.Module):
         """Hook activations [..., d_in] -> feature activations [..., d_sae]."""
         x = x.to(self.W_enc.dtype)
         normalized, _ = self.normalize(x)
-        return self.activate(self.pre_acts(normalized))
+        pre = self.pre_acts(normalized)
+        return self.activate(pre) if pre.requires_grad else self._activate_in_place(pre)
+
+    def _activate_in_place(self, pre: torch.Tensor) -> torch.Tensor:
+        """``activate`` written over ``pre`` (a temporary of encode's own): on a harvest batch the
+        dense latents are hundreds of MB, and a fresh buffer costs its page faults every batch."""
+        arch = self.cfg.architecture
+        if arch == "relu":
+            return pre.relu_()
+        if arch == "jumprelu":
+            keep = pre > self.threshold
+            return pre.relu_().mul_(keep)
+        assert self.cfg.k is not None
+        top = torch.topk(pre, self.cfg.k, dim=-1)
+        return pre.zero_().scatter_(-1, top.indices, torch.relu(top.values))
 
     def decode(self, f: torch.Tensor, undo: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         out = f @ self.W_dec + self.b_dec
