@@ -1,7 +1,8 @@
 """Ground-truth panels: why a model's neurons are polysemantic, per layer (the diagnosis each layer's
 SAE made, ``manage.py diagnose_layers``; source pages), and the compression-hypothesis curve
 (``manage.py toy_compression``; toy pages), and the context-cluster score's spread against random
-units (``manage.py cluster_spread``; source pages)."""
+units (``manage.py cluster_spread``; source pages), and the SAEs of a hook side by side
+(``manage.py sae_core``; source pages)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from django.utils.safestring import SafeString
 
+from browser.catalog.charts import bars_svg
 from browser.catalog.groundtruth_charts import intervals_svg, linear_lines_svg, stacked_shares_svg
 from browser.catalog.models import Model, Sae, Score, Source
 
@@ -138,3 +140,37 @@ def cluster_spread_panel(source: Source) -> ClusterSpreadPanel | None:
         chart, len(rows), baseline, statistics.median(d["sample_std"] for _, d in rows),
         statistics.median(d["seed_max"] - d["seed_min"] for _, d in rows),
         sum(d["sample_p5"] > baseline["p95"] for _, d in rows))
+
+
+CORE_COLUMNS = (("fvu", "FVU"), ("l0", "L0"), ("dead_fraction", "dead"), ("dense_fraction", "dense"),
+                ("mean_max_cosine", "mean max |cos|"), ("loss_recovered", "loss recovered"))
+
+
+@dataclass(frozen=True)
+class SaeCoreRow:
+    name: str
+    architecture: str
+    width: int
+    values: list[float | None]
+    density_svg: SafeString
+    cosine_svg: SafeString
+    current: bool
+
+
+def sae_core_panel(source: Source) -> list[SaeCoreRow]:
+    """Every SAE on the source's hook measured by ``manage.py sae_core``, side by side."""
+    rows = (Sae.objects.filter(source__model_id=source.model_id, source__hook_point=source.hook_point,
+                               quality__has_key="core").select_related("source").order_by("pk"))
+    out = []
+    for row in rows:
+        c = row.quality["core"]
+        out.append(SaeCoreRow(
+            row.source.name, row.cfg.get("training", {}).get("architecture", row.architecture), row.d_sae,
+            [c.get(key) for key, _ in CORE_COLUMNS],
+            bars_svg(c["density_hist"], c["density_edges"], f"log10 firing density of the live latents of {row.source.name}",
+                     fmt="{:.0f}", width=200, height=60),
+            bars_svg(c["max_cosine_hist"], c["cosine_edges"],
+                     f"each live latent's largest decoder |cosine| with another, {row.source.name}", fmt="{:.1f}",
+                     width=200, height=60),
+            row.source_id == source.pk))
+    return out
