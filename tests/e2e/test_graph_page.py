@@ -120,6 +120,7 @@ def test_ablate_and_steer_a_node_from_the_graph_page(worker: subprocess.Popen[by
         page.locator("#check-steer").click()
     result = page.locator(".check-result")
     assert "scale by 3" in result.inner_text()
+    assert page.input_value("#check-edit") == "scale" and float(page.input_value("#check-value")) == 3  # kept
     assert float(result.locator("td.real").inner_text()) == pytest.approx(expected_scaled["real"], abs=2e-4)
     assert float(result.locator("td.predicted").inner_text()) == pytest.approx(expected_scaled["predicted"], abs=2e-4)
     _shot(page, "graph-check-steer")
