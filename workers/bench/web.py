@@ -1,8 +1,10 @@
 """`bench web`: server time of the unit page, the filtered unit list and search, at scale.
 
 Fills a separate model ``bench-web`` (one source of N units, 32 examples each, scores and labels)
-with binary COPY, reuses it on a rerun of the same size, and times in-process requests through
-the Django test client (the whole middleware and template stack, no network).
+with binary COPY through the harvest's own services (stats, examples), the units as the labels
+service leaves them; reuses it on a rerun of the same size (``fill_s`` is then ~0), and times
+in-process requests through the Django test client (the whole middleware and template stack, no
+network). docs/design.md, "How storage grows", says what the tables cost per unit.
 """
 
 from __future__ import annotations
