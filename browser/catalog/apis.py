@@ -255,7 +255,7 @@ FILTER_PARAMS = [
                      "with the full-text hits, filters applied; one ranked page, no cursor"),
     OpenApiParameter("source", str, description="model/source"),
     OpenApiParameter("model", str), OpenApiParameter("layer", int),
-    OpenApiParameter("kind", str, enum=["neurons", "sae"]),
+    OpenApiParameter("kind", str, enum=["neurons", "sae", "transcoder"]),
     OpenApiParameter("density_min", float), OpenApiParameter("density_max", float),
     OpenApiParameter("score", str, many=True, description="name:min:max (bounds optional), repeatable"),
     OpenApiParameter("labeled", bool), OpenApiParameter("label", str, description="label text contains"),
