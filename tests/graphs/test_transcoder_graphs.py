@@ -19,6 +19,7 @@ from fixtures.tiny_llama import build_tiny_llama
 from tests.graphs.test_graphs import PROMPT
 from workers.compute import hooks
 from workers.compute.sae.model import SaeConfig, SparseAutoencoder, tensor_shapes
+from workers.pipeline.graphs import graph_check
 from workers.pipeline.loader import model_on
 from workers.pipeline.models import model_register
 from workers.pipeline.saes import sae_register
@@ -67,6 +68,9 @@ def test_transcoder_basis_graph_has_the_transcoders_features(llama: Model, clien
         assert value == pytest.approx(float(features[pos, index]), abs=1e-4)
     html = client.get(f"/graphs/{graph.pk}/").content.decode()
     assert f'href="/u/tiny-llama/{row.source.name}/{kept[0][3]}/"' in html
+    feature_node = next(i for i, n in enumerate(graph.nodes) if n[0] == "unit" and n[1] == 1)
+    with pytest.raises(ValueError, match="transcoder features cannot be ablated or steered yet"):
+        graph_check(graph_id=graph.pk, nodes=[feature_node], device="cpu")
 
 
 def test_steering_a_transcoder_feature_is_refused_clearly(llama: Model) -> None:
