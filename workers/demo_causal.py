@@ -12,6 +12,7 @@ from django.core.management import call_command
 
 from browser.catalog.models import Sae
 from browser.corpora.models import Corpus
+from browser.corpora.services import corpus_delete
 
 FIXTURE_CORPUS = Path(settings.BASE_DIR) / "fixtures" / "shakespeare-small.jsonl"
 MODEL, CORPUS = "smollm2-135m", "demo-smollm2"
@@ -25,7 +26,7 @@ def causal_demo(stdout: Any) -> None:
     """Import the corpus with SmolLM2's tokenizer, train a small SAE on layer 4's neurons, harvest
     layers 2, 4, 6 and the SAE's features in one run."""
     if not Corpus.objects.filter(name=CORPUS, status=Corpus.Status.READY).exists():
-        Corpus.objects.filter(name=CORPUS).delete()
+        corpus_delete(name=CORPUS)
         call_command("import_corpus", str(FIXTURE_CORPUS), name=CORPUS, tokenizer=MODEL, stdout=stdout)
     if not Sae.objects.filter(source__model__name=MODEL, source__name=SAE).exists():
         call_command("train_sae", model=MODEL, corpus=CORPUS, hook=SAE_HOOK, name=SAE, width=2048, k=32, steps=300,

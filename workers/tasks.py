@@ -13,6 +13,7 @@ from celery import shared_task
 
 from browser.corpora.services import corpus_mark_failed
 from browser.runs.models import Job, Run
+from browser.runs.services import job_update
 from workers.jobs import Progress, run_job, run_task
 from workers.queueing import FINALIZE_RUN, HARVEST_SHARDS, run_queue_finalize, run_queue_shards
 
@@ -104,7 +105,7 @@ def harvest_request_work(job: Job, progress: Progress) -> None:
     run, created = harvest_from_request(job.params["request"], user=job.created_by)  # type: ignore[index]
     if created:
         run_queue_shards(run_id=run.pk, tasks=run.n_shards)
-    Job.objects.filter(pk=job.pk).update(params={**job.params, "run_id": run.pk})  # type: ignore[dict-item]
+    job_update(job=job, params={**job.params, "run_id": run.pk})
     progress.log(f"run #{run.pk} {'created, ' + str(run.n_shards) + ' shard(s) queued' if created else 'exists'}")
 
 

@@ -100,6 +100,12 @@ def corpus_mark_failed(*, corpus_id: int, error: str) -> None:
     Corpus.objects.filter(pk=corpus_id).update(status=Corpus.Status.FAILED, error=error[:5000])
 
 
+def corpus_delete(*, name: str) -> None:
+    """Delete the corpus called ``name``, if there is one, with its documents and contexts (the demo
+    redoes an import that did not finish this way)."""
+    Corpus.objects.filter(name=name).delete()
+
+
 def corpus_create(*, name: str, tokenizer: Tokenizer, tokenizer_model: Model, context_length: int, origin: str,
                   status: str = Corpus.Status.READY) -> Corpus:
     """An empty corpus of contexts made elsewhere (synthetic inputs, imported dashboards);

@@ -70,6 +70,18 @@ def job_start(*, job_id: int) -> None:
         status=Job.Status.RUNNING, started=now, heartbeat=now, attempts=F("attempts") + 1)
 
 
+def job_update(*, job: Job, params: dict[str, object] | None = None, total: int | None = None) -> None:
+    """Replace the job's ``params`` and/or set its ``total`` (one UPDATE, a no-op for a job whose
+    row is gone); the instance follows."""
+    fields: dict[str, object] = {}
+    if params is not None:
+        fields["params"] = job.params = params
+    if total is not None:
+        fields["total"] = job.total = total
+    if fields:
+        Job.objects.filter(pk=job.pk).update(**fields)
+
+
 def job_cancel_requested(*, job_id: int) -> bool:
     return Job.objects.filter(pk=job_id, cancel_requested=True).exists()
 
@@ -260,6 +272,11 @@ def run_progress(*, run: Run) -> int:
     if run.job_id:
         Job.objects.filter(pk=run.job_id).update(done=done, total=run.contexts_total, heartbeat=timezone.now())
     return done
+
+
+def run_start(*, run_id: int) -> bool:
+    """Move a queued run to harvesting (its first shard worker has come); whether this call did."""
+    return Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(status=Run.Status.HARVESTING) == 1
 
 
 def run_claim_finalize(*, run: Run) -> bool:

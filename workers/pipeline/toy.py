@@ -27,6 +27,7 @@ from django.db import transaction
 from browser.catalog.models import Model, Source, Tokenizer, Unit, name_validator
 from browser.catalog.services import (
     model_create,
+    model_tokenizer_set,
     scores_replace,
     source_get_or_create,
     tokenizer_get_or_create,
@@ -159,7 +160,7 @@ def feature_tokenizer(n_features: int) -> Tokenizer:
 def _toy_corpus(model: Model, x: torch.Tensor, seed: int) -> Corpus:
     """One context per input, its tokens the input's active features in ascending order."""
     tokenizer = feature_tokenizer(x.shape[1])
-    Model.objects.filter(pk=model.pk).update(tokenizer=tokenizer)
+    model_tokenizer_set(model=model, tokenizer=tokenizer)
     name = f"{model.name[:80]}-inputs-{seed}"
     if Corpus.objects.filter(name=name).exists():
         raise ToyModelError(f"{model.name} was already harvested with seed {seed} (corpus {name!r})")

@@ -17,6 +17,7 @@ from browser.accounts.services import user_create
 from browser.catalog.models import Sae, Score
 from browser.core import embedded
 from browser.corpora.models import Corpus
+from browser.corpora.services import corpus_delete
 from browser.runs.models import Run
 from workers.celery import worker_argv
 from workers.children import Children, PidFiles, Stopped, alive, signals_ignored, stop_group, stop_on_signals
@@ -101,7 +102,7 @@ class Command(BaseCommand):
     def _pipeline(self) -> None:
         """Every step skips what an earlier demo finished (the harvest run is found by its config hash)."""
         if not Corpus.objects.filter(name="demo", status=Corpus.Status.READY).exists():
-            Corpus.objects.filter(name="demo").delete()
+            corpus_delete(name="demo")
             call_command("import_corpus", str(FIXTURE_CORPUS), name="demo", tokenizer="minilm-l6")
         else:
             self.stdout.write("Corpus 'demo' is already imported.\n")

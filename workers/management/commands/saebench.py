@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from browser.catalog.models import Model, Sae
+from browser.catalog.services import sae_quality_merge
 from workers.compute.saebench import core_output, read_core
 
 
@@ -37,6 +38,5 @@ class Command(BaseCommand):
             read = read_core(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:
             raise CommandError(str(exc)) from None
-        row.quality = {**row.quality, "saebench": read}
-        row.save(update_fields=["quality"])
+        sae_quality_merge(sae=row, stats={"saebench": read})
         self.stdout.write(f"Read {len(read)} metrics into {row.source.name}'s quality (saebench).\n")
