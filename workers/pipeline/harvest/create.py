@@ -10,7 +10,7 @@ from browser.catalog.models import Model, Source
 from browser.catalog.services import source_get_or_create
 from browser.corpora.models import Corpus
 from browser.runs.models import Job, Run
-from browser.runs.services import job_create, run_create, run_delete, shards_create
+from browser.runs.services import job_create, job_update, run_create, run_delete, shards_create
 from workers.compute import hooks
 from workers.compute.config import HarvestConfig, SourceConfig
 from workers.pipeline.saes import sae_source_check
@@ -38,9 +38,7 @@ def harvest_create(*, model: Model, corpus: Corpus, config: HarvestConfig, user:
         per_shard = max(config.batch_size, config.shard_contexts // config.batch_size * config.batch_size)
         run = run_create(model=model, corpus=corpus, config=config.to_dict(), config_hash=config_hash,
                          sources=sources, job=job, created_by=user, n_shards=-(-corpus.n_contexts // per_shard))
-        job.params = {"run_id": run.pk}
-        job.total = corpus.n_contexts
-        job.save(update_fields=["params", "total"])
+        job_update(job=job, params={"run_id": run.pk}, total=corpus.n_contexts)
         shards_create(run=run, n_contexts=corpus.n_contexts, shard_contexts=per_shard)
     return run, True
 
