@@ -19,7 +19,14 @@ from browser.catalog.services import units_ensure
 from browser.core.selectors import blob_read
 from browser.examples.services import examples_write, run_results_clear, stats_write, units_set_browse_fields
 from browser.runs.models import Job, Run, Shard
-from browser.runs.services import FINALIZE_LOCK, job_finish, run_claim_finalize, run_lock, run_mark
+from browser.runs.services import (
+    FINALIZE_LOCK,
+    job_finish,
+    job_update,
+    run_claim_finalize,
+    run_lock,
+    run_mark,
+)
 from workers.compute.config import HarvestConfig
 from workers.compute.logits import logit_effects
 from workers.compute.stats import UnitAccumulator, UnitSummary, summarize
@@ -147,7 +154,7 @@ def _report_phases(run: Run, seconds: dict[str, float]) -> None:
     note(run, "finalize took " + ", ".join(f"{name.replace('_', ' ')} {s:.1f} s" for name, s in seconds.items()))
     if run.job_id:
         job = Job.objects.get(pk=run.job_id)
-        Job.objects.filter(pk=run.job_id).update(params={**job.params, "finalize_s": seconds})
+        job_update(job=job, params={**job.params, "finalize_s": seconds})
 
 
 def _stats_rows(summaries: dict[str, list[UnitSummary]], sources: dict[str, Source],
