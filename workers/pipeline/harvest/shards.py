@@ -23,6 +23,7 @@ from browser.runs.services import (
     run_lock_free,
     run_mark,
     run_progress,
+    run_start,
     shard_claim,
     shard_claimable,
     shard_complete,
@@ -59,7 +60,7 @@ def shards_work(*, run_id: int, on_all_done: Callable[[int], None],
     run = Run.objects.select_related("model", "corpus", "corpus__tokenizer").filter(pk=run_id).first()
     if run is None or run.status not in {Run.Status.QUEUED, Run.Status.HARVESTING, Run.Status.FINALIZING}:
         return 0  # deleted (a task queued before), finished or given up: nothing to do
-    Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(status=Run.Status.HARVESTING)
+    run_start(run_id=run.pk)
     if run.job_id:
         job_start(job_id=run.job_id)
     config = HarvestConfig.from_dict(run.config)
