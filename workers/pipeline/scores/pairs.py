@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 
 from browser.catalog.models import Sae, Source, UnitRelation
+from browser.catalog.services import sae_quality_merge
 from browser.corpora.models import Context
 from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
@@ -168,10 +169,9 @@ def _superposition(run: Run, source: Source) -> int:
     live = torch.tensor([fired.get(i, 0) > 0 for i in range(source.n_units)])
     W_dec = sae_on(sae_row, "cpu").W_dec.detach()
     distinct = scores.distinct_live_features(W_dec, live)
-    quality = {**sae_row.quality, "superposition": {
+    sae_quality_merge(sae=sae_row, stats={"superposition": {
         "value": int(distinct.sum()) / W_dec.shape[1], "distinct_live": int(distinct.sum()), "live": int(live.sum()),
-        "d_in": int(W_dec.shape[1]), "duplicate_cosine": scores.DUPLICATE_COSINE, "run": run.pk, "version": VERSION}}
-    Sae.objects.filter(pk=sae_row.pk).update(quality=quality)
+        "d_in": int(W_dec.shape[1]), "duplicate_cosine": scores.DUPLICATE_COSINE, "run": run.pk, "version": VERSION}})
     return 1
 
 
