@@ -103,3 +103,17 @@ def test_sweep_refuses_bad_grids(db: None) -> None:
         call_command("sae_sweep", "--synthetic", "synth-small", "--architectures", "gated", "--inline")
     with pytest.raises(CommandError, match="no synthetic set"):
         call_command("sae_sweep", "--synthetic", "nope", "--inline")
+
+
+def test_relu_and_jumprelu_moved_to_the_true_l0(db: None) -> None:
+    """With --match-true-l0 the ReLU and JumpReLU SAEs are measured at the set's true L0 (3), whatever
+    their coefficient trained them to; the trained L0 is kept beside it."""
+    _register()
+    call_command("sae_sweep", "--synthetic", "synth-small", "--architectures", "relu,jumprelu", "--widths", "64",
+                 "--l1", "0.01", "--l0", "0.0001", "--steps", "150", "--match-true-l0", "--inline",
+                 stdout=io.StringIO())
+    rows = sweep_results(Model.objects.get(name="synth-small"))
+    assert sorted(r["architecture"] for r in rows) == ["jumprelu", "relu"]
+    for row in rows:
+        assert row["l0"] == pytest.approx(3.0, rel=0.1), row
+        assert abs(row["trained_l0"] - 3.0) > 0.5 and "l0_offset" in row  # the coefficient alone missed it

@@ -21,6 +21,7 @@ from browser.catalog.models import Model, Sae
 from browser.runs.models import Job
 from browser.runs.services import job_create
 from workers.compute import diagnosis, recovery
+from workers.compute.l0_calibration import CALIBRATED, calibrate_l0
 from workers.compute.sae.train import ARCHITECTURES, TOPK_LIKE, TrainConfig, threads_for, train
 from workers.pipeline.saes import sae_register
 from workers.pipeline.synthetic import HOOK, synthetic_set_of
@@ -47,6 +48,9 @@ class SweepConfig:
     seed: int = 0
     eval_samples: int = EVAL_SAMPLES
     extra: dict[str, Any] = field(default_factory=dict)
+    match_true_l0: bool = False
+    """On a synthetic set, move each ReLU and JumpReLU SAE's thresholds after training so its L0 is the
+    set's true L0 (``l0_calibration``); the L0 it trained to is kept as ``trained_l0``."""
 
     def __post_init__(self) -> None:
         unknown = set(self.architectures) - set(ARCHITECTURES)
@@ -124,9 +128,12 @@ def sweep_work(job: Job, progress: Callable[..., None]) -> None:
         train_config = config.train_config(arch, width, value)
         with threads_for(width, data.d_in):
             result = train(data.chunks(), data.d_in, train_config, hook_name=data.hook)
-            stats = data.measure(result.sae)
+            sae, calibrated = result.sae, dict[str, Any]()
+            if config.match_true_l0 and arch in CALIBRATED and isinstance(data, _SyntheticData):
+                sae, calibrated = data.to_true_l0(sae)
+            stats = data.measure(sae) | calibrated
         stats["train_seconds"] = round(time.monotonic() - started, 2)
-        sae_register(model=model, name=name, sae=result.sae.with_config(model_name=model.name),
+        sae_register(model=model, name=name, sae=sae.with_config(model_name=model.name),
                      quality_stats=stats, loss_curve=result.loss_curve,
                      extra={"sweep": job.pk, "training": train_config.to_dict(), "sparsity": value,
                             "input_scale": result.scale})
@@ -141,6 +148,14 @@ class _SyntheticData:
 
     def chunks(self) -> Iterator[torch.Tensor]:
         return self.truth.chunks(4096, seed=self.config.seed + 1)
+
+    def to_true_l0(self, sae: Any) -> tuple[Any, dict[str, Any]]:
+        """The SAE moved to the set's true L0 on a calibration sample (its own seed)."""
+        _, x = self.truth.sample(self.config.eval_samples, seed=self.config.seed + 4)
+        with torch.no_grad():
+            before = float((sae.encode(x) > 0).sum(dim=1).double().mean())
+        moved, offset = calibrate_l0(sae, x, self.truth.true_l0())
+        return moved, {"trained_l0": round(before, 4), "l0_offset": offset}
 
     def measure(self, sae: Any) -> dict[str, Any]:
         stats = recovery.sae_evaluate(sae, self.truth, n_samples=self.config.eval_samples, seed=self.config.seed + 2)

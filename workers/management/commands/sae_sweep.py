@@ -40,6 +40,8 @@ class Command(BaseCommand):
         parser.add_argument("--batch-tokens", type=int, default=512)
         parser.add_argument("--lr", type=float, default=3e-3)
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--match-true-l0", action="store_true",
+                            help="synthetic sets: move ReLU and JumpReLU SAEs to the set's true L0 after training")
         parser.add_argument("--wait", action="store_true", help="show a progress bar until the job is done")
         parser.add_argument("--inline", action="store_true", help="train in this process")
 
@@ -65,7 +67,8 @@ class Command(BaseCommand):
         config = SweepConfig(architectures=tuple(a.strip() for a in opts["architectures"].split(",") if a.strip()),
                              widths=tuple(int(w) for w in _floats(opts["widths"])), sparsities=_floats(opts["sparsities"]),
                              l1_coefficients=_floats(opts["l1"]), l0_coefficients=_floats(opts["l0"]),
-                             steps=opts["steps"], batch_tokens=opts["batch_tokens"], lr=opts["lr"], seed=opts["seed"])
+                             steps=opts["steps"], batch_tokens=opts["batch_tokens"], lr=opts["lr"], seed=opts["seed"],
+                             match_true_l0=opts["match_true_l0"])
         if opts["synthetic"]:
             model = Model.objects.filter(name=opts["synthetic"], kind=Model.Kind.SYNTHETIC).first()
             if model is None:
