@@ -1,6 +1,6 @@
-"""The SAE accumulator keeps its admitted pairs' per-token values from the batch's non-zeros (a
-scatter, not a gather per pair): the kept values and max positions must be each pair's activations
-computed apart, invalid positions included, also when the pairs go in several chunks."""
+"""The SAE accumulator's kept per-token values: each kept pair's activations computed apart,
+invalid positions included (a BOS with non-zero latents), also when the pairs are copied out in
+several chunks, and the same pairs as the dense accumulator keeps."""
 
 from __future__ import annotations
 

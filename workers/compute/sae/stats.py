@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.compute import values as value_store
 from workers.compute.stats import Batch, NonFiniteActivation, UnitAccumulator, _fixed, hist_bins
-from workers.compute.values import pair_keys
 
 
 class SparseUnitAccumulator(UnitAccumulator):
@@ -22,10 +20,10 @@ class SparseUnitAccumulator(UnitAccumulator):
         B, T, U = batch.acts.shape
         x = batch.acts.reshape(B * T, U)  # [B, T, U] -> [B*T, U]
         valid = ~batch.invalid.reshape(-1)
-        every_row, every_unit = (x != 0).nonzero(as_tuple=True)  # NaN too, which `x > 0` would drop
-        every_value = x[every_row, every_unit].float()
-        keep = valid[every_row]
-        rows, units, values = every_row[keep], every_unit[keep], every_value[keep]
+        rows, units = (x != 0).nonzero(as_tuple=True)  # NaN too, which `x > 0` would drop
+        keep = valid[rows]
+        rows, units = rows[keep], units[keep]
+        values = x[rows, units].float()
         self._check_finite(values, rows // T, units, batch.contexts)
         positive = values > 0
         rows, units, values = rows[positive], units[positive], values[positive]
@@ -37,31 +35,7 @@ class SparseUnitAccumulator(UnitAccumulator):
         self.max = torch.maximum(self.max, ctx_max.amax(0))
         ctx_max = ctx_max.masked_fill(~(ctx_max > 0), float("-inf"))  # only firing contexts
         entered_top = self._merge_top(ctx_max.T.contiguous(), batch.contexts)
-        admitted = entered_top.T | self._sketch(ctx_max, batch.contexts)
-        self._keep_sparse_values(batch, admitted, every_row, every_unit, every_value)
-
-    def _keep_sparse_values(self, batch: Batch, admitted: torch.Tensor, rows: torch.Tensor, units: torch.Tensor,
-                            values: torch.Tensor) -> None:
-        """What ``ValueStore.add`` keeps (the admitted pairs' values at every token, invalid ones
-        too, and their first max over the valid ones), built from the batch's non-zeros: one
-        scatter of those instead of a strided gather of T values per admitted pair."""
-        B, T, U = batch.acts.shape
-        b_idx, u_idx = admitted.nonzero(as_tuple=True)
-        pair = torch.full((B, U), -1, dtype=torch.int64, device=admitted.device)
-        pair.view(-1)[b_idx * U + u_idx] = torch.arange(b_idx.numel(), device=admitted.device)
-        pid = pair.view(-1)[(rows // T) * U + units]  # each non-zero's admitted pair, or -1
-        hit = pid >= 0
-        pid, tok, val = pid[hit], (rows % T)[hit], values[hit]
-        step = max(1, value_store.GATHER_VALUES // T)
-        for start in range(0, b_idx.numel(), step):
-            b, u = b_idx[start : start + step], u_idx[start : start + step]
-            here = (pid >= start) & (pid < start + b.numel())
-            dense = torch.zeros(b.numel(), T, device=values.device)  # [P, T]
-            dense[pid[here] - start, tok[here]] = val[here]
-            pos = dense.masked_fill(batch.invalid[b], float("-inf")).argmax(1)  # the first maximum
-            self.store.append(pair_keys(u, batch.contexts[b]), pos, dense.clamp_(-65504, 65504).half())
-        if self.store.full:
-            self._sweep()
+        self._keep_values(batch, entered_top.T | self._sketch(ctx_max, batch.contexts))
 
     def _sparse_histogram(self, rows: torch.Tensor, units: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
                           first_token: int) -> None:
