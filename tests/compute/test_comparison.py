@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.compute.comparison import carried_mass
+from workers.compute.comparison import carried_mass, jaccard_matrix
 
 
 def test_carried_mass_equals_a_sum_over_tokens() -> None:
@@ -25,3 +25,17 @@ def test_carried_mass_equals_a_sum_over_tokens() -> None:
         got = carried_mass(member, acts)
         assert got.dtype == torch.float64 and got.shape == (N, F)
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_jaccard_matrix_equals_set_arithmetic() -> None:
+    """Against Python sets, with repeated ids, empty sets on both sides and ids only one side holds."""
+    gen = torch.Generator().manual_seed(1)
+    a = [torch.randint(0, 12, (int(n),), generator=gen).tolist() for n in torch.randint(0, 6, (9,), generator=gen)]
+    b = [torch.randint(5, 20, (int(n),), generator=gen).tolist() for n in torch.randint(0, 6, (7,), generator=gen)]
+    a[0], b[1] = [], []
+    got = jaccard_matrix(a, b)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            union = set(x) | set(y)
+            assert float(got[i, j]) == (len(set(x) & set(y)) / len(union) if union else 0.0)
+    assert jaccard_matrix([], b).shape == (0, 7) and jaccard_matrix([[]], [[]]).tolist() == [[0.0]]

@@ -6,10 +6,11 @@ pass; the definitions of the scores themselves live in ``workers/compute/scores.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from scipy import sparse
 
 from workers.compute.scores import features_per_neuron_from_totals
 
@@ -23,22 +24,27 @@ def stable_top_k(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 def jaccard_matrix(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> torch.Tensor:
     """[len(a), len(b)] Jaccard overlap |a_i & b_j| / |a_i | b_j| of two families of id sets
-    (0 where both are empty). Intersections are counted per shared id, never by a double loop
-    over the sets: each id adds one to every (i, j) whose sets both hold it."""
-    holders_a: dict[int, list[int]] = defaultdict(list)
-    holders_b: dict[int, list[int]] = defaultdict(list)
-    for holders, family in ((holders_a, a), (holders_b, b)):
-        for i, members in enumerate(family):
-            for x in set(members):
-                holders[x].append(i)
-    inter = torch.zeros(len(a), len(b), dtype=torch.float64)
-    for x, rows in holders_a.items():
-        if x in holders_b:
-            inter[torch.tensor(rows)[:, None], torch.tensor(holders_b[x])[None, :]] += 1.0
-    size_a = torch.tensor([len(set(s)) for s in a], dtype=torch.float64)
-    size_b = torch.tensor([len(set(s)) for s in b], dtype=torch.float64)
+    (0 where both are empty). Intersections are one sparse product of the two families' 0/1
+    membership matrices (ids as columns): exact integer counts, and work only where sets share ids."""
+    columns: dict[int, int] = {}
+    A, B = (_membership(family, columns) for family in (a, b))
+    A.resize((len(a), len(columns)))
+    B.resize((len(b), len(columns)))
+    inter = torch.from_numpy((A @ B.T).toarray().astype(np.float64))
+    size_a = torch.from_numpy(np.asarray(A.sum(axis=1), dtype=np.float64)[:, 0])
+    size_b = torch.from_numpy(np.asarray(B.sum(axis=1), dtype=np.float64)[:, 0])
     union = size_a[:, None] + size_b[None, :] - inter
     return torch.where(union > 0, inter / union.clamp_min(1.0), torch.zeros((), dtype=torch.float64))
+
+
+def _membership(family: Sequence[Sequence[int]], columns: dict[int, int]) -> sparse.csr_matrix:
+    """[len(family), ids seen so far] 0/1 (int32) rows of the sets, numbering new ids in ``columns``."""
+    rows, cols = [], []
+    for i, members in enumerate(family):
+        for x in set(members):
+            rows.append(i)
+            cols.append(columns.setdefault(x, len(columns)))
+    return sparse.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(family), len(columns)))
 
 
 def carried_mass(member: torch.Tensor, feature_acts: torch.Tensor) -> torch.Tensor:
