@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 from tests.compute.test_interventions import ARCH, D_MODEL, N_LAYERS, logits, tiny_llama
 from workers.compute.interventions import Edit, Intervention, InterventionError, applied
@@ -30,7 +29,7 @@ def transcoder(layer: int = 1, seed: int = 5, skip: bool = True, d_in: int = D_M
 
 
 @pytest.fixture(scope="module")
-def model() -> nn.Module:
+def model() -> Any:
     return tiny_llama()
 
 
@@ -47,7 +46,7 @@ def encode_by_hand(tc: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def mlp_edited(model: nn.Module, layer: int, change: Any) -> Iterator[None]:
+def mlp_edited(model: Any, layer: int, change: Any) -> Iterator[None]:
     """Plain hooks on the HF MLP module: its input kept by a pre-hook, ``change(input)`` [B, T, d_model]
     added to its output by a forward hook."""
     mlp = model.model.layers[layer].mlp
@@ -61,7 +60,7 @@ def mlp_edited(model: nn.Module, layer: int, change: Any) -> Iterator[None]:
         second.remove()
 
 
-def active_feature(model: nn.Module, ids: torch.Tensor, tc: SparseAutoencoder) -> tuple[int, torch.Tensor]:
+def active_feature(model: Any, ids: torch.Tensor, tc: SparseAutoencoder) -> tuple[int, torch.Tensor]:
     """The feature active at most positions, and the MLP input of layer 1 (read by a plain hook)."""
     seen: dict[str, torch.Tensor] = {}
     handle = model.model.layers[1].mlp.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0].clone()))
@@ -76,14 +75,14 @@ def active_feature(model: nn.Module, ids: torch.Tensor, tc: SparseAutoencoder) -
 
 
 @pytest.mark.parametrize(("op", "value"), [("scale", 1.0), ("steer", 0.0)])
-def test_a_unchanged_changes_no_logit(model: nn.Module, ids: torch.Tensor, op: str, value: float) -> None:
+def test_a_unchanged_changes_no_logit(model: Any, ids: torch.Tensor, op: str, value: float) -> None:
     tc = transcoder()
     plain = logits(model, ids)
     got = logits(model, ids, Intervention([Edit(HOOK, f, op, value, sae=tc) for f in range(D_TC)]))
     assert torch.equal(got, plain)
 
 
-def test_clamp_to_the_current_value_changes_no_logit(model: nn.Module, ids: torch.Tensor) -> None:
+def test_clamp_to_the_current_value_changes_no_logit(model: Any, ids: torch.Tensor) -> None:
     tc = transcoder()
     f, x = active_feature(model, ids, tc)
     pos = int((encode_by_hand(tc, x[0])[:, f] > 0).nonzero()[0, 0])
@@ -92,7 +91,7 @@ def test_clamp_to_the_current_value_changes_no_logit(model: nn.Module, ids: torc
     torch.testing.assert_close(got, logits(model, ids[:1]), rtol=0, atol=1e-5)
 
 
-def test_zero_ablation_subtracts_a_times_the_decoder_row_from_the_mlp_output(model: nn.Module, ids: torch.Tensor) -> None:
+def test_zero_ablation_subtracts_a_times_the_decoder_row_from_the_mlp_output(model: Any, ids: torch.Tensor) -> None:
     tc = transcoder()
     f, _ = active_feature(model, ids, tc)
     row = tc.W_dec[f].detach()
@@ -103,7 +102,7 @@ def test_zero_ablation_subtracts_a_times_the_decoder_row_from_the_mlp_output(mod
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_scale_clamp_and_mean_at_chosen_positions(model: nn.Module, ids: torch.Tensor) -> None:
+def test_scale_clamp_and_mean_at_chosen_positions(model: Any, ids: torch.Tensor) -> None:
     tc = transcoder()
     f, _ = active_feature(model, ids, tc)
     row = tc.W_dec[f].detach()
@@ -123,7 +122,7 @@ def test_scale_clamp_and_mean_at_chosen_positions(model: nn.Module, ids: torch.T
         assert torch.equal(got[:, :2], logits(model, ids)[:, :2])  # causal: positions before 2 untouched
 
 
-def test_steering_adds_c_times_the_decoder_row(model: nn.Module, ids: torch.Tensor) -> None:
+def test_steering_adds_c_times_the_decoder_row(model: Any, ids: torch.Tensor) -> None:
     tc = transcoder()
     row = tc.W_dec[7].detach()
     with mlp_edited(model, 1, lambda x: 1.75 * row):
@@ -133,7 +132,7 @@ def test_steering_adds_c_times_the_decoder_row(model: nn.Module, ids: torch.Tens
     assert not torch.allclose(got, logits(model, ids))
 
 
-def test_an_upstream_edit_moves_the_feature_it_reads(model: nn.Module, ids: torch.Tensor) -> None:
+def test_an_upstream_edit_moves_the_feature_it_reads(model: Any, ids: torch.Tensor) -> None:
     """Layer 0's transcoder feature steered, layer 1's zeroed: layer 1's ``a`` is encoded from the
     MLP input that layer 0's edit produced, and a neuron edit at layer 1's own MLP input comes first."""
     tc0, tc1 = transcoder(0, seed=8), transcoder(1)
@@ -154,7 +153,7 @@ def test_an_upstream_edit_moves_the_feature_it_reads(model: nn.Module, ids: torc
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def _greedy_by_hand(model: nn.Module, ids: torch.Tensor, n: int, layer: int, change: Any) -> torch.Tensor:
+def _greedy_by_hand(model: Any, ids: torch.Tensor, n: int, layer: int, change: Any) -> torch.Tensor:
     """No cache: the whole sequence again for every token, with the hand-made MLP edit."""
     seq = ids
     for _ in range(n):
@@ -164,7 +163,7 @@ def _greedy_by_hand(model: nn.Module, ids: torch.Tensor, n: int, layer: int, cha
     return seq[:, ids.shape[1]:]
 
 
-def test_generation_with_cache_reads_each_new_token(model: nn.Module, ids: torch.Tensor) -> None:
+def test_generation_with_cache_reads_each_new_token(model: Any, ids: torch.Tensor) -> None:
     tc = transcoder()
     f, _ = active_feature(model, ids, tc)
     row = tc.W_dec[f].detach()
@@ -174,7 +173,7 @@ def test_generation_with_cache_reads_each_new_token(model: nn.Module, ids: torch
     assert not torch.equal(got.tokens, generate(model, ARCH, N_LAYERS, ids, 6).tokens)
 
 
-def test_bad_transcoder_edits_are_refused(model: nn.Module, ids: torch.Tensor) -> None:
+def test_bad_transcoder_edits_are_refused(model: Any, ids: torch.Tensor) -> None:
     tc = transcoder()
     with pytest.raises(InterventionError, match="transcoder reads an MLP's input"):
         Edit("blocks.1.mlp.hook_post", 3, "zero", sae=tc)
@@ -194,7 +193,7 @@ def test_bad_transcoder_edits_are_refused(model: nn.Module, ids: torch.Tensor) -
     assert not model.model.layers[1].mlp._forward_pre_hooks and not model.model.layers[1].mlp.down_proj._forward_hooks
 
 
-def test_a_neuron_at_the_block_input_is_edited_there(model: nn.Module, ids: torch.Tensor) -> None:
+def test_a_neuron_at_the_block_input_is_edited_there(model: Any, ids: torch.Tensor) -> None:
     """hook_resid_pre edits go to the block's input (they were applied at its output before)."""
     basis = torch.zeros(D_MODEL)
     basis[2] = 1
