@@ -120,12 +120,3 @@ def test_bad_edits_are_refused() -> None:
     with pytest.raises(ValueError, match="named twice"):
         node_check(model, IDS, [A, A], 5)
 
-
-def test_transcoder_features_are_refused_not_edited_wrongly() -> None:
-    from tests.compute.test_attribution import IDS as LLAMA_IDS
-    from tests.compute.test_attribution import tiny_llama
-    from tests.compute.test_attribution_transcoder import random_transcoder
-
-    model = tiny_llama()
-    with pytest.raises(ValueError, match="transcoder features causally is not done yet"):
-        node_check(model, LLAMA_IDS, [(1, 2, 3)], 5, {1: random_transcoder(1, seed=0)})

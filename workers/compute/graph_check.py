@@ -15,6 +15,12 @@ edits upstream). The gap between that and the real change is what freezing
 attention, norms and gates leaves out; where nothing downstream of the units is nonlinear (a planted
 circuit with linear norms and gates that read the token only) the two agree to float precision.
 
+A transcoder feature's direction is its decoder row, added to the MLP's output (the layer's
+leaf in the frozen run), and its value the transcoder's pre-activation of the MLP's frozen-normed
+input; the real edit adds ``(a' - a) W_dec[f]`` to the real MLP output (the transcoder's error
+kept), so the same push. The prediction follows the feature while it stays active (a TopK
+transcoder's feature leaving the top k, or a ReLU crossing zero, is what the linear model leaves out).
+
 Edits (the intervention ops that need nothing but the edit itself): ``zero`` (ablate, a' = 0),
 ``scale`` (a' = value * a), ``clamp`` (a' = value) and ``steer`` (add value along the unit's
 direction: a' = a + value).
@@ -61,18 +67,25 @@ def _new_value(op: str, value: float, a: float) -> float:
 
 
 def _edits(units: list[tuple[int, int, int]], saes: dict[int, Any], op: str, value: float) -> list[Edit]:
-    """One edit per unit, its positions merged (an edit names a unit once)."""
+    """One edit per unit, its positions merged (an edit names a unit once): neurons and SAE features
+    at the layer's ``mlp.hook_post``, transcoder features at its ``mlp.hook_in`` (read there, written
+    to the MLP's output)."""
     positions: dict[tuple[int, int], list[int]] = {}
     for layer, pos, index in units:
         positions.setdefault((layer, index), []).append(pos)
-    return [Edit(f"blocks.{layer}.mlp.hook_post", index, op, value=value, sae=saes.get(layer),
-                 positions=tuple(sorted(p))) for (layer, index), p in positions.items()]
+
+    def hook(layer: int) -> str:
+        sae = saes.get(layer)
+        return f"blocks.{layer}.mlp.hook_in" if sae is not None and sae.cfg.transcoder else f"blocks.{layer}.mlp.hook_post"
+
+    return [Edit(hook(layer), index, op, value=value, sae=saes.get(layer), positions=tuple(sorted(p)))
+            for (layer, index), p in positions.items()]
 
 
 def node_check(model: Any, ids: torch.Tensor, units: list[tuple[int, int, int]], target: int,
                saes: dict[int, Any] | None = None, *, op: str = "zero", value: float = 0.0) -> Check:
-    """Edit the units (layer, position, index: neurons, or features of the layer's SAE in ``saes``)
-    together with ``op``/``value`` and compare the predicted and real change of the ``target``
+    """Edit the units (layer, position, index: neurons, or features of the layer's SAE or transcoder
+    in ``saes``) together with ``op``/``value`` and compare the predicted and real change of the ``target``
     logit at the last position."""
     check_edit(op, value)
     if len(set(units)) != len(units):
@@ -82,12 +95,16 @@ def node_check(model: Any, ids: torch.Tensor, units: list[tuple[int, int, int]],
         parameter.requires_grad_(False)
     frozen = replacement.clean_run(model, ids)
     bases = layer_bases(model, frozen, saes)
-    if any(bases[layer].sae is not None and bases[layer].transcoder for layer, _, _ in units):
-        raise ValueError("checking transcoder features causally is not done yet")
+    for layer, pos, index in units:
+        if not (0 <= layer < len(bases) and 0 <= pos < bases[0].acts.shape[0]
+                and 0 <= index < bases[layer].acts.shape[1]):
+            raise ValueError(f"unit (layer {layer}, position {pos}, index {index}) is out of range: "
+                             f"{len(bases)} layers, {bases[0].acts.shape[0]} positions"
+                             + (f", {bases[layer].acts.shape[1]} units on layer {layer}" if 0 <= layer < len(bases) else ""))
     run = replacement.frozen_run(model, frozen, 1, total=True)
     logit = replacement.logits_at(model, run.final[0, -1], torch.tensor([target], device=ids.device))[0]
     cells = torch.tensor(units, dtype=torch.long, device=ids.device).reshape(-1, 3)
-    values = unit_values(bases, run.computed, cells)  # [U]: each unit as the frozen model computes it
+    values = unit_values(bases, run.computed, cells, run.mlp_in)  # [U]: each unit as the frozen model computes it
 
     def along(grads: tuple[torch.Tensor | None, ...]) -> list[float]:
         """A gradient over the leaves (None: a leaf it does not reach), along each edited unit's direction."""
