@@ -14,6 +14,7 @@ from browser.catalog.charts import _svg
 from browser.catalog.line_charts import SERIES_MARKS, _mark
 
 # One fill per part; the share is also printed in the part, so colour is not the only cue.
+FONT = 11
 FILLS = ("#0969da", "#8c959f", "#bf8700", "#1a7f37", "#cf222e", "#8250df")
 
 
@@ -46,9 +47,9 @@ def stacked_shares_svg(rows: Sequence[tuple[str, dict[str, int]]], parts: Sequen
     for j, part in enumerate(parts):
         body.append(f'<rect x="{lx:.0f}" y="2" width="10" height="10" fill="{FILLS[j % len(FILLS)]}"/>'
                     f'<text x="{lx + 14:.0f}" y="11">{escape(part)}</text>')
-        lx += 24 + 7 * len(part)
+        lx += 22 + 6.5 * len(part)
     height = legend_h + len(rows) * (row_h + 4) + 4
-    return _svg(width, height, label, "".join(body), "stacked")
+    return _svg(width, height, label, f'<g font-size="{FONT}">{"".join(body)}</g>', "stacked")
 
 
 def linear_lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *, x_label: str, y_label: str,
@@ -92,7 +93,7 @@ def linear_lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *
         body.extend(_mark(shape, sx(x), sy(y), f"{name}: {y_label} {y:.3f} at {x_label} {x:.3g}") for x, y in good)
         ly = 14 + i * 14
         body.append(_mark(shape, left + plot_w + 16, ly - 4, name) + f'<text x="{left + plot_w + 24}" y="{ly}">{escape(name)}</text>')
-    return _svg(width, height, label, "".join(body), "lines")
+    return _svg(width, height, label, f'<g font-size="{FONT}">{"".join(body)}</g>', "lines")
 
 
 def intervals_svg(points: Sequence[tuple[str, float, float, float]], band: tuple[float, float, float] | None,
@@ -125,4 +126,4 @@ def intervals_svg(points: Sequence[tuple[str, float, float, float]], band: tuple
         tip = escape(f"{name}: {value:.3f} (resampled 5-95%: {lo:.3f}-{hi:.3f})")
         body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{sy(hi):.1f}" y2="{sy(lo):.1f}" stroke="currentColor">'
                     f'<title>{tip}</title></line><circle cx="{x:.1f}" cy="{sy(value):.1f}" r="2.5"><title>{tip}</title></circle>')
-    return _svg(width, height, label, "".join(body), "intervals")
+    return _svg(width, height, label, f'<g font-size="{FONT}">{"".join(body)}</g>', "intervals")

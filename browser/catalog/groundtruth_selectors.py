@@ -168,9 +168,9 @@ def sae_core_panel(source: Source) -> list[SaeCoreRow]:
             row.source.name, row.cfg.get("training", {}).get("architecture", row.architecture), row.d_sae,
             [c.get(key) for key, _ in CORE_COLUMNS],
             bars_svg(c["density_hist"], c["density_edges"], f"log10 firing density of the live latents of {row.source.name}",
-                     fmt="{:.0f}", width=200, height=60),
+                     fmt="{:.0f}", width=130, height=50),
             bars_svg(c["max_cosine_hist"], c["cosine_edges"],
                      f"each live latent's largest decoder |cosine| with another, {row.source.name}", fmt="{:.1f}",
-                     width=200, height=60),
+                     width=130, height=50),
             row.source_id == source.pk))
     return out
