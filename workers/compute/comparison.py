@@ -51,12 +51,22 @@ def carried_mass(member: torch.Tensor, feature_acts: torch.Tensor) -> torch.Tens
     """[N, T] bool x [T, F] -> [N, F] float64: per neuron, the sum of |feature activation| over the
     tokens that count for it (its example tokens on which it fires).
 
-    Summed from the activations' non-zeros only (an SAE's latents are sparse: 32 of 4,096 per token
-    for a TopK SAE, so the dense product did a hundred times the work), in float64."""
-    t, f = feature_acts.nonzero(as_tuple=True)
-    values = feature_acts[t, f].abs().double()
-    sparse = torch.sparse_coo_tensor(torch.stack([f, t]), values, (feature_acts.shape[1], feature_acts.shape[0]))
-    return torch.sparse.mm(sparse, member.T.double()).T  # [F, T] x [T, N] -> [F, N] -> [N, F]
+    Summed from the activations' non-zeros only, pair by pair: each (neuron, member token) adds the
+    token's non-zero latents (32 of 4,096 for a TopK SAE, so the dense product did a hundred times
+    the work). ``index_add_`` adds in order, so the result does not depend on threads."""
+    N, (T, F) = member.shape[0], feature_acts.shape
+    tok, feat = feature_acts.nonzero(as_tuple=True)  # row-major: grouped by token
+    values = feature_acts[tok, feat].abs().double()
+    per_token = torch.bincount(tok, minlength=T)
+    token_start = per_token.cumsum(0) - per_token
+    neuron, token = member.nonzero(as_tuple=True)  # [P] pairs
+    reps = per_token[token]
+    pair = torch.repeat_interleave(torch.arange(len(token), device=member.device), reps)  # [E]
+    within = torch.arange(len(pair), device=member.device) - (reps.cumsum(0) - reps)[pair]
+    entry = token_start[token[pair]] + within  # [E] the pair's token's non-zeros, one by one
+    out = torch.zeros(N * F, dtype=torch.float64, device=feature_acts.device)
+    out.index_add_(0, neuron[pair] * F + feat[entry], values[entry])
+    return out.view(N, F)
 
 
 def features_per_neuron_from_mass(mass: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
