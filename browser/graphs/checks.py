@@ -46,9 +46,6 @@ def check_nodes(*, graph: Graph, nodes: list[int | str] | None = None, supernode
         raise ValidationError(f"graph #{graph.pk} is {graph.status}: check it once it is done")
     if "imported" in graph.config:
         raise ValidationError(f"graph #{graph.pk} was imported: it has no frozen settings to check it against")
-    if graph.basis == "transcoder":
-        raise ValidationError("checking transcoder features causally is not done yet (the edit would have to "
-                              "replace the MLP's output); use the graph's neuron or SAE basis")
     if supernode:
         group = Supernode.objects.filter(graph=graph, name=supernode).first()
         if group is None:

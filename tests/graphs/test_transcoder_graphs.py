@@ -68,13 +68,56 @@ def test_transcoder_basis_graph_has_the_transcoders_features(llama: Model, clien
         assert value == pytest.approx(float(features[pos, index]), abs=1e-4)
     html = client.get(f"/graphs/{graph.pk}/").content.decode()
     assert f'href="/u/tiny-llama/{row.source.name}/{kept[0][3]}/"' in html
+    # The stored graph's feature node ablated: the real change equals a plain forward hook on the MLP
+    # module that subtracts a * W_dec[f] at the node's position (a read from the hooked MLP input above).
     feature_node = next(i for i, n in enumerate(graph.nodes) if n[0] == "unit" and n[1] == 1)
-    with pytest.raises(ValueError, match="transcoder features cannot be ablated or steered yet"):
-        graph_check(graph_id=graph.pk, nodes=[feature_node], device="cpu")
+    _, _, pos, index = graph.nodes[feature_node][:4]
+    target = int(graph.logits[0][0])
+    check = graph_check(graph_id=graph.pk, nodes=[feature_node], device="cpu")
+    delta = torch.zeros(len(ids), llama.d_model)
+    delta[pos] = -features[pos, index] * tc.W_dec[index].detach()
+    with torch.no_grad():
+        clean = float(torch_model(torch.tensor([ids])).logits[0, -1, target])
+        handle = torch_model.model.layers[1].mlp.register_forward_hook(lambda m, a, out: out + delta)
+        try:
+            by_hand = float(torch_model(torch.tensor([ids])).logits[0, -1, target])
+        finally:
+            handle.remove()
+    assert abs(by_hand - clean) > 1e-3  # the ablation moves the target logit
+    assert check["clean"] == pytest.approx(clean, abs=1e-4)
+    assert check["real"] == pytest.approx(by_hand - clean, abs=1e-4)
+    assert abs(check["predicted"]) > 0 and len(check["terms"]) == 1
 
 
-def test_steering_a_transcoder_feature_is_refused_clearly(llama: Model) -> None:
+def test_steering_a_transcoder_feature_adds_its_decoder_row(llama: Model) -> None:
+    tc = _transcoder(llama.d_model)
+    row = sae_register(model=llama, name="tiny-tc", sae=tc)
+    unit = row.source.units.get(index=3)
+    out = steer(request={"units": [{"unit_id": unit.pk, "op": "steer", "value": 6.0}], "prompt": PROMPT,
+                         "n_tokens": 4}, device="cpu")
+    # Reference: greedy decoding without cache, c * W_dec[3] added to layer 1's MLP output by a plain hook.
+    torch_model, _, tokenizer = model_on(llama, "cpu")
+    seq = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    handle = torch_model.model.layers[1].mlp.register_forward_hook(lambda m, a, o: o + 6.0 * tc.W_dec[3].detach())
+    try:
+        with torch.no_grad():
+            first = torch_model(seq).logits[0, -1]
+            for _ in range(4):
+                seq = torch.cat([seq, torch_model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    finally:
+        handle.remove()
+    assert out["steered"]["ids"] == seq[0, -4:].tolist()
+    assert out["kl"] > 0
+    assert [t for t, _ in out["top_steered"]][:3] == first.topk(3).indices.tolist()
+
+
+def test_bad_transcoder_edits_are_refused_clearly(llama: Model) -> None:
     row = sae_register(model=llama, name="tiny-tc", sae=_transcoder(llama.d_model))
     unit = row.source.units.get(index=3)
-    with pytest.raises(SteerInputError, match="transcoder features cannot be edited yet"):
-        steer(request={"units": [{"unit_id": unit.pk, "op": "scale", "value": 2.0}], "prompt": PROMPT})
+    with pytest.raises(ValueError, match="unknown intervention 'explode'"):
+        steer(request={"units": [{"unit_id": unit.pk, "op": "explode"}], "prompt": PROMPT}, device="cpu")
+    with pytest.raises(ValueError, match="finite"):
+        steer(request={"units": [{"unit_id": unit.pk, "op": "clamp", "value": float("nan")}], "prompt": PROMPT},
+              device="cpu")
+    with pytest.raises(SteerInputError, match="unknown unit"):
+        steer(request={"units": [{"unit_id": unit.pk + 10_000, "op": "zero"}], "prompt": PROMPT}, device="cpu")

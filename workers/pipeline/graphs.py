@@ -109,10 +109,6 @@ def graph_check(*, graph_id: int, nodes: list[int], op: str = "zero", value: flo
     picked = [row.nodes[i] for i in nodes if 0 <= i < len(row.nodes)]
     if len(picked) != len(nodes) or not picked or any(node[0] != "unit" for node in picked):
         raise ValueError("only the graph's unit nodes (neurons, features) can be ablated or steered")
-    transcoder_layers = {int(entry[0]) for entry in row.config.get("saes", [])} if row.basis == "transcoder" else set()
-    if any(int(node[1]) in transcoder_layers for node in picked):
-        raise ValueError("transcoder features cannot be ablated or steered yet (an edit would change the MLP's "
-                         "output, which the intervention hooks do not reach); pick neurons of the other layers")
     targets = {int(entry[0]): str(entry[1]) for entry in row.logits}
     target = int(row.logits[0][0]) if target is None else int(target)
     if target not in targets:

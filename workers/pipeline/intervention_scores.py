@@ -87,7 +87,7 @@ def _dead_rows(unit: Unit) -> list[Row]:
 def source_rows(run: Run, source: Source, contexts: int, device: str, progress: Progress) -> list[Row]:
     """Score rows for every unit of one source."""
     torch_model, arch, tokenizer = loader.model_on(run.model, device)
-    sae = loader.source_sae(source, device) if source.kind == Source.Kind.SAE else None
+    sae = loader.source_sae(source, device) if source.kind in (Source.Kind.SAE, Source.Kind.TRANSCODER) else None
     examples = _examples(run, source, contexts)
     tokens = _tokens({ctx for chosen in examples.values() for ctx, _ in chosen})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -119,9 +119,6 @@ def intervention_scores(*, run_id: int, contexts: int = 16, progress: Progress, 
         raise ScoreInputError("contexts per unit must be 1 to 256")
     counts = {"scores": 0}
     for source in run.sources.order_by("layer", "kind", "name"):
-        if source.kind == Source.Kind.TRANSCODER:  # no intervention reaches a transcoder feature yet
-            counts["transcoder_sources_skipped"] = counts.get("transcoder_sources_skipped", 0) + 1
-            continue
         rows = source_rows(run, source, contexts, loader.device_for(device), progress)
         with transaction.atomic():
             counts["scores"] += scores_replace(run=run, unit_ids=[r[0] for r in rows[::2]], names=NAMES,

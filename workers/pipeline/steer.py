@@ -31,11 +31,12 @@ class SteerInputError(ValueError):
 
 
 def unit_edits(units: list[Unit], specs: list[Mapping[str, Any]], device: str) -> list[Edit]:
-    """One Edit per spec ({"unit_id", "op", "value", "positions"}), SAE weights loaded by the loader."""
+    """One Edit per spec ({"unit_id", "op", "value", "positions"}), SAE and transcoder weights loaded by
+    the loader (a transcoder feature's edit reads its source's mlp.hook_in and changes that MLP's output)."""
     edits = []
     for unit, spec in zip(units, specs, strict=True):
         source = unit.source
-        sae = loader.source_sae(source, device) if source.kind == Source.Kind.SAE else None
+        sae = loader.source_sae(source, device) if source.kind in (Source.Kind.SAE, Source.Kind.TRANSCODER) else None
         positions = spec.get("positions")
         edits.append(Edit(source.hook_point, unit.index, str(spec["op"]), float(spec.get("value", 0.0)), sae=sae,
                           positions=tuple(int(p) for p in positions) if positions else None))
@@ -53,9 +54,6 @@ def _units(specs: list[Mapping[str, Any]]) -> tuple[list[Unit], Model]:
     if len(models) > 1:
         raise SteerInputError("all units of one request must belong to one model")
     model = units[0].source.model
-    if any(u.source.kind == Source.Kind.TRANSCODER for u in units):
-        raise SteerInputError("transcoder features cannot be edited yet (an edit would change the MLP's output, "
-                              "which the intervention hooks do not reach); steer a neuron or an SAE feature")
     if model.kind != Model.Kind.CAUSAL_LM:
         raise SteerInputError(f"{model.name} ({model.get_kind_display()}) is not a causal language model: "
                               "it predicts no next token, so there is nothing to steer")
