@@ -71,4 +71,6 @@ def test_bad_settings_are_refused() -> None:
         c.CompressionConfig(probabilities=(0.6,))
     with pytest.raises(ValueError, match="correlations"):
         c.CompressionConfig(correlations=(1.5,))
+    with pytest.raises(ValueError, match="the lowest is -0.0526"):  # P(both) would be negative
+        c.CompressionConfig(probabilities=(0.05,), correlations=(-0.5,))
     assert c.CompressionConfig(probabilities=(0.2,), correlations=(-1.0,)).settings() == [(0.2, -0.25)]

@@ -40,8 +40,9 @@ class CompressionConfig:
     """m: hidden neurons."""
     probabilities: tuple[float, ...] = (0.05, 0.1)
     """p: each feature's presence rate (one curve each)."""
-    correlations: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0)
-    """rho: presence correlation within a pair; -1 stands for the lowest possible, -p / (1 - p)."""
+    correlations: tuple[float, ...] = (-1.0, 0.0, 0.25, 0.5, 0.75, 1.0)
+    """rho: presence correlation within a pair; -1 stands for the lowest possible, -p / (1 - p) (any
+    other value must be at least that for every p)."""
     instances: int = 4
     """Seeds per setting (the spread shown)."""
     steps: int = 4000
@@ -56,6 +57,11 @@ class CompressionConfig:
             raise ValueError("probabilities must be in (0, 0.5)")
         if not self.correlations or any(not -1 <= r <= 1 for r in self.correlations):
             raise ValueError("correlations must be in [-1, 1]")
+        for p in self.probabilities:
+            low = [r for r in self.correlations if r != -1 and r < lowest_correlation(p)]
+            if low:
+                raise ValueError(f"at p = {p} no pair has correlation {low[0]} (the lowest is "
+                                 f"{lowest_correlation(p):.4f}; -1 stands for it)")
         if not 1 <= self.instances * len(self.settings()) <= MAX_INSTANCES:
             raise ValueError(f"settings x instances must be 1..{MAX_INSTANCES}")
         if not (1 <= self.steps <= 200_000 and 1 <= self.batch_size <= 8192 and 0 < self.lr < 1):

@@ -26,7 +26,8 @@ class Command(BaseCommand):
         parser.add_argument("--pairs", type=int, default=10, help="feature pairs (n = 2 x pairs)")
         parser.add_argument("--m", type=int, default=5, help="hidden neurons")
         parser.add_argument("--p", default="0.05,0.1", help="feature probabilities, one curve each")
-        parser.add_argument("--rho", default="-1,-0.5,0,0.25,0.5,0.75,1", help="presence correlations")
+        parser.add_argument("--rho", default="-1,0,0.25,0.5,0.75,1",
+                            help="presence correlations (-1: the lowest p allows)")
         parser.add_argument("--instances", type=int, default=4, help="seeds per setting")
         parser.add_argument("--steps", type=int, default=4000)
         parser.add_argument("--seed", type=int, default=0)
