@@ -31,7 +31,11 @@ def test_overview_and_models(data: BrowserData, client: Client) -> None:
     assert sum(density["counts"]) + neurons["dead"] == neurons["unit_count"] == 48
     assert len(density["edges"]) == len(density["counts"]) + 1
     assert {m["name"] for m in client.get("/api/v1/models/").json()} == {"minilm-l6", "tiny"}
-    assert body["jobs"][0]["status"] == "succeeded"
+    harvests = [job for job in body["jobs"] if job["kind"] == "harvest"]
+    assert [job["status"] for job in harvests] == ["succeeded"]
+    # the finished harvest queued its sources' search vectors (no worker here runs them)
+    assert {job["title"] for job in body["jobs"] if job["status"] == "queued"} == {
+        "search vectors tiny/blocks.0.mlp.hook_post", "search vectors tiny/blocks.1.mlp.hook_post"}
 
 
 def test_unit_list_twin_matches_the_page_filters(data: BrowserData, client: Client) -> None:
