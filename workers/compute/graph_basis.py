@@ -73,11 +73,12 @@ def layer_bases(model: Any, frozen: replacement.Frozen, saes: dict[int, Any]) ->
 
 
 def unit_values(bases: list[LayerBasis], computed: list[torch.Tensor], units: torch.Tensor,
-                mlp_in: list[torch.Tensor] | None = None) -> torch.Tensor:
+                mlp_in: list[torch.Tensor] | None = None, copies: torch.Tensor | None = None) -> torch.Tensor:
     """[U]: each unit's value as the frozen model computes it (``computed``: each layer's neuron
-    activations [1, T, d_mlp]; ``mlp_in``: each MLP's normed input [1, T, d_model], which transcoder
-    layers read). Read layer by layer: a stack of every layer would route each backward pass through
-    all of them."""
+    activations [B, T, d_mlp]; ``mlp_in``: each MLP's normed input [B, T, d_model], which transcoder
+    layers read), unit i read from copy ``copies[i]`` of the batch (default: the first). Read layer by
+    layer: a stack of every layer would route each backward pass through all of them."""
+    copies = units.new_zeros(len(units)) if copies is None else copies
     values = computed[0].new_zeros(len(units))
     for layer in units[:, 0].unique().tolist():
         rows = (units[:, 0] == layer).nonzero()[:, 0]
@@ -85,7 +86,7 @@ def unit_values(bases: list[LayerBasis], computed: list[torch.Tensor], units: to
         if basis.transcoder and mlp_in is None:
             raise ValueError("transcoder features are read from the MLP inputs: pass the run's mlp_in")
         source = mlp_in if basis.transcoder and mlp_in is not None else computed
-        x = source[layer][0, units[rows, 1]]  # [m, d_mlp] (or [m, d_model] for a transcoder)
+        x = source[layer][copies[rows], units[rows, 1]]  # [m, d_mlp] (or [m, d_model] for a transcoder)
         pre = x if basis.sae is None else basis.sae.pre_acts(x)
         values = values.index_put((rows,), pre.gather(1, units[rows, 2][:, None])[:, 0])
     return values

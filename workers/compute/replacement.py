@@ -260,15 +260,21 @@ def logits_at(model: Any, final: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     return out
 
 
-def frozen_run(model: Any, frozen: Frozen, batch: int, *, total: bool, zero: bool = False) -> Linear:
+def frozen_run(model: Any, frozen: Frozen, batch: int, *, total: bool, zero: bool = False,
+               neurons: list[bool] | None = None) -> Linear:
     """The linear replacement model on ``batch`` copies of the prompt.
 
     ``total=False`` (direct effects): each layer's MLP output is its leaf (set to the clean output),
     so a gradient reaches a neuron only along paths that enter no later MLP. ``total=True`` (total
     effects): each layer writes the down projection of its computed activations plus a zero leaf, so
     the gradient at a leaf is the total effect through later neurons too. ``zero=True`` sets the
-    embeddings and leaves to zero: the outputs are then what the biases alone produce.
+    embeddings and leaves to zero: the outputs are then what the biases alone produce. ``neurons``
+    (direct effects only) says which layers' neuron activations ``computed`` holds (default all; an
+    empty tensor elsewhere): a graph whose layer reads a transcoder on the MLP input needs none there,
+    and on a batch of copies the up projection is most of the forward pass.
     """
+    if total and neurons is not None:
+        raise ValueError("total effects run through every layer's neurons")
     size = (batch, *frozen.embeds.shape)
     embeds = (frozen.embeds.new_zeros(size) if zero else frozen.embeds.expand(size).clone()).requires_grad_()
     run = Linear(embeds, [], [], torch.empty(0))
@@ -279,7 +285,10 @@ def frozen_run(model: Any, frozen: Frozen, batch: int, *, total: bool, zero: boo
         x = x + _attend(model, layer, _norm(attn_norm, x, frozen.attn_scale[index]), frozen.probs[index])
         mlp_input = block_input if _parallel(model, layer) else x
         h = _norm(mlp_norm, mlp_input, frozen.mlp_scale[index])
-        computed = frozen.gates[index] * _mlp_linear(model, layer, h)
+        if neurons is None or neurons[index]:
+            computed = frozen.gates[index] * _mlp_linear(model, layer, h)
+        else:
+            computed = h.new_zeros(0)
         shape = (batch, *frozen.mlp_out[index].shape)
         clean = frozen.embeds.new_zeros(shape) if zero or total else frozen.mlp_out[index].expand(shape).clone()
         leaf = clean.requires_grad_()
