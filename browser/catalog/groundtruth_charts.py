@@ -78,8 +78,11 @@ def linear_lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *
             f'<text x="{left - 4}" y="{sy(y0):.1f}" text-anchor="end">{y0:.3g}</text>',
             f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">{escape(x_label)}</text>',
             f'<text x="4" y="8">{escape(y_label)}</text>']
+    last = -math.inf
     for x in sorted({p[0] for p in points}):
-        body.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 12}" text-anchor="middle">{x:.3g}</text>')
+        if sx(x) - last >= 28:  # close ticks (-0.111 and -0.053 next to 0) would overprint
+            body.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 12}" text-anchor="middle">{x:.3g}</text>')
+            last = sx(x)
     for name, band in (bands or {}).items():
         band = sorted(band)
         outline = [f"{sx(x):.1f},{sy(hi):.1f}" for x, _, hi in band] + [f"{sx(x):.1f},{sy(lo):.1f}" for x, lo, _ in reversed(band)]
