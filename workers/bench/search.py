@@ -52,7 +52,7 @@ QUERIES = ["negation in legal text", "closing brackets", "a king giving orders",
 
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--units", type=int, default=1_000_000, help="vectors in the index")
-    parser.add_argument("--bases", type=int, default=2048, help="corpus windows embedded (also the indexing rate)")
+    parser.add_argument("--bases", type=int, default=2048, help="distinct texts embedded: fixture corpus windows, then standard-library source (also the indexing rate)")
     parser.add_argument("--queries", type=int, default=200, help="queries for latency and recall")
     parser.add_argument("--threads", type=int, default=2, help="threads adding to the index")
     parser.add_argument("--chunk", type=int, default=100_000)
