@@ -104,13 +104,6 @@ def _target_values(model: Any, run: replacement.Linear, bases: list[LayerBasis],
     return values
 
 
-def _by_layer(units: torch.Tensor, n_layers: int, n_logits: int) -> torch.Tensor:
-    """[U + k]: the targets (units, then logits) ordered by layer, logits last, so that a batch's
-    backward pass stops at its deepest target instead of the last layer."""
-    layer = torch.cat([units[:, 0], units.new_full((n_logits,), n_layers)])
-    return torch.sort(layer, stable=True).indices
-
-
 @dataclass
 class _Columns:
     """What every batch of rows reuses: the selected units' down-projection columns and activations,
@@ -119,34 +112,39 @@ class _Columns:
     units: torch.Tensor  # [U, 3]
     down: torch.Tensor  # [U, d_model]
     acts: torch.Tensor  # [U]
-    mlp_out: torch.Tensor  # [L, T, d_model]
+    mlp_out: list[torch.Tensor]  # [T, d_model] per layer
     embeds: torch.Tensor  # [T, d_model]
+    in_layer: list[torch.Tensor]  # per layer, the indices of its selected units
 
     @classmethod
     def of(cls, frozen: replacement.Frozen, bases: list[LayerBasis], units: torch.Tensor) -> _Columns:
         down = frozen.embeds.new_zeros(len(units), frozen.embeds.shape[1])
         acts = frozen.embeds.new_zeros(len(units))
-        for k, (layer, pos, index) in enumerate(units.tolist()):
-            down[k] = bases[layer].directions[index]
-            acts[k] = bases[layer].acts[pos, index]
-        return cls(units, down, acts, torch.stack(frozen.mlp_out), frozen.embeds)
+        in_layer = [(units[:, 0] == layer).nonzero()[:, 0] for layer in range(len(bases))]
+        for layer, rows in enumerate(in_layer):
+            down[rows] = bases[layer].directions[units[rows, 2]]
+            acts[rows] = bases[layer].acts[units[rows, 1], units[rows, 2]]
+        return cls(units, down, acts, frozen.mlp_out, frozen.embeds, in_layer)
 
 
-def _rows(grads: tuple[torch.Tensor, ...], columns: _Columns, layout: Layout) -> torch.Tensor:
-    """Adjacency rows [b, n] of a batch of targets from their gradients (embeddings, then leaves).
-    Only the selected units' columns go through the down projections; the rest of a layer's neurons
-    at a position is the whole MLP output's effect minus theirs."""
-    embed_grad, *leaf_grads = grads
-    out_grads = torch.stack(leaf_grads, 1)  # [b, L, T, d_model]
-    b, n_layers, n_pos, _ = out_grads.shape
+def _rows(embed_grad: torch.Tensor, leaf_grads: list[torch.Tensor], columns: _Columns, layout: Layout) -> torch.Tensor:
+    """Adjacency rows [b, n] of a batch of targets from their gradients at the embeddings [b, T, d_model]
+    and at the leaves of the first layers (those of the deeper layers are zero). Only the selected
+    units' columns go through the down projections; the rest of a layer's neurons at a position is
+    the whole MLP output's effect minus theirs."""
+    b, n_pos = embed_grad.shape[0], layout.tokens
     units = columns.units
-    unit_cols = (out_grads[:, units[:, 0], units[:, 1]] * columns.down[None]).sum(-1) * columns.acts[None]  # [b, U]
-    rest = (out_grads * columns.mlp_out[None]).sum(-1)  # [b, L, T]
+    unit_cols = embed_grad.new_zeros(b, layout.units)
+    rest = embed_grad.new_zeros(b, layout.errors // n_pos, n_pos)  # [b, L, T]
+    for layer, grad in enumerate(leaf_grads):  # [b, T, d_model]
+        rest[:, layer] = (grad * columns.mlp_out[layer]).sum(-1)
+        here = columns.in_layer[layer]
+        unit_cols[:, here] = (grad[:, units[here, 1]] * columns.down[here]).sum(-1) * columns.acts[here]
     rest.index_put_((torch.arange(b, device=rest.device)[:, None], units[:, 0][None], units[:, 1][None]),
                     -unit_cols, accumulate=True)
     tokens = (embed_grad * columns.embeds).sum(-1)  # [b, T]
     logits = rest.new_zeros(b, layout.logits)
-    return torch.cat([unit_cols, rest.reshape(b, n_layers * n_pos), tokens, logits], 1)
+    return torch.cat([unit_cols, rest.reshape(b, layout.errors), tokens, logits], 1)
 
 
 def direct_adjacency(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis], units: torch.Tensor,
@@ -156,8 +154,8 @@ def direct_adjacency(model: Any, frozen: replacement.Frozen, bases: list[LayerBa
 
     One frozen forward pass on ``batch_size`` copies of the prompt, then one backward pass per batch
     of targets through it: target j of a batch is read from copy j, so copy j's leaves receive its
-    gradients (a real batch dimension: vmapped backward passes, ``is_grads_batched``, measured 5x
-    slower). Targets go in layer order, so a batch's backward pass stops at its deepest layer."""
+    gradients (a real batch dimension: vmapped backward passes, ``is_grads_batched``, measured 2x
+    slower). Targets go in layer order, so a batch's backward pass and rows stop at its deepest layer."""
     n_layers, n_pos = len(frozen.acts), frozen.embeds.shape[0]
     layout = Layout(units=len(units), errors=n_layers * n_pos, tokens=n_pos, logits=len(tokens))
     n_targets = len(units) + len(tokens)
@@ -166,14 +164,17 @@ def direct_adjacency(model: Any, frozen: replacement.Frozen, bases: list[LayerBa
     rows = frozen.embeds.new_zeros(n_targets, layout.size)
     values = frozen.embeds.new_zeros(n_targets)
     columns = _Columns.of(frozen, bases, units)
-    order = _by_layer(units, n_layers, len(tokens))
+    layer_of = torch.cat([units[:, 0], units.new_full((len(tokens),), n_layers)])  # [U + k]: logits last
+    order = torch.sort(layer_of, stable=True).indices  # a batch's backward pass stops at its deepest target
     for start in range(0, n_targets, batch_size):
         targets = order[start:start + batch_size]
         batch_values = _target_values(model, run, bases, units, tokens, targets,
                                       torch.arange(len(targets), device=targets.device))
-        grads = torch.autograd.grad(batch_values.sum(), [run.embeds, *run.leaves], retain_graph=True,
-                                    allow_unused=True, materialize_grads=True)
-        rows[targets] = _rows(tuple(g[: len(targets)] for g in grads), columns, layout)
+        # A unit reads its layer's MLP input: the leaves of its layer and deeper ones do not reach it.
+        deepest = int(layer_of[targets].max())
+        embed_grad, *leaf_grads = torch.autograd.grad(batch_values.sum(), [run.embeds, *run.leaves[:deepest]],
+                                                      retain_graph=True, allow_unused=True, materialize_grads=True)
+        rows[targets] = _rows(embed_grad[: len(targets)], [g[: len(targets)] for g in leaf_grads], columns, layout)
         values[targets] = batch_values.detach()
         if report is not None:
             report(min(start + batch_size, n_targets), n_targets, "edges")
