@@ -45,8 +45,9 @@ class GraphConfig:
     edge_threshold: float = 0.98
     """... then the edges that explain this share of the kept graph's edge influence."""
     batch_size: int = 8
-    """Target rows per batched backward pass (SmolLM2, 16 tokens, one CPU thread: 8 rows took 14.4 s and
-    7 MB above the model, 32 rows 13.1 s and 212 MB)."""
+    """Target rows per backward pass: the frozen forward runs on this many copies of the prompt, one
+    target per copy (memory grows with it: ``bench graph`` at 16 tokens, 8 copies, about 50 MB above
+    the model)."""
     version: int = 1
     """Bumped when the computation changes, so an old graph is not taken for a new one."""
 
