@@ -26,9 +26,9 @@ from workers.compute.cluster_spread import score_spread
 from workers.compute.config import HarvestConfig
 from workers.compute.embed import SentenceEmbedder
 from workers.compute.loading import load_tokenizer
-from workers.pipeline.cluster_spread import _pool
 from workers.pipeline.harvest import harvest_create, neuron_sources
 from workers.pipeline.models import model_register
+from workers.pipeline.scores.windows import common_windows
 from workers.tasks import harvest_work
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_spread_rows_equal_a_hand_recomputation(scored: Run, client: Client) -> 
     assert rows.count() == 3
     tokenizer = load_tokenizer(scored.model.location, Path(settings.CACHE_DIR))
     embedder = SentenceEmbedder(Path(settings.CACHE_DIR), "cpu")
-    common = embedder.embed(_pool(scored, tokenizer, 512, 0)).mean(dim=0)
+    common = embedder.embed(common_windows(scored, tokenizer, n=512, seed=0)).mean(dim=0)
     for row in rows:
         job = Score.objects.get(unit=row.unit, name="context_cluster_polysemanticity")
         assert row.details["score"] == job.value and row.run_id == scored.pk

@@ -28,11 +28,11 @@ from browser.runs.models import Run
 from workers.compute import loading
 from workers.compute.cluster_spread import random_baseline, score_spread
 from workers.compute.embed import SentenceEmbedder
+from workers.pipeline.scores.windows import common_windows, window_text
 
 NAME, VERSION = "context_cluster_spread", 1
 CLUSTERS = "context_cluster_polysemanticity"
 TOP = INTERVAL = 24
-WINDOW = 8
 MIN_EXAMPLES = 6
 MAX_UNITS = 512
 
@@ -41,32 +41,11 @@ class SpreadInputError(ValueError):
     """Nothing to measure (no such run or source, or no cluster scores yet)."""
 
 
-def _window(tokenizer: Any, ids: list[int], pos: int) -> str:
-    return str(tokenizer.decode(ids[max(0, pos - WINDOW): pos + WINDOW + 1], skip_special_tokens=True)).strip()
-
-
 def _examples(run: Run, unit_id: int) -> list[tuple[int, int, float]]:
     """(context id, max position, max value) of the unit's first TOP top and INTERVAL interval examples."""
     rows = Example.objects.filter(run=run, unit_id=unit_id).order_by("kind", "bucket", "rank")
     out = [r for r in rows.filter(kind=Example.Kind.TOP).values_list("context_id", "max_pos", "max_value")[:TOP]]
     out += list(rows.filter(kind=Example.Kind.INTERVAL).values_list("context_id", "max_pos", "max_value")[:INTERVAL])
-    return out
-
-
-def _pool(run: Run, tokenizer: Any, n: int, seed: int) -> list[str]:
-    """``n`` windows around random non-special tokens of random contexts of the run's corpus."""
-    corpus = run.corpus
-    g = torch.Generator().manual_seed(seed)
-    picks = torch.randint(corpus.n_contexts, (n,), generator=g).tolist()
-    where = torch.rand(n, generator=g, dtype=torch.float64).tolist()
-    rows = dict(Context.objects.filter(corpus=corpus, index__in=set(picks)).values_list("index", "tokens"))
-    special = set(corpus.tokenizer.special_ids)
-    out = []
-    for index, u in zip(picks, where, strict=True):
-        ids = decode_tokens(bytes(rows[index]))
-        valid = [p for p, t in enumerate(ids) if t not in special]
-        if valid:
-            out.append(_window(tokenizer, ids, valid[int(u * len(valid))]))
     return out
 
 
@@ -91,11 +70,11 @@ def cluster_spread_compute(*, run_id: int, source_name: str, units: int = 48, se
     tokens = {pk: decode_tokens(bytes(t)) for pk, t in Context.objects.filter(pk__in=contexts).values_list("pk", "tokens")}
     tokenizer = loading.load_tokenizer(run.model.location, Path(settings.CACHE_DIR))
     embedder = SentenceEmbedder(Path(settings.CACHE_DIR), "cpu")
-    pool_vectors = embedder.embed(_pool(run, tokenizer, pool, seed))
+    pool_vectors = embedder.embed(common_windows(run, tokenizer, n=pool, seed=seed))
     common = pool_vectors.mean(dim=0)
     spreads = {}
     for u, ex in examples.items():
-        vectors = embedder.embed([_window(tokenizer, tokens[c], p) for c, p, _ in ex])
+        vectors = embedder.embed([window_text(tokenizer, tokens[c], p) for c, p, _ in ex])
         weights = torch.tensor([v for _, _, v in ex], dtype=torch.float64)
         spreads[u] = score_spread(vectors, weights, common, seeds=seeds, resamples=resamples, seed=seed)
     n = int(statistics.median(s["examples"] for s in spreads.values())) if spreads else MIN_EXAMPLES
