@@ -46,10 +46,12 @@ class LayerDiagnosisPanel:
 
 
 def layer_diagnoses(source: Source) -> LayerDiagnosisPanel | None:
-    """One row per layer of the source's model whose MLP-neuron SAE holds a diagnosis (the newest
-    such SAE of the layer)."""
+    """One row per layer of the source's model whose MLP-neuron SAE holds a layer diagnosis (the newest
+    such SAE of the layer). A sweep's SAE on a synthetic set keeps its own diagnosis summary under the
+    same key (accuracy against the planted causes, no unit counts): it is not a layer diagnosis."""
     rows = (Sae.objects.filter(source__model_id=source.model_id, source__hook_point__endswith=".mlp.hook_post",
-                               quality__has_key="diagnosis").select_related("source").order_by("source__layer", "-pk"))
+                               quality__diagnosis__has_key="units")
+            .select_related("source").order_by("source__layer", "-pk"))
     neurons = dict(Source.objects.filter(model_id=source.model_id, kind=Source.Kind.NEURONS,
                                          hook_point__endswith=".mlp.hook_post").values_list("hook_point", "name"))
     by_layer: dict[int, LayerDiagnosis] = {}
