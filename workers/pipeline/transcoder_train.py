@@ -18,7 +18,7 @@ from workers.compute import hooks
 from workers.compute.harvest import TokenBatch
 from workers.compute.sae.train import TrainConfig
 from workers.compute.sae.transcoder_train import check_config, train_transcoder, transcoder_quality
-from workers.pipeline.sae_train import _Activations
+from workers.pipeline.sae_activations import _Activations
 from workers.pipeline.saes import SaeInputError, sae_register
 
 
