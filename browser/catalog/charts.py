@@ -126,3 +126,13 @@ def dimensionality_svg(values: Sequence[float], label: str, *, width: int = 420,
         for i, v in enumerate(values)
     )
     return _svg(width, height, label, lines + dots, "dims")
+
+
+def axes(*, left: float, plot_w: float, height: int, y0_px: float, y1_px: float, y0: float, y1: float,
+         x_label: str, y_label: str) -> list[str]:
+    """A plot's baseline, its two y bounds, the x label under it and the y label in the corner."""
+    return [f'<line x1="{left}" x2="{left + plot_w}" y1="{y0_px:.1f}" y2="{y0_px:.1f}" stroke="currentColor"/>',
+            f'<text x="{left - 4}" y="{y1_px + 4:.1f}" text-anchor="end">{y1:.3g}</text>',
+            f'<text x="{left - 4}" y="{y0_px:.1f}" text-anchor="end">{y0:.3g}</text>',
+            f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">{escape(x_label)}</text>',
+            f'<text x="4" y="8">{escape(y_label)}</text>']

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from browser.catalog.charts import _svg
+from browser.catalog.charts import _svg, axes
 from browser.catalog.line_charts import SERIES_MARKS, _mark
 
 # One fill per part; the share is also printed in the part, so colour is not the only cue.
@@ -73,11 +73,8 @@ def linear_lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *
     def sy(y: float) -> float:
         return 10 + (1 - (y - y0) / (y1 - y0)) * plot_h
 
-    body = [f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y0):.1f}" y2="{sy(y0):.1f}" stroke="currentColor"/>',
-            f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" text-anchor="end">{y1:.3g}</text>',
-            f'<text x="{left - 4}" y="{sy(y0):.1f}" text-anchor="end">{y0:.3g}</text>',
-            f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">{escape(x_label)}</text>',
-            f'<text x="4" y="8">{escape(y_label)}</text>']
+    body = axes(left=left, plot_w=plot_w, height=height, y0_px=sy(y0), y1_px=sy(y1), y0=y0, y1=y1,
+                x_label=x_label, y_label=y_label)
     last = -math.inf
     for x in sorted({p[0] for p in points}):
         if sx(x) - last >= 28:  # close ticks (-0.111 and -0.053 next to 0) would overprint
@@ -113,11 +110,8 @@ def intervals_svg(points: Sequence[tuple[str, float, float, float]], band: tuple
     def sy(y: float) -> float:
         return 10 + (1 - (y - y0) / (y1 - y0)) * plot_h
 
-    body = [f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y0):.1f}" y2="{sy(y0):.1f}" stroke="currentColor"/>',
-            f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" text-anchor="end">{y1:.3g}</text>',
-            f'<text x="{left - 4}" y="{sy(y0):.1f}" text-anchor="end">{y0:.3g}</text>',
-            f'<text x="4" y="8">{escape(y_label)}</text>',
-            f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">units, by score</text>']
+    body = axes(left=left, plot_w=plot_w, height=height, y0_px=sy(y0), y1_px=sy(y1), y0=y0, y1=y1,
+                x_label="units, by score", y_label=y_label)
     if band:
         lo, mean, hi = band
         body.append(f'<rect x="{left}" y="{sy(hi):.1f}" width="{plot_w}" height="{max(sy(lo) - sy(hi), 1):.1f}" '

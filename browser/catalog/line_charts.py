@@ -7,7 +7,7 @@ import numpy as np
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from browser.catalog.charts import _svg
+from browser.catalog.charts import _svg, axes
 
 SERIES_MARKS = ("circle", "rect", "diamond", "triangle", "cross")
 
@@ -44,11 +44,8 @@ def lines_svg(series: dict[str, list[tuple[float, float]]], label: str, *, x_lab
     def sy(y: float) -> float:
         return 10 + (1 - (y - y0) / (y1 - y0)) * plot_h
 
-    body = [f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y0):.1f}" y2="{sy(y0):.1f}" stroke="currentColor"/>',
-            f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" text-anchor="end">{y1:.3g}</text>',
-            f'<text x="{left - 4}" y="{sy(y0):.1f}" text-anchor="end">{y0:.3g}</text>',
-            f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">{escape(x_label)}</text>',
-            f'<text x="4" y="8">{escape(y_label)}</text>']
+    body = axes(left=left, plot_w=plot_w, height=height, y0_px=sy(y0), y1_px=sy(y1), y0=y0, y1=y1,
+                x_label=x_label, y_label=y_label)
     for x in sorted({p[0] for p in points}):
         body.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 12}" text-anchor="middle">{x:.3g}</text>')
     if marker_x:
