@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 HARVEST_SHARDS = "workers.tasks.harvest_shards"
 FINALIZE_RUN = "workers.tasks.finalize_run"
 EMBED_SOURCE = "workers.tasks_search.embed_source"
+BACKGROUND_PRIORITY = 9
+"""Priority of a run's search-embedding tasks: the lowest of the Redis transport's steps (0, 3, 6,
+9; 0 is taken first, and tasks sent without one count as 0), so a worker takes them only when no
+other task waits on its queues (a score job queued after the harvest runs before them)."""
 
 
 def run_queue_shards(*, run_id: int, tasks: int = 1) -> None:
@@ -49,12 +53,15 @@ def run_queue_embeddings(*, run_id: int) -> list[int]:
     """Queue one ``embed_source`` job per source of a finished run, sent once the caller's
     transaction commits: semantic search describes a unit by its labels and its top contexts
     (``workers.pipeline.search``), and the harvest has just written those contexts. The job embeds
-    only units whose text changed and then snapshots the index. Returns the job ids."""
+    only units whose text changed and then snapshots the index. Sent with ``BACKGROUND_PRIORITY``:
+    search vectors are not waited for, and a score or harvest queued meanwhile goes first. Returns
+    the job ids."""
     run = Run.objects.select_related("model").get(pk=run_id)
     job_ids = []
     for source in run.sources.order_by("layer", "kind", "name"):
         job = job_create(kind=Job.Kind.SCORE, title=f"search vectors {run.model.name}/{source.name}",
                          params={"source_id": source.pk})
-        transaction.on_commit(partial(app.send_task, EMBED_SOURCE, args=[job.pk]), robust=True)
+        transaction.on_commit(partial(app.send_task, EMBED_SOURCE, args=[job.pk], priority=BACKGROUND_PRIORITY),
+                              robust=True)
         job_ids.append(job.pk)
     return job_ids

@@ -21,7 +21,7 @@ from browser.corpora.services import corpus_delete
 from browser.runs.models import Run
 from workers.celery import worker_argv
 from workers.children import Children, PidFiles, Stopped, alive, signals_ignored, stop_group, stop_on_signals
-from workers.demo_causal import causal_demo
+from workers.demo_causal import causal_demo, phase
 
 FIXTURE_CORPUS = Path(settings.BASE_DIR) / "fixtures" / "shakespeare-small.jsonl"
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
@@ -101,19 +101,27 @@ class Command(BaseCommand):
 
     def _pipeline(self) -> None:
         """Every step skips what an earlier demo finished (the harvest run is found by its config hash)."""
+        start = time.perf_counter()
         if not Corpus.objects.filter(name="demo", status=Corpus.Status.READY).exists():
             corpus_delete(name="demo")
-            call_command("import_corpus", str(FIXTURE_CORPUS), name="demo", tokenizer="minilm-l6")
+            with phase(self.stdout, "import demo"):
+                call_command("import_corpus", str(FIXTURE_CORPUS), name="demo", tokenizer="minilm-l6")
         else:
             self.stdout.write("Corpus 'demo' is already imported.\n")
-        self._sae()
+        with phase(self.stdout, f"train minilm-l6 {DEMO_SAE}"):
+            self._sae()
         # One run for the neurons and the SAE's features: the harvest then keeps the correlation
         # sums between the features and layer 3's neurons, which the score job turns into the
         # comparison tables.
-        call_command("harvest", model="minilm-l6", corpus="demo", hooks="blocks.*.mlp.hook_post", saes=DEMO_SAE,
-                     k=32, wait=True)
-        self._score()
+        with phase(self.stdout, "harvest minilm-l6"):
+            call_command("harvest", model="minilm-l6", corpus="demo", hooks="blocks.*.mlp.hook_post", saes=DEMO_SAE,
+                         k=32, wait=True)
+        with phase(self.stdout, "score minilm-l6"):
+            self._score()
         causal_demo(self.stdout)  # SmolLM2 with an SAE, so steering works in the demo
+        # Each harvest queued its sources' search vectors at the lowest priority (so the score job and
+        # the next steps went first): the worker computes them next, while the site is up.
+        self.stdout.write(f"[demo] pipeline: {time.perf_counter() - start:.0f} s\n")
 
     def _sae(self) -> None:
         """A small TopK SAE on layer 3's neurons (400 steps of 512 tokens: about 40 s on 2 idle CPU cores,
@@ -125,7 +133,8 @@ class Command(BaseCommand):
             self.stdout.write(f"SAE {DEMO_SAE!r} is already trained.\n")
 
     def _score(self) -> None:
-        """Every unit's scores and the neuron-feature comparisons (a few minutes on 2 CPU cores)."""
+        """Every unit's scores and the neuron-feature comparisons (MiniLM embeddings of the units'
+        example windows are most of it)."""
         run = (Run.objects.filter(model__name="minilm-l6", corpus__name="demo", status=Run.Status.DONE,
                                   sources__name=DEMO_SAE).order_by("-pk").first())
         if run is None:

@@ -16,6 +16,7 @@ from browser.corpora.selectors import decode_tokens
 from browser.examples.models import Example, UnitStats
 from browser.runs.models import Run
 from workers.compute import scores
+from workers.compute.cluster_batch import context_cluster_polysemanticity_many
 from workers.pipeline.scores.common import (
     CLUSTER_INTERVAL,
     CLUSTER_TOP,
@@ -77,11 +78,14 @@ def _cluster_scores(run: Run, source: Source, result: SourceScores, examples: Un
     vectors = windows.vectors(keys, tokens)
     common = windows.common()
     row = {key: i for i, key in enumerate(keys)}
-    for unit, (cs, ps) in sorted(chosen.items()):
-        w = torch.tensor([examples.max_value[(unit, c)] for c in cs], dtype=torch.float64)
-        split = scores.context_cluster_polysemanticity(
-            vectors[[row[k] for k in zip(cs, ps, strict=True)]], w, common=common)
-        result.rows.append((unit, CLUSTERS, split.score, {"clarity": split.clarity, "sizes": list(split.sizes)}))
+    units = sorted(chosen)
+    splits = context_cluster_polysemanticity_many(  # every unit's 2-means in batches: the per-unit result
+        [vectors[[row[k] for k in zip(*chosen[u], strict=True)]] for u in units],
+        [torch.tensor([examples.max_value[(u, c)] for c in chosen[u][0]], dtype=torch.float64) for u in units],
+        common=common)
+    for unit, split in zip(units, splits, strict=True):
+        result.rows.append((unit, CLUSTERS, split.score, {"clarity": split.clarity,
+                                                          "sizes": sorted(split.sizes, reverse=True)}))
 
 
 # ---- toy models: features per neuron from the true dictionary ---------------------------------
