@@ -89,7 +89,9 @@ def token_revoke(*, user: Any, token: ApiToken) -> ApiToken:
 
 def token_authenticate(raw: str) -> Any | None:
     """The active user owning this unrevoked token, or None."""
-    token = ApiToken.objects.select_related("user").filter(digest=token_digest(raw), revoked__isnull=True).first()
+    # The user's account (its role) in the same query: every permission check reads it.
+    token = (ApiToken.objects.select_related("user", "user__account")
+             .filter(digest=token_digest(raw), revoked__isnull=True).first())
     if token is None or not token.user.is_active:
         return None
     now = timezone.now()

@@ -9,7 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
 from browser.api.compute import compute_refusal
-from browser.catalog.fragments import unit_run_fragments
+from browser.catalog.fragments import unit_rows, unit_run_fragments
 from browser.catalog.models import Model, Source, Unit
 from browser.catalog.page_selectors import compare as compare_units
 from browser.catalog.page_selectors import overview, unit_detail
@@ -49,7 +49,8 @@ def _unit_list(request: HttpRequest, context: dict[str, Any], **fixed: str) -> H
     query.pop("cursor", None)
     names = score_names()
     context.update({"page": page, "f": filters, "score_names": names, "query": query.urlencode(),
-                    "kinds": Source.Kind.choices, "sort_choices": _sort_choices(names)})
+                    "kinds": Source.Kind.choices, "sort_choices": _sort_choices(names),
+                    "rows": unit_rows(page.units, source=context.get("source"), filters=filters) if page else ""})
     return render(request, "catalog/units.html", context, status=400 if "error" in context else 200)
 
 

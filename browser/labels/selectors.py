@@ -14,6 +14,7 @@ from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
 from browser.accounts import access
 from browser.catalog.models import Score, Unit
+from browser.labels.fragments import label_panel_parts
 from browser.labels.models import Label, LabelRevision
 
 WORD = re.compile(r"\w+")
@@ -42,14 +43,16 @@ def label_panel(unit: Unit, *, user: Any, queue: str = "", labels: list[Label] |
     ``queue``: the labeling queue's filters when the page was opened from the queue."""
     labels = list(unit_labels(unit)) if labels is None else labels
     mine = next((label for label in labels if label.author_id == user.pk), None)
-    return {
+    panel = {
         "labels": labels,
         "mine": mine,
         "consensus": label_consensus(labels) if len(labels) > 1 else None,
-        "history": unit_label_history(unit, limit=20),
+        "history": list(unit_label_history(unit, limit=20)),
         "can_label": access.can_label(user),
         "queue": queue,
     }
+    panel["parts"] = label_panel_parts(panel)  # what every visitor sees alike, rendered once per content
+    return panel
 
 
 def unit_label_history(unit: Unit, *, limit: int = 50) -> QuerySet[LabelRevision]:

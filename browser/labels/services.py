@@ -134,6 +134,9 @@ def label_save(*, unit: Unit, user: Any, text: Any, tags: Any = None, confidence
         LabelRevision.objects.create(label=label, unit=unit, author=author, editor=user, revision=label.revision,
                                      action=LabelRevision.Action.UPDATE, before=before, after=_snapshot(label))
     unit_refresh_labels(unit.pk)
+    # The caller's unit and author (already read, with what they select) instead of a query each when
+    # the answer is serialized (the label's unit id, source, model and author name).
+    label.unit, label.author = unit, author
     return label
 
 
