@@ -6,7 +6,11 @@ takes anyone else's tasks), puts the clients (``load_clients.py``) on it for ``-
 no harvest running (``p95_ms_idle``), times a harvest alone, then times a fresh harvest (another
 seed, so another config hash) while the clients mix page views, label writes (with the revision
 they read; a 409 is re-read and retried, as a client should) and small exports. The loaded phase
-lasts ``--seconds`` and at least until that harvest is done (``p95_ms``).
+lasts ``--seconds`` and at least until that harvest is done (``p95_ms``). A finished harvest queues
+its sources' search vectors on the same worker (minutes of CPU each): before the web warm-up, the
+harvest alone and the loaded harvest, the bench waits until the jobs it caused are over
+(``worker_settle_s``), so that "idle" is idle, "alone" is alone and the loaded harvest does not
+queue behind them.
 
 Afterwards every write the server acknowledged is checked against the revision history in the
 database: it must be there as the revision the server answered, and each label's revisions must
@@ -25,18 +29,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from browser.accounts.services import token_create, user_create
 from browser.catalog.models import Source
 from browser.catalog.services import units_ensure
 from browser.corpora.models import Corpus
 from browser.labels.models import Label, LabelRevision
-from browser.runs.models import Run
+from browser.runs.models import Job, Run
 from browser.runs.services import run_delete
 from workers.bench.load_clients import USERS, Ack, Actor, Client, Tally, hammer, summarize
 from workers.celery import configure_queues
@@ -276,6 +282,19 @@ def harvest_wait(run: Run, limit_s: float = HARVEST_LIMIT_S) -> float:
         time.sleep(0.25)
 
 
+def worker_settle(since: datetime, limit_s: float = HARVEST_LIMIT_S) -> float:
+    """Seconds waited until the jobs created since ``since`` are over (a harvest's search vectors:
+    a phase begun before they ended was not idle, or not alone, or queued behind them)."""
+    start = time.monotonic()
+    active = Job.objects.filter(created__gte=since, status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+    while active.exists():
+        if time.monotonic() - start > limit_s:
+            raise RuntimeError(f"the worker's jobs {list(active.values_list('title', flat=True))} not over "
+                               f"after {limit_s:.0f} s")
+        time.sleep(1.0)
+    return time.monotonic() - start
+
+
 def _tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
@@ -307,7 +326,8 @@ def _idle(actors: list[Actor], port: int, seconds: float, think_s: float, log: A
     start = time.monotonic()
     tally, elapsed = hammer(actors, port, lambda: time.monotonic() - start >= seconds, seed=1, think_s=think_s)
     result = summarize(tally, elapsed)
-    log.write(f"idle: {result['requests_per_s']} requests/s, p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms\n")
+    log.write(f"idle: {result['requests_per_s']} requests/s, p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms "
+              f"(load average {os.getloadavg()[0]:.1f})\n")
     return tally, {"p95_ms_idle": result["p95_ms"], "p50_ms_idle": result["p50_ms"], "idle": result}
 
 
@@ -322,9 +342,12 @@ def _measure(procs: list[subprocess.Popen[bytes]], env: dict[str, str], logs: Pa
              durations: tuple[float, float, float], hooks: str, web_workers: int | None, web_threads: int | None,
              log: Any) -> dict[str, Any]:
     idle_seconds, seconds, think_s = durations
+    since = timezone.now()
     procs.append(start_worker(env=env, log=logs / "worker.log"))
     log.write("worker up; harvesting the browsed source (this also warms the worker up)...\n")
     warmup = harvest_wait(harvest_queue(corpus=corpus.name, hooks=HOOKS["quick"], seed=0))
+    log.write("waiting for the jobs the harvest queued (search vectors)...\n")
+    settle = [worker_settle(since)]
     source = Source.objects.get(model__name=MODEL, name=BROWSE_HOOK)
     units_ensure(source=source)
     browse = f"{MODEL}/{BROWSE_HOOK}"
@@ -337,8 +360,11 @@ def _measure(procs: list[subprocess.Popen[bytes]], env: dict[str, str], logs: Pa
     hammer(actors, port, lambda: time.monotonic() - warm_start >= WARMUP_S, seed=3, think_s=think_s)
     load_avg_idle = os.getloadavg()
     idle_tally, idle = _idle(actors, port, idle_seconds, think_s, log)
+    settle.append(worker_settle(since))  # the idle phase's label writes queue no job; a harvest's do
     log.write(f"timing the harvest alone ({hooks})...\n")
     alone = harvest_wait(harvest_queue(corpus=corpus.name, hooks=hooks, seed=1))
+    log.write("waiting for the jobs the harvest queued (search vectors)...\n")
+    settle.append(worker_settle(since))
     log.write(f"harvest alone: {alone:.1f} s; {clients} clients for {seconds:.0f} s with a harvest running...\n")
     load_avg = os.getloadavg()
     run_loaded = harvest_queue(corpus=corpus.name, hooks=hooks, seed=2)
@@ -365,7 +391,7 @@ def _measure(procs: list[subprocess.Popen[bytes]], env: dict[str, str], logs: Pa
         "errors_idle": idle_tally.errors,
         "lost_updates": len(problems), "stale_search_units": stale, "harvest_warmup_s": round(warmup, 2),
         "harvest_alone_s": round(alone, 2), "harvest_loaded_s": round(loaded, 2),
-        "harvest_slowdown": round(loaded / alone, 2),
+        "harvest_slowdown": round(loaded / alone, 2), "worker_settle_s": [round(x, 1) for x in settle],
         "web": _web_config(web_workers, web_threads), "cpus": os.cpu_count(),
         "load_avg_idle": [round(x, 2) for x in load_avg_idle],
         "load_avg_before": [round(x, 2) for x in load_avg], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
