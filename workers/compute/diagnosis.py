@@ -6,15 +6,18 @@ polysemantic when several features carry its energy: feature f's share is
 E[F_f^2] W_dec[f, k]^2 over the sum of all, and the unit's features are the largest shares
 covering ``COVERED`` (at most ``MAX_UNIT_FEATURES``). Then, in order:
 
-- **non-linear**: three or more features whose directions span few dimensions (participation
-  ratio of the unit-normalised rows <= ``FLAT`` of their count) and that do not behave as
-  independent features: at least as many exclusive pairs (co-firing at most ``EXCLUSIVE_RATIO`` of
-  what independence predicts, tested where that prediction is >= ``MIN_EXPECTED``) as pairs firing
-  together as independence predicts (ratio within ``INDEPENDENT``): one variable on a curve (a
-  circle, magnitude bands);
+- **non-linear**: three or more features in a plane (participation ratio of the unit-normalised
+  rows <= ``FLAT_DIMS``) that include a pair never firing together (co-firing at most
+  ``EXCLUSIVE_RATIO`` of what independence predicts, tested where that prediction is >=
+  ``MIN_EXPECTED``): one variable on a curve (a circle, magnitude bands), one point of it at a
+  time. More than two directions in two dimensions cannot be independent linear features without
+  large interference, and independent ones would co-fire. A learned dictionary tiles the curve with
+  a few latents, neighbours co-firing where it interpolates, and a unit may carry only two of them:
+  when the unit's features span a plane, every live latent lying in that plane (at least
+  ``IN_PLANE`` of its squared norm) joins them, so the curve is seen whole;
 - **compositional**: at least ``GROUPED`` of the tested pairs exclusive (alternatives within a
-  group) and some independent (parts from different groups): a code built from parts (the layer's
-  L0 is reported too: constant for a pure code);
+  group) and some independent (ratio within ``INDEPENDENT``: parts from different groups): a code
+  built from parts (the layer's L0 is reported too: constant for a pure code);
 - **superposition**: the layer holds more live features than dimensions (their decoders then
   cannot be orthogonal: the evidence is the interference);
 - **rotation**: no more live features than dimensions, nearly orthogonal, just not aligned with
@@ -33,7 +36,7 @@ COVERED, MAX_UNIT_FEATURES = 0.9, 16
 MIN_FIRES = 5
 """A latent firing on fewer inputs of the sample is not live."""
 MIN_EXPECTED, EXCLUSIVE_RATIO, INDEPENDENT = 5.0, 0.1, (0.5, 2.0)
-FLAT = 0.5
+FLAT_DIMS, IN_PLANE = 2.5, 0.9
 GROUPED = 0.25
 
 
@@ -108,6 +111,20 @@ def _participation(W_dec: torch.Tensor, members: list[int]) -> float:
     return float(s2.sum() ** 2 / s2.pow(2).sum().clamp_min(1e-30))
 
 
+def _plane_group(members: list[int], W_dec: torch.Tensor, live: torch.Tensor) -> list[int]:
+    """The members plus every other live latent lying in their plane (their top two right singular
+    vectors hold at least IN_PLANE of its squared norm)."""
+    rows = W_dec[members].float()
+    plane = torch.linalg.svd(rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12), full_matrices=False).Vh[:2]
+    inside_already = set(members)
+    others = [f for f in live.nonzero().flatten().tolist() if f not in inside_already]
+    if not others:
+        return list(members)
+    cand = W_dec[others].float()
+    inside = (cand @ plane.T).pow(2).sum(1) / cand.pow(2).sum(1).clamp_min(1e-30)
+    return list(members) + [f for f, v in zip(others, inside.tolist(), strict=True) if v >= IN_PLANE]
+
+
 def diagnose_unit(unit: int, members: list[int], fires: torch.Tensor, W_dec: torch.Tensor, layer: Layer) -> Diagnosis:
     if len(members) <= 1:
         return Diagnosis(unit, "monosemantic", members, {"features": len(members)})
@@ -120,9 +137,13 @@ def diagnose_unit(unit: int, members: list[int], fires: torch.Tensor, W_dec: tor
         "features_per_dim": round(layer.n_live / max(layer.dims, 1), 3), "interference": round(layer.interference, 3),
         "pairs_tested": len(ratios), "exclusive_pairs": sum(exclusive), "independent_pairs": sum(independent),
         "effective_rank": round(rank, 2), "l0_mean": round(layer.l0_mean, 2), "l0_cv": round(layer.l0_cv, 3)}
-    if len(members) >= 3 and ratios and sum(exclusive) >= sum(independent) and rank <= FLAT * len(members):
-        cause = "nonlinear"
-    elif ratios and sum(exclusive) >= GROUPED * len(ratios) and any(independent):
+    if rank <= FLAT_DIMS:
+        group = _plane_group(members, W_dec, layer.live)
+        plane_exclusive = sum(r <= EXCLUSIVE_RATIO for r in _pair_ratios(fires, group))
+        evidence.update({"plane_features": len(group), "plane_exclusive_pairs": plane_exclusive})
+        if len(group) >= 3 and plane_exclusive and _participation(W_dec, group) <= FLAT_DIMS:
+            return Diagnosis(unit, "nonlinear", group, evidence)
+    if ratios and sum(exclusive) >= GROUPED * len(ratios) and any(independent):
         cause = "compositional"
     elif layer.n_live > layer.dims:
         cause = "superposition"
