@@ -26,3 +26,14 @@ def test_groundtruth_bench_reports_recovery_and_diagnosis() -> None:
     assert table["topk"]["mcc"] > 0.8
     assert result["diagnosis"]["units"] == 80 and result["diagnosis_accuracy_true_dictionary"] == 1.0
     assert 0 <= result["diagnosis_accuracy"] <= 1 and result["saes_per_minute"] > 0
+
+
+def test_groundtruth_bench_without_architectures_reports_no_recovery() -> None:
+    """--architectures none trains no recovery SAE: the recovery keys are null, not a crash on an empty table."""
+    out = io.StringIO()
+    call_command("bench", "groundtruth", "--json", "--architectures", "none", "--diagnosis-steps", "0",
+                 stdout=out, stderr=io.StringIO())
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert result["recovery"] == {}
+    assert all(result[key] is None for key in ("saes_per_minute", "best_mcc", "best_f1", "best_mmcs",
+                                               "diagnosis_accuracy"))
