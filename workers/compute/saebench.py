@@ -9,6 +9,10 @@ filled in. Read back into the product's names, so results travel both ways:
 - reconstruction_quality: explained_variance = 1 - fvu;
 - sparsity: l0;
 - misc_metrics: frac_alive = 1 - dead_fraction, freq_over_10_percent = dense_fraction.
+
+What SAEBench has no field for (the live latents' firing-density histogram, each live latent's largest
+decoder |cosine| and their histogram: SAEBench's average_max_decoder_cosine_sim is signed and over every
+latent, so not the same number) travels in ``eval_result_unstructured`` under the product's names.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ FIELDS: tuple[tuple[str, str, str, Any, Any], ...] = (
     ("misc_metrics", "frac_alive", "dead_fraction", lambda v: 1 - v, lambda v: 1 - v),
     ("misc_metrics", "freq_over_10_percent", "dense_fraction", None, None),
 )
+UNSTRUCTURED = ("tokens", "corpus", "density_edges", "density_hist", "cosine_edges", "max_cosine_hist",
+                "mean_max_cosine")
 
 
 def core_output(quality: dict[str, Any], sae_cfg: dict[str, Any], *, model_name: str,
@@ -43,7 +49,7 @@ def core_output(quality: dict[str, Any], sae_cfg: dict[str, Any], *, model_name:
     return {
         "eval_type_id": EVAL_TYPE_ID,
         "eval_config": {"model_name": model_name, "context_size": quality.get("context_size"),
-                        "dataset": quality.get("dataset", ""), "exclude_special_tokens_from_reconstruction": True},
+                        "dataset": quality.get("dataset", quality.get("corpus", "")), "exclude_special_tokens_from_reconstruction": True},
         "eval_id": eval_id or str(uuid.uuid4()),
         "datetime_epoch_millis": int(millis if millis is not None else time.time() * 1000),
         "eval_result_metrics": metrics,
@@ -51,7 +57,8 @@ def core_output(quality: dict[str, Any], sae_cfg: dict[str, Any], *, model_name:
         "sae_bench_commit_hash": "",
         "sae_lens_id": sae_id, "sae_lens_release_id": release, "sae_lens_version": None,
         "sae_cfg_dict": sae_cfg,
-        "eval_result_unstructured": {"written_by": "neuron-browser", "tokens": quality.get("tokens")},
+        "eval_result_unstructured": {"written_by": "neuron-browser", "tokens": quality.get("tokens")}
+        | {key: quality[key] for key in UNSTRUCTURED if key in quality},
     }
 
 
