@@ -19,6 +19,7 @@ from browser.exports import formats
 from browser.exports.lines import json_lines
 from browser.exports.records import neuron_record, neuronpedia_explanations
 from browser.exports.selectors import SCHEMA_VERSION, dataset_card, export_rows
+from browser.exports.stream import label_batches
 from browser.graphs.selectors import graph_get, graph_unit_ids
 from browser.labels.models import LabelRevision
 from browser.labels.selectors import label_list
@@ -73,7 +74,7 @@ class LabelExport(APIView):
         elif fmt == "jsonl":
             body = json_lines(filters=filters)
         else:
-            body = formats.parquet_from_lines(json_lines(filters=filters, for_arrow=True), metadata=metadata)
+            body = formats.parquet_from_batches(label_batches(filters=filters), metadata=metadata)
         response = StreamingHttpResponse(body, content_type=CONTENT_TYPES[fmt])
         response["Content-Disposition"] = f'attachment; filename="labels.{fmt}"'
         response["X-Schema-Version"] = str(SCHEMA_VERSION)

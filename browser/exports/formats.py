@@ -10,11 +10,14 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from browser.exports.selectors import CHUNK, COLUMNS
+from browser.exports.stream import Lookup, lines_data
 
 FLUSH_BYTES = 64 * 1024
 
@@ -115,39 +118,36 @@ def parquet(rows: Iterable[dict[str, Any]], *, metadata: dict[str, str]) -> Iter
     yield sink.take()
 
 
-# What ``lines.json_lines(for_arrow=True)`` writes: times as microseconds, scores as JSON text.
-_LINE_SCHEMA = pa.schema([(name, pa.int64() if kind == "timestamp" else _ARROW[kind]) for name, kind, _ in COLUMNS])
-ROW_GROUP_BYTES = 4 << 20  # about 8k rows of JSON per Parquet row group
+_TEXT_TAGS = pa.schema([("t", pa.string()), ("g", pa.list_(pa.string()))])
 
 
-def parquet_from_lines(blocks: Iterable[bytes], *, metadata: dict[str, str],
-                       row_group_bytes: int = ROW_GROUP_BYTES) -> Iterator[bytes]:
-    """Parquet from the JSON lines PostgreSQL writes (``lines.json_lines(for_arrow=True)``): each
-    few MB of lines is parsed by Arrow in one call, so no Python object is made per row."""
+def parquet_from_batches(batches: Iterable[tuple[pa.RecordBatch, Lookup]], *, metadata: dict[str, str]) -> Iterator[bytes]:
+    """Parquet from the columns PostgreSQL sends (``stream.label_batches``), a row group per batch:
+    Arrow builds each column of a batch in one call, so no Python object is made per row."""
     sink = _Drain()
     schema = SCHEMA.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-    options = pa_json.ParseOptions(explicit_schema=_LINE_SCHEMA, unexpected_field_behavior="error")
     with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-        pending: list[bytes] = []
-        size = 0
-        for block in blocks:
-            pending.append(block)
-            size += len(block)
-            if size < row_group_bytes:
-                continue
-            # A row group is the fewest whole lines that reach ``row_group_bytes`` (a block holds
-            # many lines, so one block may close several groups).
-            data, start = b"".join(pending), 0
-            while len(data) - start >= row_group_bytes and (end := data.find(b"\n", start + row_group_bytes - 1)) >= 0:
-                writer.write_table(_lines_table(data[start:end + 1], options, schema))
-                start = end + 1
-                yield sink.take()
-            pending, size = [data[start:]], len(data) - start
-        if size:
-            writer.write_table(_lines_table(b"".join(pending), options, schema))
+        for batch, lookup in batches:
+            writer.write_table(pa.Table.from_arrays(_columns(batch, lookup), schema=schema))
+            yield sink.take()
     yield sink.take()
 
 
-def _lines_table(data: bytes, options: pa_json.ParseOptions, schema: pa.Schema) -> pa.Table:
-    table = pa_json.read_json(pa.BufferReader(data), parse_options=options)
-    return table.select(schema.names).cast(schema)
+def _columns(batch: pa.RecordBatch, lookup: Lookup) -> list[pa.Array]:
+    """The export's columns (``COLUMNS``' order) of a batch."""
+    col = batch.column
+    source = lookup.source_index(col("source_id"))
+    src = {name: pc.take(values, source) for name, values in lookup.sources.items()}
+    # text and tags come as JSON text (to_json, jsonb): one JSON parse of both columns decodes them
+    objects = pc.binary_join_element_wise('{"t":', col("text"), ',"g":', col("tags"), "}\n", "")
+    decoded = pa_json.read_json(pa.BufferReader(lines_data(objects)),
+                                parse_options=pa_json.ParseOptions(explicit_schema=_TEXT_TAGS))
+    n = batch.num_rows
+    no_examples = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
+    return [col("id"), pc.binary_join_element_wise(src["unit_prefix"], col("index").cast(pa.string()), ""),
+            src["model"], src["source"], col("index"), src["hook_point"], src["layer"], col("kind"),
+            decoded.column("t").combine_chunks(), decoded.column("g").combine_chunks(),
+            col("confidence").cast(pa.float64()), col("machine"),
+            pc.take(lookup.authors, lookup.author_index(col("author_id"))),
+            col("created").cast(_ARROW["timestamp"]), col("updated").cast(_ARROW["timestamp"]), col("revision"),
+            col("scores"), no_examples]

@@ -1,100 +1,91 @@
-"""Label-dataset rows built by PostgreSQL itself: one JSON object per label, streamed with COPY.
+"""The JSONL export's lines, written by Arrow from the columns PostgreSQL sends (``stream``).
 
-The Python path (``selectors.export_rows``) spends its time building a dict per row; here the
-server writes each row's JSON text and the client only moves bytes. It serves every export
-without example texts.
-
-What it costs, measured (1M labels, ``bench export``): building the lines with
-``json_build_object`` cost 40% more server time than concatenating the same text (it looks up
-each argument's type on every row), and a COPY message per row cost the client about 6 us a row
-in psycopg alone, as much as the server's work. So each line is concatenated by hand, byte for
-byte what ``json_build_object`` wrote (``{"key" : value, ...}``, values through the same output
-functions; ``tests/labels/test_export_lines.py`` checks both against a hand-built reference), and
-the server joins ``BLOCK`` consecutive lines (by label id) into one binary COPY row: one message per
-thousand labels.
+Each line is byte for byte what ``json_build_object`` wrote when the server built the lines
+(``{"key" : value, ...}``, each value through the output function it used: ``to_json`` for
+strings, float8 and int text, jsonb text for tags and scores, six-digit UTC times);
+``tests/labels/test_export_reference.py`` checks it against a hand-built reference and
+``tests/labels/test_export_sql_lines.py`` against the SQL-built lines it replaced. A batch's lines
+are one Arrow string array, each value ending in a newline, so the batch's JSONL is that array's
+data buffer: no Python object per line.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator
+from datetime import date
 from typing import Any
 
-from django.db import connection
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from browser.labels.selectors import label_list
+from browser.exports.stream import BLOCK_BYTES, Lookup, label_batches, lines_data
 
-BLOCK = 1000  # labels per COPY message (ids id // BLOCK share one; a sparse filter gives fewer)
-# The label-list query (its filters and joins) supplies these columns, under these names.
-_FIELDS = {"id": "id", "unit_id": "unit_id", "unit__index": "index", "unit__source_id": "source_id",
-           "unit__kind": "kind", "text": "text", "tags": "tags", "confidence": "confidence", "machine": "machine",
-           "author_id": "author_id", "created": "created", "updated": "updated", "revision": "revision"}
-_ISO = """'"' || to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') || '"'"""
-_MICROS = "(extract(epoch FROM {}) * 1000000)::int8::text"
-# Scores are joined per unit and per label from two grouped scans of the score table (a hash join
-# each), not looked up row by row: that lookup cost twice the rest of the query.
-_SCORES = """CASE WHEN us.scores IS NULL AND ls.scores IS NULL THEN '{}'
-                  ELSE (COALESCE(us.scores, '{}'::jsonb) || COALESCE(ls.scores, '{}'::jsonb))::text END"""
-# What is the same for every unit of a source, escaped once per source instead of once per row:
-# the start of "unit" (model/source/, the index follows unescaped: digits need no escape) and the
-# run from "model" to "hook_point" and from "layer" to "source_type".
-_SOURCES = """SELECT s.id, left(to_json(m.name || '/' || s.name || '/')::text, -1) AS unit,
-                     '", "model" : ' || to_json(m.name)::text || ', "source" : ' || to_json(s.name)::text
-                         || ', "index" : ' AS model,
-                     ', "hook_point" : ' || to_json(s.hook_point)::text || ', "layer" : ' || s.layer
-                         || ', "source_type" : ' AS hook
-              FROM catalog_source s JOIN catalog_model m ON m.id = s.model_id"""
+# float8out's words for the values JSON has no number for; to_json quoted them.
+_NOT_NUMBERS = pa.array(["NaN", "Infinity", "-Infinity"])
+_DAY_US = 86_400_000_000
+_EPOCH = date(1970, 1, 1).toordinal()
 
 
-def _line(*, for_arrow: bool) -> str:
-    """One label's JSON text: the keys, order and separators ``json_build_object`` writes
-    (``{"key" : value, ...}``), each value through the output function it used."""
-    created, updated = ((_MICROS if for_arrow else _ISO).format(f"q.{c}") for c in ("created", "updated"))
-    scores = f"to_json({_SCORES})::text" if for_arrow else _SCORES
-    return f"""'{{"label_id" : ' || q.id || ', "unit" : ' || src.unit || q.index || src.model || q.index
-        || src.hook || to_json(q.kind)::text || ', "text" : ' || to_json(q.text)::text
-        || ', "tags" : ' || COALESCE(q.tags::text, 'null')
-        || ', "confidence" : ' || COALESCE(to_json(q.confidence)::text, 'null')
-        || ', "machine" : ' || q.machine::text || ', "author" : ' || au.author
-        || ', "created" : ' || {created} || ', "updated" : ' || {updated} || ', "revision" : ' || q.revision
-        || ', "scores" : ' || {scores} || ', "top_examples" : []}}'"""
+def json_lines(*, filters: dict[str, Any], block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+    """The export's rows as JSON lines, in label id order, a block of whole lines per ``block_bytes``
+    of the server's CSV (more than the longest label's row: ``stream.BLOCK_BYTES``)."""
+    for batch, lookup in label_batches(filters=filters, block_bytes=block_bytes):
+        yield lines_data(_lines(batch, lookup))
 
 
-def _select(sql: str, *, for_arrow: bool) -> str:
-    """``OFFSET 0`` keeps the lines in a subquery of their own, so parallel workers build them; flattened,
-    the planner built every line in the aggregate, in one process: 10% slower wall here at load 18
-    (1M labels, two runs each); on idle cores, with a core per worker, likely more (not measured)."""
-    names = ", ".join(_FIELDS.values())
-    return f"""
-        SELECT convert_to(string_agg(t.line, E'\\n' ORDER BY t.id) || E'\\n', 'UTF8')
-        FROM (SELECT q.id, {_line(for_arrow=for_arrow)} AS line
-        FROM ({sql}) q ({names})
-        JOIN ({_SOURCES}) src ON src.id = q.source_id
-        JOIN (SELECT id, to_json(username)::text AS author FROM auth_user) au ON au.id = q.author_id
-        LEFT JOIN (SELECT unit_id, jsonb_object_agg(name, value) AS scores FROM catalog_score
-                   WHERE label_id IS NULL GROUP BY unit_id) us ON us.unit_id = q.unit_id
-        LEFT JOIN (SELECT label_id, jsonb_object_agg('label.' || name, value) AS scores FROM catalog_score
-                   WHERE label_id IS NOT NULL GROUP BY label_id) ls ON ls.label_id = q.id
-        OFFSET 0) t
-        GROUP BY t.id / {BLOCK}
-        ORDER BY t.id / {BLOCK}"""
+def _pairs(first: np.ndarray, second: np.ndarray, text: Any) -> pa.Array:
+    """``text(a, b)`` for each row's (a, b), computed once per distinct pair in the batch."""
+    width = int(second.max()) + 1
+    unique, at = np.unique(first.astype(np.int64) * width + second, return_inverse=True)
+    return pc.take(pa.array([text(int(k) // width, int(k) % width) for k in unique], pa.string()), pa.array(at))
 
 
-def json_lines(*, filters: dict[str, Any], for_arrow: bool = False) -> Iterator[bytes]:
-    """The export's rows as JSON lines, in label id order, in blocks of up to ``BLOCK`` whole lines.
+@functools.cache
+def _clock() -> pa.Array:
+    """``HH:MM:SS.`` of each second of a day: the time of day is a lookup, not a format, per row."""
+    return pa.array([f"{s // 3600:02}:{s // 60 % 60:02}:{s % 60:02}." for s in range(86_400)])
 
-    ``for_arrow``: times as microseconds since the epoch and scores as a JSON string, the shapes
-    the Parquet schema reads without a per-row conversion.
-    """
-    sql, params = label_list(**filters).order_by().values_list(*_FIELDS).query.sql_with_params()
-    with connection.cursor() as cursor:
-        # JIT compiling this one long scan costs more than it saves (measured: 1.8 s against 1.6 s
-        # for 100k rows).
-        cursor.execute("SET jit = off")
-        try:
-            with cursor.cursor.copy(f"COPY ({_select(sql, for_arrow=for_arrow)}) TO STDOUT (FORMAT binary)",
-                                    params) as copy:
-                copy.set_types(["bytea"])
-                for (block,) in copy.rows():
-                    yield bytes(block)
-        finally:
-            cursor.execute("RESET jit")
+
+def _iso(micros: pa.Array) -> list[pa.Array]:
+    """``YYYY-MM-DDTHH:MM:SS.ffffff`` (to_char's six digits) of microseconds since the epoch, in
+    three pieces: the day (formatted once per distinct day), the second of the day, the microseconds."""
+    day, of_day = np.divmod(micros.to_numpy(), _DAY_US)
+    days, day_at = np.unique(day, return_inverse=True)
+    day_text = pa.array([date.fromordinal(_EPOCH + int(d)).isoformat() + "T" for d in days])
+    fraction = pc.utf8_slice_codeunits(pa.array(of_day % 1_000_000 + 1_000_000).cast(pa.string()), 1)
+    return [pc.take(day_text, pa.array(day_at)), pc.take(_clock(), pa.array(of_day // 1_000_000)), fraction]
+
+
+def _confidence(text: pa.Array) -> pa.Array:
+    quoted = pc.binary_join_element_wise('"', text, '"', "")
+    return pc.fill_null(pc.if_else(pc.is_in(text, value_set=_NOT_NUMBERS), quoted, text), "null")
+
+
+def _lines(batch: pa.RecordBatch, lookup: Lookup) -> pa.Array:
+    """The batch's lines, from as few pieces as the columns allow (Arrow's join costs per piece):
+    what a source and unit kind fix, and what machine and author fix, come as one piece each."""
+    col = batch.column
+    source = lookup.source_index(col("source_id")).to_numpy()
+    kinds = col("kind").dictionary_encode()
+    kind_json = [json.dumps(k, ensure_ascii=False) for k in kinds.dictionary.to_pylist()]
+    kind = kinds.indices.to_numpy()
+    src = lookup.sources_json
+    unit = pc.take(pa.array([', "unit" : ' + u for u in src["unit_prefix"]], pa.string()), pa.array(source))
+    names = pc.take(pa.array([f'", "model" : {m}, "source" : {s}, "index" : '
+                              for m, s in zip(src["model"], src["source"], strict=True)], pa.string()),
+                    pa.array(source))
+    place = _pairs(source, kind, lambda s, k: f', "hook_point" : {src["hook_point"][s]}, "layer" : '
+                                              f'{src["layer"][s]}, "source_type" : {kind_json[k]}, "text" : ')
+    by = _pairs(col("machine").to_numpy(zero_copy_only=False).astype(np.int64),
+                lookup.author_index(col("author_id")).to_numpy(),
+                lambda m, a: f', "machine" : {"true" if m else "false"}, "author" : {lookup.authors_json[a]}, '
+                             '"created" : "')
+    index = col("index").cast(pa.string())
+    return pc.binary_join_element_wise(
+        '{"label_id" : ', col("id").cast(pa.string()), unit, index, names, index, place, col("text"),
+        ', "tags" : ', col("tags"), ', "confidence" : ', _confidence(col("confidence")), by, *_iso(col("created")),
+        '+00:00", "updated" : "', *_iso(col("updated")), '+00:00", "revision" : ', col("revision").cast(pa.string()),
+        ', "scores" : ', col("scores"), ', "top_examples" : []}\n', "")

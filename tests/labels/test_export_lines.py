@@ -1,4 +1,5 @@
-"""Exports built by PostgreSQL (COPY of JSON lines) hold exactly the rows the Python path builds."""
+"""Exports from PostgreSQL's columns (COPY of CSV, lines and Parquet columns by Arrow) hold exactly the rows
+the Python path builds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from browser.catalog.models import Score, Unit
 from browser.exports import formats
 from browser.exports.lines import json_lines
 from browser.exports.selectors import export_rows
+from browser.exports.stream import label_batches
 from browser.labels.models import Label
 from browser.labels.services import label_save
 from tests.conftest import Cast
@@ -57,10 +59,10 @@ def test_filters_apply_to_sql_lines(cast: Cast, units: list[Unit]) -> None:
     assert b"".join(json_lines(filters={"author": "nobody"})) == b""
 
 
-def test_parquet_from_sql_lines_equals_parquet_from_python_rows(cast: Cast, units: list[Unit]) -> None:
+def test_parquet_from_sql_columns_equals_parquet_from_python_rows(cast: Cast, units: list[Unit]) -> None:
     _labels(cast, units)
-    fast = pq.read_table(io.BytesIO(b"".join(formats.parquet_from_lines(
-        json_lines(filters={}, for_arrow=True), metadata={"k": "v"}))))
+    fast = pq.read_table(io.BytesIO(b"".join(formats.parquet_from_batches(
+        label_batches(filters={}), metadata={"k": "v"}))))
     slow = pq.read_table(io.BytesIO(b"".join(formats.parquet(export_rows(filters={}), metadata={"k": "v"}))))
     assert fast.schema == slow.schema
     fast_rows, slow_rows = fast.to_pylist(), slow.to_pylist()
@@ -70,9 +72,9 @@ def test_parquet_from_sql_lines_equals_parquet_from_python_rows(cast: Cast, unit
     assert fast.schema.metadata[b"k"] == b"v"
 
 
-def test_parquet_row_groups_split_on_whole_lines(cast: Cast, units: list[Unit]) -> None:
+def test_parquet_row_groups_are_the_batches(cast: Cast, units: list[Unit]) -> None:
     _labels(cast, units)
-    data = b"".join(formats.parquet_from_lines(json_lines(filters={}, for_arrow=True), metadata={},
-                                               row_group_bytes=100))  # a row group per line or two
-    assert pq.ParquetFile(io.BytesIO(data)).metadata.num_row_groups >= 2
+    batches = list(label_batches(filters={}, block_bytes=256))  # a row group per label or two (rows are ~100-200 B)
+    data = b"".join(formats.parquet_from_batches(batches, metadata={}))
+    assert pq.ParquetFile(io.BytesIO(data)).metadata.num_row_groups == len(batches) >= 2
     assert pq.read_table(io.BytesIO(data)).column("text").to_pylist() == [HOSTILE, "plain", "=1+1"]

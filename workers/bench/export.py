@@ -79,29 +79,47 @@ def fill(rows: int, log: Any) -> None:
 
 
 # Streams the export to a file (JSONL: counting its lines on the way), then reads the Parquet
-# file's row count from its footer: rows/s comes from the rows the export wrote.
+# file's row count from its footer: rows/s comes from the rows the export wrote. CPU seconds, which
+# the other work on a shared machine does not change the way it changes wall time: this process's
+# (rusage: Arrow's threads too) and its PostgreSQL backend's, read from /proc where the server runs on
+# this machine (a fresh connection, so its whole life is this export's), else null.
 MEASURE = """
-import django, json, sys, tempfile, time
+import django, json, os, resource, sys, tempfile, time
 django.setup()
+from django.db import connection
 from rest_framework.test import APIClient
 fmt, model = sys.argv[1], sys.argv[2]
 vm_hwm_mb = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024
+def cpu(pid=None):
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    try:
+        fields = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 with tempfile.NamedTemporaryFile(suffix='.' + fmt) as out:
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu()
     r = APIClient().get(f'/api/v1/exports/labels.{fmt}?model={model}')
     n = lines = 0
+    backend = None
     for part in r.streaming_content:
+        backend = backend or connection.connection.info.backend_pid
         n += len(part)
         lines += part.count(b'\\n')
         out.write(part)
     out.flush()
-    seconds, rss = time.perf_counter() - t, vm_hwm_mb()
+    seconds, client, rss = time.perf_counter() - t, cpu() - c, vm_hwm_mb()
+    server = cpu(backend) if backend else None
+    r.close()
     if fmt == 'parquet':
         import pyarrow.parquet
         rows = pyarrow.parquet.read_metadata(out.name).num_rows
     else:
         rows = lines
-print(json.dumps({'seconds': seconds, 'bytes': n, 'rows': rows, 'rss': rss, 'status': r.status_code}))
+print(json.dumps({'seconds': seconds, 'bytes': n, 'rows': rows, 'rss': rss, 'status': r.status_code,
+                  'client_cpu_s': client, 'server_cpu_s': server}))
 """
 
 
@@ -118,8 +136,17 @@ def measure(fmt: str, expected_rows: int) -> dict[str, float]:
         raise RuntimeError(f"export answered {result['status']}")
     if result["rows"] != expected_rows:
         raise RuntimeError(f"the {fmt} export wrote {result['rows']:,} rows; {expected_rows:,} labels were filled")
+    per_100k = 100_000 / max(result["rows"], 1)
+    server = result["server_cpu_s"]
     return {"rows": result["rows"], "seconds": result["seconds"], "rows_per_s": result["rows"] / result["seconds"],
-            "rss_mb": result["rss"], "mb": result["bytes"] / 2**20}
+            "rss_mb": result["rss"], "mb": result["bytes"] / 2**20, "client_cpu_s_per_100k": result["client_cpu_s"] * per_100k,
+            "server_cpu_s_per_100k": None if server is None else server * per_100k}
+
+
+def _cpu(m: dict[str, Any]) -> float | None:
+    if m["server_cpu_s_per_100k"] is None:
+        return None
+    return round(m["client_cpu_s_per_100k"] + m["server_cpu_s_per_100k"], 3)
 
 
 def run(*, small: int, large: int, keep: bool, log: Any = sys.stderr) -> dict[str, Any]:
@@ -128,8 +155,10 @@ def run(*, small: int, large: int, keep: bool, log: Any = sys.stderr) -> dict[st
         fill(rows, log)
         for fmt in ("jsonl", "parquet"):
             m = measure(fmt, rows)
+            server = "?" if m["server_cpu_s_per_100k"] is None else f"{m['server_cpu_s_per_100k']:.2f}"
             log.write(f"{m['rows']:,} rows {fmt}: {m['rows_per_s']:,.0f} rows/s, peak RSS {m['rss_mb']:.0f} MB, "
-                      f"{m['mb']:.1f} MB out\n")
+                      f"{m['mb']:.1f} MB out; CPU s per 100k rows: client {m['client_cpu_s_per_100k']:.2f}, "
+                      f"server {server}\n")
             result[f"{fmt}_{rows}"] = m
     small_jsonl, small_pq = result[f"jsonl_{small}"], result[f"parquet_{small}"]
     large_jsonl, large_pq = result[f"jsonl_{large}"], result[f"parquet_{large}"]
@@ -142,5 +171,7 @@ def run(*, small: int, large: int, keep: bool, log: Any = sys.stderr) -> dict[st
         "peak_rss_mb_100k": round(max(small_jsonl["rss_mb"], small_pq["rss_mb"]), 1),
         "peak_rss_mb_1m": round(max(large_jsonl["rss_mb"], large_pq["rss_mb"]), 1),
         "rows_small": small_jsonl["rows"], "rows_large": large_jsonl["rows"],  # counted in the exports
-        "detail": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in result.items()},
+        # client + server CPU seconds per 100k rows at the large size: what load on the machine leaves alone
+        "jsonl_cpu_s_per_100k": _cpu(large_jsonl), "parquet_cpu_s_per_100k": _cpu(large_pq),
+        "detail": {k: {kk: None if vv is None else round(vv, 3) for kk, vv in v.items()} for k, v in result.items()},
     }
