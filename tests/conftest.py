@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,31 @@ os.environ["BROWSER_QUEUE_PREFIX"] = QUEUE_PREFIX
 # Test workers keep the CPU priority of the suite: a niced worker on a busy machine would miss the
 # tests' deadlines (the product's default lowers it; see docs/settings.md).
 os.environ.setdefault("BROWSER_WORKER_NICE", "0")
+# Under pytest-xdist (`make test` runs two processes) each process is one of XDIST_WORKERS sharing the
+# machine: it gets its share of the cores for torch, numba and the worker subprocesses it starts
+# (which inherit the variable), instead of every process spinning one thread per core. Its test
+# database gets pytest-django's _gwN suffix; its Celery queues and cache keys are its own (below).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if XDIST_WORKER:
+    XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // XDIST_WORKERS)))
+    if "torch" in sys.modules:  # imported by a plugin before this file: the variable came too late
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def _own_cache_keys() -> None:
+    """Cache keys (throttle counters, page fragments) of this session only: two sessions sharing one
+    Redis database (the processes of one xdist run, or several checkouts) would otherwise count each
+    other's requests against the same users' rate limits."""
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    caches = {name: {**conf, "KEY_PREFIX": f"{conf.get('KEY_PREFIX', '')}.{QUEUE_PREFIX}"}
+              for name, conf in settings.CACHES.items()}
+    override_settings(CACHES=caches).enable()  # for the whole session; clears the cache handlers
+
+
+_own_cache_keys()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -91,7 +117,8 @@ def start_worker(name: str, env: dict[str, str] | None = None) -> subprocess.Pop
     from workers.celery import app, worker_argv
 
     log_dir = ROOT / ".pytest_cache"
-    log = open(log_dir / f"worker-{name}.log", "wb") if log_dir.exists() else subprocess.DEVNULL
+    log_name = f"worker-{name}{'-' + XDIST_WORKER if XDIST_WORKER else ''}.log"
+    log = open(log_dir / log_name, "wb") if log_dir.exists() else subprocess.DEVNULL
     node = f"{name}-{os.getpid()}"
     proc = subprocess.Popen(
         worker_argv(node=node), cwd=ROOT, env=project_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@ the figures themselves come from the command, never from a test)."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 
@@ -14,7 +15,10 @@ from workers.bench import harvest as bench
 pytestmark = pytest.mark.slow
 
 
-def test_bench_harvest_json_has_the_issue_keys(db: None) -> None:
+def test_bench_harvest_json_has_the_issue_keys(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small sizes for the fresh-process memory passes and the COPY too (the command's defaults,
+    # 10k and 40k tokens over all of MiniLM's layers and 200k rows, were most of this test's time).
+    monkeypatch.setattr(bench, "run", functools.partial(bench.run, rss_tokens=(1024, 2048), copy_rows=20_000))
     out = io.StringIO()
     call_command("bench", "harvest", "--json", "--tokens", "1024", "--rounds", "1", stdout=out, stderr=io.StringIO())
     result = json.loads(out.getvalue().strip().splitlines()[-1])
