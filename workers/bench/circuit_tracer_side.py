@@ -1,14 +1,14 @@
 """circuit-tracer's half of ``bench graph_ct``: run by *another* Python (a virtual
 environment with ``circuit-tracer`` installed), never imported by the product.
 
-    PYTHON workers/bench/circuit_tracer_side.py MODEL_DIR TRANSCODER_DIR K TOKENS_JSON OUT.pt
+    PYTHON workers/bench/circuit_tracer_side.py MODEL_DIR TRANSCODER_DIR K TOKENS_JSON OUT.pt [THREADS]
 
 MODEL_DIR is a plain transformers directory (LlamaForCausalLM), TRANSCODER_DIR holds one
 ``layer_N.safetensors`` per layer in circuit-tracer's layout (the product's ``export_sae --layout
 circuit-tracer``). circuit-tracer's own loader knows ReLU and JumpReLU layer files only, so each layer
 is built here as its ``SingleLayerTranscoder`` with its own ``TopK(K)`` activation. Writes the graph
 (active features, activation values, dense adjacency, logit targets and probabilities) and the
-seconds ``attribute`` took.
+seconds ``attribute`` took. THREADS sets torch's CPU threads (the bench gives both sides the same).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 BATCH = 64  # rows per backward pass, as the product's side uses
 
 
-def run_side(model_dir: str, transcoder_dir: str, k: int, tokens_json: str, out: str) -> None:
+def run_side(model_dir: str, transcoder_dir: str, k: int, tokens_json: str, out: str, threads: int | None = None) -> None:
     import torch
     from circuit_tracer import attribute
     from circuit_tracer.replacement_model import ReplacementModel
@@ -29,6 +29,8 @@ def run_side(model_dir: str, transcoder_dir: str, k: int, tokens_json: str, out:
     from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder, TranscoderSet
     from safetensors.torch import load_file
 
+    if threads:
+        torch.set_num_threads(threads)
     files = sorted(Path(transcoder_dir).glob("layer_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
     layers: dict[int, SingleLayerTranscoder] = {}
     for path in files:
@@ -52,9 +54,10 @@ def run_side(model_dir: str, transcoder_dir: str, k: int, tokens_json: str, out:
     torch.save({"input_tokens": graph.input_tokens, "active_features": graph.active_features, "activation_values": graph.activation_values,
                 "selected_features": graph.selected_features, "adjacency": graph.adjacency_matrix,
                 "logit_tokens": torch.tensor([int(t.vocab_idx) for t in graph.logit_targets]),
-                "logit_probs": graph.logit_probabilities, "seconds": seconds, "model_load_s": model_s,
+                "logit_probs": graph.logit_probabilities, "seconds": seconds, "model_load_s": model_s, "threads": torch.get_num_threads(),
                 "n_pos": graph.n_pos}, out)
 
 
 if __name__ == "__main__":
-    run_side(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    run_side(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5],
+             int(sys.argv[6]) if len(sys.argv) > 6 else None)

@@ -52,7 +52,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--tokens", type=int, default=8, help="prompt length in tokens")
     parser.add_argument("--width", type=int, default=256, help="transcoder width")
     parser.add_argument("--k", type=int, default=2, help="TopK's k (every layer x position x k features are active)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of our side (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of both sides (default: torch's own; one thread is steadier on a loaded machine)")
 
 
 def compat_model_dir(source: Path, target: Path) -> Path:
@@ -134,7 +135,8 @@ def main(opts: dict[str, Any], stderr: Any) -> dict[str, Any]:
         model_dir = compat_model_dir(Path(local_files(row.location, Path(settings.CACHE_DIR))), folder / "model")
         stderr.write("circuit-tracer...\n")
         subprocess.run([opts["python"], str(SIDE), str(model_dir), str(folder / "transcoders"), str(opts["k"]),
-                        json.dumps(ids.tolist()), str(folder / "ct.pt")], check=True, timeout=3600)
+                        json.dumps(ids.tolist()), str(folder / "ct.pt"),
+                        *([str(opts["threads"])] if opts["threads"] else [])], check=True, timeout=3600)
         theirs = torch.load(folder / "ct.pt", weights_only=False)
     stderr.write(f"circuit-tracer: {theirs['seconds']:.1f} s; ours...\n")
     config = GraphConfig(basis="transcoder", saes=tuple((layer, "bench") for layer in range(n_layers)),
@@ -144,6 +146,8 @@ def main(opts: dict[str, Any], stderr: Any) -> dict[str, Any]:
         started = time.perf_counter()
         ours = build_graph(model, ids, config, saes=transcoders)
         our_s = time.perf_counter() - started
-    return {"tokens": len(ids), "width": opts["width"], "k": opts["k"], "our_s": round(our_s, 2),
+        threads = torch.get_num_threads()
+    return {"tokens": len(ids), "width": opts["width"], "k": opts["k"], "threads": threads,
+            "ct_threads": theirs.get("threads"), "our_s": round(our_s, 2),
             "ct_s": round(float(theirs["seconds"]), 2), "our_vs_ct_time": round(our_s / float(theirs["seconds"]), 2),
             "our_phases_s": {k: round(v, 2) for k, v in ours.timings.items()}, **compare(ours, theirs)}

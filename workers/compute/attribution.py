@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from workers.compute import replacement
+from workers.compute.attribution_rows import total_gradients, transposed_rows
 from workers.compute.graph_basis import LayerBasis, layer_bases, unit_values
 from workers.compute.graph_config import GraphConfig
 from workers.compute.graph_scores import Layout
@@ -64,10 +65,8 @@ def pick_targets(logits: torch.Tensor, config: GraphConfig) -> tuple[torch.Tenso
 def select_units(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis], tokens: torch.Tensor,
                  probs: torch.Tensor, max_units: int) -> tuple[torch.Tensor, float]:
     """([U, 3] layer, position, index of the units with the largest total attribution, share they carry)."""
-    # One copy of the prompt per logit, one backward pass: copy j's leaves get logit j's gradients.
-    run = replacement.frozen_run(model, frozen, len(tokens), total=True)
-    logits = _logits_per_copy(model, run, tokens)  # [k]
-    grads = torch.autograd.grad(logits.sum(), run.leaves)
+    # Logit j's gradients at each layer's MLP output, through the whole frozen model, in row j.
+    grads = total_gradients(model, frozen, tokens)
     # [k, T, n] per layer: activation x gradient at the unit (the leaf's gradient along its direction)
     attribution = [(g @ basis.directions.T) * basis.acts[None] for g, basis in zip(grads, bases, strict=True)]
     totals = torch.stack([a.abs().flatten(1).sum(1) for a in attribution]).sum(0).clamp(min=1e-10)  # [k]
@@ -80,11 +79,6 @@ def select_units(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis]
     widths = torch.tensor([b.acts.shape[1] for b in bases], device=flat.device)[layer]
     units = torch.stack([layer, within // widths, within % widths], 1)
     return units, float(top.values.sum() / flat.sum().clamp(min=1e-10))
-
-
-def _logits_per_copy(model: Any, run: replacement.Linear, tokens: torch.Tensor) -> torch.Tensor:
-    """[m]: the logit of ``tokens[j]`` at the last position of copy j of the run."""
-    return replacement.logits_at(model, run.final[: len(tokens), -1], tokens).diagonal()
 
 
 def _target_values(model: Any, run: replacement.Linear, bases: list[LayerBasis], units: torch.Tensor,
@@ -104,80 +98,19 @@ def _target_values(model: Any, run: replacement.Linear, bases: list[LayerBasis],
     return values
 
 
-@dataclass
-class _Columns:
-    """What every batch of rows reuses: the selected units' down-projection columns and activations,
-    and each layer's MLP output."""
-
-    units: torch.Tensor  # [U, 3]
-    down: torch.Tensor  # [U, d_model]
-    acts: torch.Tensor  # [U]
-    mlp_out: list[torch.Tensor]  # [T, d_model] per layer
-    embeds: torch.Tensor  # [T, d_model]
-    in_layer: list[torch.Tensor]  # per layer, the indices of its selected units
-
-    @classmethod
-    def of(cls, frozen: replacement.Frozen, bases: list[LayerBasis], units: torch.Tensor) -> _Columns:
-        down = frozen.embeds.new_zeros(len(units), frozen.embeds.shape[1])
-        acts = frozen.embeds.new_zeros(len(units))
-        in_layer = [(units[:, 0] == layer).nonzero()[:, 0] for layer in range(len(bases))]
-        for layer, rows in enumerate(in_layer):
-            down[rows] = bases[layer].directions[units[rows, 2]]
-            acts[rows] = bases[layer].acts[units[rows, 1], units[rows, 2]]
-        return cls(units, down, acts, frozen.mlp_out, frozen.embeds, in_layer)
-
-
-def _rows(embed_grad: torch.Tensor, leaf_grads: list[torch.Tensor], columns: _Columns, layout: Layout) -> torch.Tensor:
-    """Adjacency rows [b, n] of a batch of targets from their gradients at the embeddings [b, T, d_model]
-    and at the leaves of the first layers (those of the deeper layers are zero). Only the selected
-    units' columns go through the down projections; the rest of a layer's neurons at a position is
-    the whole MLP output's effect minus theirs."""
-    b, n_pos = embed_grad.shape[0], layout.tokens
-    units = columns.units
-    unit_cols = embed_grad.new_zeros(b, layout.units)
-    rest = embed_grad.new_zeros(b, layout.errors // n_pos, n_pos)  # [b, L, T]
-    for layer, grad in enumerate(leaf_grads):  # [b, T, d_model]
-        rest[:, layer] = (grad * columns.mlp_out[layer]).sum(-1)
-        here = columns.in_layer[layer]
-        unit_cols[:, here] = (grad[:, units[here, 1]] * columns.down[here]).sum(-1) * columns.acts[here]
-    rest.index_put_((torch.arange(b, device=rest.device)[:, None], units[:, 0][None], units[:, 1][None]),
-                    -unit_cols, accumulate=True)
-    tokens = (embed_grad * columns.embeds).sum(-1)  # [b, T]
-    logits = rest.new_zeros(b, layout.logits)
-    return torch.cat([unit_cols, rest.reshape(b, layout.errors), tokens, logits], 1)
-
-
 def direct_adjacency(model: Any, frozen: replacement.Frozen, bases: list[LayerBasis], units: torch.Tensor,
                      tokens: torch.Tensor, batch_size: int, report: Report | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(adjacency [n, n], values [n]) of the direct effects between the nodes.
-
-    One frozen forward pass on ``batch_size`` copies of the prompt, then one backward pass per batch
-    of targets through it: target j of a batch is read from copy j, so copy j's leaves receive its
-    gradients (a real batch dimension: vmapped backward passes, ``is_grads_batched``, measured 2x
-    slower). Targets go in layer order, so a batch's backward pass and rows stop at its deepest layer."""
+    """(adjacency [n, n], values [n]) of the direct effects between the nodes: the targets' rows by
+    the transposed frozen model (``attribution_rows``), ``batch_size`` targets at a time, and their
+    values from one frozen forward pass."""
     n_layers, n_pos = len(frozen.acts), frozen.embeds.shape[0]
     layout = Layout(units=len(units), errors=n_layers * n_pos, tokens=n_pos, logits=len(tokens))
-    n_targets = len(units) + len(tokens)
-    run = replacement.frozen_run(model, frozen, min(batch_size, n_targets), total=False,
-                                 neurons=[not basis.transcoder for basis in bases])
-    rows = frozen.embeds.new_zeros(n_targets, layout.size)
-    values = frozen.embeds.new_zeros(n_targets)
-    columns = _Columns.of(frozen, bases, units)
-    layer_of = torch.cat([units[:, 0], units.new_full((len(tokens),), n_layers)])  # [U + k]: logits last
-    order = torch.sort(layer_of, stable=True).indices  # a batch's backward pass stops at its deepest target
-    for start in range(0, n_targets, batch_size):
-        targets = order[start:start + batch_size]
-        batch_values = _target_values(model, run, bases, units, tokens, targets,
-                                      torch.arange(len(targets), device=targets.device))
-        # A unit reads its layer's MLP input: the leaves of its layer and deeper ones do not reach it.
-        deepest = int(layer_of[targets].max())
-        embed_grad, *leaf_grads = torch.autograd.grad(batch_values.sum(), [run.embeds, *run.leaves[:deepest]],
-                                                      retain_graph=True, allow_unused=True, materialize_grads=True)
-        rows[targets] = _rows(embed_grad[: len(targets)], [g[: len(targets)] for g in leaf_grads], columns, layout)
-        values[targets] = batch_values.detach()
-        if report is not None:
-            report(min(start + batch_size, n_targets), n_targets, "edges")
+    rows = transposed_rows(model, frozen, bases, units, tokens, batch_size, report)
+    with torch.no_grad():
+        run = replacement.frozen_run(model, frozen, 1, total=False, neurons=[not basis.transcoder for basis in bases])
+        every = torch.arange(len(units) + len(tokens), device=units.device)
+        values = _target_values(model, run, bases, units, tokens, every, torch.zeros_like(every))
     adjacency = torch.zeros(layout.size, layout.size)
     target_index = torch.cat([torch.arange(layout.units), torch.arange(layout.size - layout.logits, layout.size)])
     adjacency[target_index] = rows.cpu()

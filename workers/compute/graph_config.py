@@ -45,9 +45,8 @@ class GraphConfig:
     edge_threshold: float = 0.98
     """... then the edges that explain this share of the kept graph's edge influence."""
     batch_size: int = 8
-    """Target rows per backward pass: the frozen forward runs on this many copies of the prompt, one
-    target per copy (memory grows with it: ``bench graph`` at 16 tokens, 8 copies, about 50 MB above
-    the model)."""
+    """Target rows per pass of the transposed frozen model (memory grows with it: one
+    ``[batch_size, T, d_model]`` gradient and ``[batch_size, nodes]`` rows at a time)."""
     version: int = 1
     """Bumped when the computation changes, so an old graph is not taken for a new one."""
 
