@@ -13,10 +13,21 @@ from workers.jobs import Progress, guarded, run_job
 
 @shared_task(bind=True, name="workers.tasks_search.embed_pending", soft_time_limit=600, time_limit=660)
 def embed_pending(self: Any) -> None:
-    """Embed the units queued by label writes (``browser.search.services.embedding_queue``)."""
+    """Embed the units queued by label writes (``browser.search.services.embedding_queue``) up
+    to now; writes from here on queue the next task."""
+    from django.db import connection
+
+    from browser.search.services import embed_task_started
     from workers.pipeline.search import embed_pending as work
 
-    guarded(self, work, job_id=None)
+    def body() -> None:
+        embed_task_started()
+        with connection.cursor() as cursor:  # the database's clock, which stamps the queue
+            cursor.execute("SELECT clock_timestamp()")
+            start = cursor.fetchone()[0]
+        work(before=start)
+
+    guarded(self, body, job_id=None)
 
 
 def embed_source_work(job: Job, progress: Progress) -> None:

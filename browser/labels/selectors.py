@@ -73,7 +73,9 @@ def label_consensus(labels: list[Label]) -> dict[str, Any]:
     return {
         "authors": len(labels),
         "agreement": round(sum(pairs) / len(pairs), 3) if pairs else None,
-        "shared_words": [w for w, n in word_counts.most_common(8) if n > 1 and n * 2 >= len(labels)],
+        # Ties by word, so every process shows the same list (set order follows the hash seed).
+        "shared_words": [w for w, n in sorted(word_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
+                         if n > 1 and n * 2 >= len(labels)],
         "tags": [t for t, _ in tag_counts.most_common(8)],
     }
 

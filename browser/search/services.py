@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from django.db import connection, transaction
@@ -25,15 +26,63 @@ from browser.search.overview_selectors import top_context_overlap
 EMBED_TASK = "workers.tasks_search.embed_pending"
 
 
+# Set in Redis while an embedding task is queued and not yet started: label writes then send none
+# (the queued task will take their units). The task clears it when it starts, so a write that lands
+# while it runs sends the next one. The timeout only bounds a flag whose task was lost. The key
+# carries the deployment's queue prefix, which web and worker processes share.
+EMBED_TASK_QUEUED_S = 900
+
+
+def _flag() -> tuple[Any, str]:
+    import redis
+    from django.conf import settings
+
+    from workers.celery import queue
+
+    return (redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2),
+            f"browser:{queue('embed-task-queued')}")
+
+
 def _send_embed_task() -> None:
+    import redis
+
     from workers.celery import app
 
-    app.send_task(EMBED_TASK)
+    client, key = _flag()
+    try:
+        if not client.set(key, 1, nx=True, ex=EMBED_TASK_QUEUED_S):
+            return  # a task is queued already
+    except redis.RedisError:
+        pass  # the broker is Redis too: sending will say what is wrong
+    try:
+        app.send_task(EMBED_TASK)
+    except Exception:
+        embed_task_started()  # not sent: the next write tries again
+        raise
+
+
+def embed_task_queued() -> bool:
+    """Whether a woken embedding task is waiting for a worker."""
+    client, key = _flag()
+    return bool(client.exists(key))
+
+
+def embed_task_started() -> None:
+    """Called by the embedding task as it starts: the next label write queues a new task."""
+    import redis
+
+    client, key = _flag()
+    try:
+        client.delete(key)
+    except redis.RedisError:
+        pass
 
 
 def embedding_queue(*, unit_ids: Iterable[int]) -> None:
-    """Mark units for re-embedding, in the caller's transaction; once it commits, one task per
-    transaction wakes a worker (the rows stay queued if the broker is down: the next task takes them)."""
+    """Mark units for re-embedding, in the caller's transaction; once it commits, a task wakes a
+    worker unless one is already queued (one queued task at a time, however many writes: each
+    write sending its own task filled the worker's queue ahead of harvests). The rows stay queued
+    if the broker is down: the next task takes them."""
     ids = sorted(set(unit_ids))
     if not ids:
         return
@@ -48,11 +97,15 @@ def embedding_queue(*, unit_ids: Iterable[int]) -> None:
         transaction.on_commit(_send_embed_task, robust=True)
 
 
-def embedding_queue_peek(*, limit: int) -> list[tuple[int, datetime]]:
-    """The oldest queued (unit id, queued time) entries, without locking them: a worker embeds
-    them outside any lock (holding the queue's row locks while it waited for a unit's lock
-    deadlocked against label writes, which lock the unit, then the queue)."""
-    return list(PendingEmbedding.objects.order_by("queued").values_list("unit_id", "queued")[:limit])
+def embedding_queue_peek(*, limit: int, before: datetime | None = None) -> list[tuple[int, datetime]]:
+    """The oldest queued (unit id, queued time) entries (only those queued up to ``before`` if
+    given), without locking them: a worker embeds them outside any lock (holding the queue's row
+    locks while it waited for a unit's lock deadlocked against label writes, which lock the unit,
+    then the queue)."""
+    qs = PendingEmbedding.objects.order_by("queued")
+    if before is not None:
+        qs = qs.filter(queued__lte=before)
+    return list(qs.values_list("unit_id", "queued")[:limit])
 
 
 def embedding_queue_done(*, entries: list[tuple[int, datetime]]) -> int:

@@ -188,3 +188,14 @@ def test_import_labels_command(cast: Cast, units: list[Unit], tmp_path: Path) ->
     with pytest.raises(CommandError, match="not UTF-8"):
         call_command("import_labels", str(broken), user="owner")
     assert Label.objects.count() == 2
+
+
+def test_consensus_shared_words_do_not_depend_on_the_hash_seed() -> None:
+    """Ties are ordered by word: every process (and gunicorn worker) shows the same list."""
+    from types import SimpleNamespace
+
+    from browser.labels.selectors import label_consensus
+
+    text = "zebra yak xenon walrus vole urchin tapir shrew raven quail"
+    labels = [SimpleNamespace(text=text, tags=[]) for _ in range(3)]
+    assert label_consensus(labels)["shared_words"] == sorted(text.split())[:8]  # type: ignore[arg-type]

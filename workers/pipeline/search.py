@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,13 +94,16 @@ def embed_units(unit_ids: Iterable[int], *, force: bool = False) -> int:
     return embeddings_store(rows=[(k, vectors[i], shas[k]) for i, k in enumerate(keys)], embedder=EMBEDDER)
 
 
-def embed_pending(*, limit: int = 10_000) -> int:
-    """Embed queued units, oldest first. Entries leave the queue only after their vectors are
-    stored, and only if not queued again meanwhile: a worker killed (or two workers sharing the
-    queue) costs at most a unit embedded twice, never an edit left unembedded."""
+def embed_pending(*, limit: int = 10_000, before: datetime | None = None) -> int:
+    """Embed queued units, oldest first (only those queued up to ``before`` if given: the task
+    takes what was queued when it started, and writes that come while it runs queue the next
+    task behind whatever else the worker has to do, instead of keeping this one running).
+    Entries leave the queue only after their vectors are stored, and only if not queued again
+    meanwhile: a worker killed (or two workers sharing the queue) costs at most a unit embedded
+    twice, never an edit left unembedded."""
     done = 0
     while done < limit:
-        entries = embedding_queue_peek(limit=CLAIM_BATCH)
+        entries = embedding_queue_peek(limit=CLAIM_BATCH, before=before)
         if not entries:
             return done
         with transaction.atomic():
