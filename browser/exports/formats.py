@@ -144,10 +144,10 @@ def _columns(batch: pa.RecordBatch, lookup: Lookup) -> list[pa.Array]:
                                 parse_options=pa_json.ParseOptions(explicit_schema=_TEXT_TAGS))
     n = batch.num_rows
     no_examples = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
-    return [col("id"), pc.binary_join_element_wise(src["unit_prefix"], col("index").cast(pa.string()), ""),
-            src["model"], src["source"], col("index"), src["hook_point"], src["layer"], col("kind"),
+    return [col("id").cast(pa.int64()), pc.binary_join_element_wise(src["unit_prefix"], col("index"), ""),
+            src["model"], src["source"], col("index").cast(pa.int32()), src["hook_point"], src["layer"], col("kind"),
             decoded.column("t").combine_chunks(), decoded.column("g").combine_chunks(),
             col("confidence").cast(pa.float64()), col("machine"),
             pc.take(lookup.authors, lookup.author_index(col("author_id"))),
-            col("created").cast(_ARROW["timestamp"]), col("updated").cast(_ARROW["timestamp"]), col("revision"),
+            col("created").cast(_ARROW["timestamp"]), col("updated").cast(_ARROW["timestamp"]), col("revision").cast(pa.int32()),
             col("scores"), no_examples]

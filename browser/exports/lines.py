@@ -46,7 +46,10 @@ def _pairs(first: np.ndarray, second: np.ndarray, text: Any) -> pa.Array:
 @functools.cache
 def _clock() -> pa.Array:
     """``HH:MM:SS.`` of each second of a day: the time of day is a lookup, not a format, per row."""
-    return pa.array([f"{s // 3600:02}:{s // 60 % 60:02}:{s % 60:02}." for s in range(86_400)])
+    second = np.arange(86_400)
+    hour, minute, sec = (pc.utf8_slice_codeunits(pa.array(part + 100).cast(pa.string()), 1)  # two digits
+                         for part in (second // 3600, second // 60 % 60, second % 60))
+    return pc.binary_join_element_wise(hour, ":", minute, ":", sec, ".", "")
 
 
 def _iso(micros: pa.Array) -> list[pa.Array]:
@@ -83,9 +86,9 @@ def _lines(batch: pa.RecordBatch, lookup: Lookup) -> pa.Array:
                 lookup.author_index(col("author_id")).to_numpy(),
                 lambda m, a: f', "machine" : {"true" if m else "false"}, "author" : {lookup.authors_json[a]}, '
                              '"created" : "')
-    index = col("index").cast(pa.string())
+    index = col("index")
     return pc.binary_join_element_wise(
-        '{"label_id" : ', col("id").cast(pa.string()), unit, index, names, index, place, col("text"),
+        '{"label_id" : ', col("id"), unit, index, names, index, place, col("text"),
         ', "tags" : ', col("tags"), ', "confidence" : ', _confidence(col("confidence")), by, *_iso(col("created")),
-        '+00:00", "updated" : "', *_iso(col("updated")), '+00:00", "revision" : ', col("revision").cast(pa.string()),
+        '+00:00", "updated" : "', *_iso(col("updated")), '+00:00", "revision" : ', col("revision"),
         ', "scores" : ', col("scores"), ', "top_examples" : []}\n', "")

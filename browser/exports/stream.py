@@ -43,11 +43,12 @@ _MICROS = "(extract(epoch FROM q.{0}) * 1000000)::int8 AS {0}"
 # each), not looked up row by row: that lookup cost twice the rest of the query.
 _SCORES = """CASE WHEN us.scores IS NULL AND ls.scores IS NULL THEN '{}'
                   ELSE (COALESCE(us.scores, '{}'::jsonb) || COALESCE(ls.scores, '{}'::jsonb))::text END AS scores"""
-# (name, Arrow type) of each CSV column, in order.
+# (name, Arrow type) of each CSV column, in order. Label id, index and revision stay the server's
+# text: the lines write it as is (no parse and print back); the Parquet columns cast it.
 COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("id", pa.int64()), ("source_id", pa.int64()), ("index", pa.int32()), ("kind", pa.string()),
+    ("id", pa.string()), ("source_id", pa.int64()), ("index", pa.string()), ("kind", pa.string()),
     ("text", pa.string()), ("tags", pa.string()), ("confidence", pa.string()), ("machine", pa.bool_()),
-    ("author_id", pa.int64()), ("created", pa.int64()), ("updated", pa.int64()), ("revision", pa.int32()),
+    ("author_id", pa.int64()), ("created", pa.int64()), ("updated", pa.int64()), ("revision", pa.string()),
     ("scores", pa.string()),
 ]
 _SELECT = ("q.id, q.source_id, q.index, q.kind, to_json(q.text)::text AS text, q.tags::text AS tags, "

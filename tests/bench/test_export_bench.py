@@ -27,6 +27,8 @@ def test_export_rows_per_s_comes_from_the_rows_written(transactional_db: None, m
             measured = result["detail"][f"{fmt}_{rows}"]
             assert measured["rows"] == rows, (fmt, rows, measured)
             assert measured["rows_per_s"] == pytest.approx(rows / measured["seconds"], rel=0.01)
+            assert measured["client_cpu_s_per_100k"] > 0
+            assert measured["server_cpu_s_per_100k"] is None or measured["server_cpu_s_per_100k"] > 0
     assert (result["rows_small"], result["rows_large"]) == (1000, 2000)
     assert not Source.objects.filter(model__name=bench.MODEL).exists()
     assert not Label.objects.filter(unit__source__model__name=bench.MODEL).exists()

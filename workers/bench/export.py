@@ -95,6 +95,8 @@ def cpu(pid=None):
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
     try:
+        if b'postgres' not in open(f'/proc/{pid}/cmdline', 'rb').read():
+            return None  # the server runs elsewhere (another machine, a container)
         fields = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
     except OSError:
         return None
