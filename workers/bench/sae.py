@@ -147,7 +147,8 @@ def sae_harvester(model: Any, arch: hooks.Architecture, sae: SparseAutoencoder) 
     """Harvests one batch at a time (the layer's neurons and the SAE's latents) into accumulators
     that live across the calls, as in a run."""
     runtimes = [SourceRuntime(HOOK, HOOK, D_MLP, 0),
-                SourceRuntime("sae", HOOK, sae.cfg.d_sae, 1 << 21, sae.encode, sparse=True)]
+                SourceRuntime("sae", HOOK, sae.cfg.d_sae, 1 << 21, sae.encode, sparse=True,
+                              encode_top=sae.encode_top)]
     accumulators = {rt.name: (SparseUnitAccumulator if rt.sparse else UnitAccumulator)(
         rt.n_units, k=32, samples=6, hist_stride=7, seed=0, unit_offset=rt.unit_offset, n_intervals=6)
         for rt in runtimes}

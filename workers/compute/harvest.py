@@ -14,6 +14,7 @@ from workers.compute.hooks import Architecture, capture, forward
 from workers.compute.stats import Batch, NonFiniteActivation, UnitAccumulator
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
+TopEncoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class SourceRuntime:
     """Maps hook activations [..., d_in] to unit activations [..., n_units] (an SAE); None for neurons."""
     sparse: bool = False
     """The units are non-negative and mostly zero (SAE latents): statistics from the non-zeros."""
+    encode_top: TopEncoder | None = None
+    """A TopK SAE's codes as (indices, values) [..., k]: the sparse accumulator reads them instead
+    of the dense codes (which are then never made, unless a correlation needs them)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ def harvest_pass(model: nn.Module, arch: Architecture, n_layers: int, sources: S
     hooks (while still hot in cache); the forward pass stops after the deepest hook."""
     device = next(model.parameters()).device
     current: list[TokenBatch] = []
+    dense_needed = {pair.features for pair in correlations}
 
     def sink(hook: str, acts: torch.Tensor) -> None:
         batch = current[0]
@@ -95,10 +100,13 @@ def harvest_pass(model: nn.Module, arch: Architecture, n_layers: int, sources: S
         values: dict[str, torch.Tensor] = {}
         for source in sources:
             if source.hook == hook:
-                values[source.name] = source.encode(acts) if source.encode is not None else acts
+                if source.encode_top is not None and source.name not in dense_needed:
+                    update = Batch(None, batch.contexts, batch.invalid, first_token, top=source.encode_top(acts))
+                else:
+                    values[source.name] = source.encode(acts) if source.encode is not None else acts
+                    update = Batch(values[source.name], batch.contexts, batch.invalid, first_token)
                 try:
-                    accumulators[source.name].update(Batch(values[source.name], batch.contexts, batch.invalid,
-                                                           first_token))
+                    accumulators[source.name].update(update)
                 except NonFiniteActivation as exc:
                     raise exc.at(hook=hook, source=source.name) from None
         for pair in correlations:

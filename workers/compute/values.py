@@ -111,7 +111,7 @@ class ValueStore:
             self.append(pair_keys(u, contexts[b]), pos, values.clamp(-65504, 65504).half())
 
     def append(self, key: torch.Tensor, pos: torch.Tensor, val: torch.Tensor) -> None:
-        """Add pairs: keys [P], max positions [P], values [P, T] float16."""
+        """Add pairs: keys [P], max positions [P], values [P, T] (stored as float16)."""
         end = self.n + key.numel()
         if self.key is None or self.val is None or self.key.numel() < end:
             self._grow(max(end, 2 * self.n, 1024), val.shape[1], key.device)

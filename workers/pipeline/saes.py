@@ -209,7 +209,8 @@ def sae_source_check(model: Model, config: SourceConfig) -> Source:
 def sae_runtime(config: SourceConfig, unit_offset: int, device: torch.device) -> SourceRuntime:
     """The harvest's view of an SAE source: its latents, encoded from the hook's activations."""
     sae = sae_on(Sae.objects.get(pk=int(config.sae_id or 0)), str(device))
-    return SourceRuntime(config.name, config.hook, sae.cfg.d_sae, unit_offset, encode=sae.encode, sparse=True)
+    return SourceRuntime(config.name, config.hook, sae.cfg.d_sae, unit_offset, encode=sae.encode, sparse=True,
+                         encode_top=sae.encode_top if sae.cfg.architecture == "topk" else None)
 
 
 def sae_directions(source: Source, arch: hooks.Architecture, torch_model: torch.nn.Module) -> torch.Tensor:

@@ -48,23 +48,29 @@ __all__ = [
 # CPU pass inserts directly): larger batches of inserts cost no less per candidate (measured
 # from 8k to 200k), and every buffered one is memory a short run does not touch and a long one does.
 PENDING_LIMIT = 32_768
-# Top-k keys of this many times k contexts wait before one merge.
-TOP_PENDING_FACTOR = 4
-TOP_PENDING_MAX = 512
 
 
 @dataclass
 class Batch:
     """One forward pass's worth of activations for one source."""
 
-    acts: torch.Tensor
-    """[B, T, U] activations (any float dtype; reduced in float32)."""
+    acts: torch.Tensor | None
+    """[B, T, U] activations (any float dtype; reduced in float32); None where ``top`` holds them."""
     contexts: torch.Tensor
     """[B] global context indices (int64), ascending."""
     invalid: torch.Tensor
     """[B, T] True at positions left out of every statistic (padding, special tokens)."""
     first_token: int
     """Global index of the batch's first token (context index x context length)."""
+    top: tuple[torch.Tensor, torch.Tensor] | None = None
+    """A TopK SAE's codes as (latent indices int64, values) [B, T, k], zero at every other latent:
+    read by the sparse accumulator instead of scanning the dense [B, T, U] codes for non-zeros."""
+
+    def dense(self) -> torch.Tensor:
+        """``acts`` (for the accumulators that read every activation)."""
+        if self.acts is None:
+            raise ValueError("this accumulator needs the dense activations, and the batch holds only top-k codes")
+        return self.acts
 
 
 class UnitAccumulator:
@@ -103,8 +109,8 @@ class UnitAccumulator:
         # the forward pass's large temporaries (that fragmented the heap: RSS grew ~4 MB a batch).
         self._pending: tuple[torch.Tensor, ...] = ()
         self._pending_n = 0
-        # Top-k keys of the last few batches wait in the columns after the first k of this
-        # buffer (which hold a copy of top_key while merging).
+        # The last batch's top-k keys wait in the columns after the first k of this buffer
+        # (which hold a copy of top_key while merging), merged when the next batch comes.
         self._top_buf: torch.Tensor | None = None
         self._top_pending_n = 0
         # Reused buffers of the dense token statistics (see _token_stats).
@@ -118,8 +124,9 @@ class UnitAccumulator:
         if self.fused:
             self._update_fused(batch)
             return
-        B, T, U = batch.acts.shape
-        x = batch.acts.float().reshape(B * T, U)  # [B, T, U] -> [B*T, U]
+        acts = batch.dense()
+        B, T, U = acts.shape
+        x = acts.float().reshape(B * T, U)  # [B, T, U] -> [B*T, U]
         invalid_rows = batch.invalid.reshape(-1).nonzero().squeeze(1)
         # Invalid rows are blanked in place (0 for sums, -inf for maxima) and restored after:
         # one pass per statistic instead of masked copies. When `x` is the model's own tensor,
@@ -140,7 +147,7 @@ class UnitAccumulator:
     def _keep_values(self, batch: Batch, admitted: torch.Tensor) -> None:
         """Keep the per-token values of the batch's admitted pairs ([B, U]); sweep the store when
         it has grown."""
-        self.store.add(batch.acts, batch.invalid, batch.contexts, admitted)
+        self.store.add(batch.dense(), batch.invalid, batch.contexts, admitted)
         if self.store.full:
             self._sweep()
 
@@ -161,8 +168,9 @@ class UnitAccumulator:
         """The whole update in one compiled pass over the batch (CPU only; see kernels)."""
         kernels = _kernels()
         assert kernels is not None, "the fused pass needs numba"
-        B, T, U = batch.acts.shape
-        x = batch.acts.float().reshape(B * T, U).contiguous()
+        acts = batch.dense()
+        B, T, U = acts.shape
+        x = acts.float().reshape(B * T, U).contiguous()
         valid = ~batch.invalid.reshape(-1)
         self.n_tokens += int(valid.sum())
         threads = torch.get_num_threads()
@@ -183,8 +191,9 @@ class UnitAccumulator:
             sums[first // U, first % U] = float("nan")
             check_finite(sums, x.masked_fill(~valid[:, None], 0.0).view(B, T, U), batch.contexts)
         u_idx, b_idx = admit.nonzero(as_tuple=True)
+        # Rounded to float16 as they are copied into the store (no float16 temporary).
         self.store.append(pair_keys(u_idx, batch.contexts[b_idx]), pos[u_idx, b_idx],
-                          values[u_idx, b_idx].clamp_(-65504, 65504).half())
+                          values[u_idx, b_idx].clamp_(-65504, 65504))
         if self.store.full:
             self._sweep()
 
@@ -239,9 +248,11 @@ class UnitAccumulator:
         return keys > self._kth_key()[:, None]
 
     def _top_slots(self, n: int) -> torch.Tensor:
-        """A [U, n] view of the top-k buffer to write one batch's keys into (merging the waiting
-        ones first when it is full)."""
-        width = self.k + max(min(TOP_PENDING_FACTOR * self.k, TOP_PENDING_MAX), n)
+        """A [U, n] view of the top-k buffer to write one batch's keys into, the previous batch's
+        merged first: its admission threshold (_kth_key) is then exact up to this batch, and
+        every pair it admits beyond the top-k is a copy of values the store holds for nothing
+        (merging only every fourth batch admitted every firing context of the first four)."""
+        width = self.k + n
         if self._top_buf is None or self._top_buf.shape[1] < width:
             self._flush_top()
             with torch.inference_mode(False):  # a normal tensor: written in any mode
@@ -253,9 +264,8 @@ class UnitAccumulator:
         return self._top_buf[:, start : start + n]
 
     def _flush_top(self) -> None:
-        """Merge the waiting keys into the top-k: one top-k over several batches' keys costs less
-        than one per batch. Unsorted while streaming (half the cost); state() sorts once. Keys
-        are unique (they hold the context), so the kept set is the same either way."""
+        """Merge the waiting keys into the top-k, unsorted while streaming (half the cost); state()
+        sorts once. Keys are unique (they hold the context), so the kept set is the same either way."""
         if self._top_pending_n and self._top_buf is not None:
             merged = self._top_buf[:, : self.k + self._top_pending_n]
             merged[:, : self.k] = self.top_key

@@ -36,6 +36,7 @@ from workers.compute.sae.stats import SparseUnitAccumulator
 from workers.compute.stats import UnitAccumulator
 from workers.pipeline.harvest.correlations import correlation_pairs, merge_correlations, pair_prefix
 from workers.pipeline.harvest.finalize import finalize
+from workers.pipeline.harvest.partials import pack
 from workers.pipeline.harvest.runtime import (
     Loaded,
     batches,
@@ -138,7 +139,7 @@ def _process_shard(run: Run, shard: Shard, config: HarvestConfig, loaded: Loaded
     except _ClaimLost:
         note(run, f"{worker_name()} lost its claim on shard {shard.index} (its lease expired)")
         return None
-    tensors = {f"{name}/{key}": t for name, acc in accumulators.items() for key, t in acc.state().items()}
+    tensors = {f"{name}/{key}": t for name, acc in accumulators.items() for key, t in pack(acc.state()).items()}
     return st_save(tensors), {pair_prefix(p.neurons, p.features): p.accumulator.state() for p in correlations}
 
 
