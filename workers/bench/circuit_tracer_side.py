@@ -8,7 +8,7 @@ MODEL_DIR is a plain transformers directory (LlamaForCausalLM), TRANSCODER_DIR h
 circuit-tracer``). circuit-tracer's own loader knows ReLU and JumpReLU layer files only, so each layer
 is built here as its ``SingleLayerTranscoder`` with its own ``TopK(K)`` activation. Writes the graph
 (active features, activation values, dense adjacency, logit targets and probabilities) and the
-seconds ``attribute`` took. THREADS sets torch's CPU threads (the bench gives both sides the same).
+seconds ``attribute`` took. THREADS sets torch's CPU threads (0 or absent: torch's own).
 """
 
 from __future__ import annotations

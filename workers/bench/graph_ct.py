@@ -2,7 +2,7 @@
 prompt and transcoders, node for node, timed side by side.
 
 circuit-tracer is never a dependency of the product: ``--python`` names another interpreter (a
-virtual environment with ``circuit-tracer`` installed, docs/graphs.md says how), which runs
+virtual environment with ``circuit-tracer`` installed; docs/design.md, "Against circuit-tracer", says how), which runs
 ``workers/bench/circuit_tracer_side.py``. Both sides read the same files: SmolLM2 as a plain
 transformers directory and seeded TopK transcoders on every layer (``fixtures.tiny_sae.random_sae``,
 written with ``export_sae``'s circuit-tracer layout). Random transcoders are enough: the comparison is
@@ -38,6 +38,7 @@ from workers.compute.loading import local_files
 from workers.compute.sae.files import write_circuit_tracer
 from workers.compute.steering import cpu_threads
 from workers.pipeline import loader
+from workers.pipeline.graphs import GRAPH_THREADS
 from workers.pipeline.models import model_get_or_register
 
 HELP = ("our transcoder-basis attribution graph vs circuit-tracer's (run by --python, another "
@@ -52,8 +53,10 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--tokens", type=int, default=8, help="prompt length in tokens")
     parser.add_argument("--width", type=int, default=256, help="transcoder width")
     parser.add_argument("--k", type=int, default=2, help="TopK's k (every layer x position x k features are active)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads of both sides (default: torch's own; one thread is steadier on a loaded machine)")
+    parser.add_argument("--threads", type=int, default=GRAPH_THREADS,
+                        help="CPU threads of our side (default: the graph pipeline's own setting; 0: torch's own)")
+    parser.add_argument("--ct-threads", type=int, default=None,
+                        help="CPU threads of circuit-tracer's side (default: the same as --threads; 0: torch's own)")
 
 
 def compat_model_dir(source: Path, target: Path) -> Path:
@@ -136,12 +139,13 @@ def main(opts: dict[str, Any], stderr: Any) -> dict[str, Any]:
         stderr.write("circuit-tracer...\n")
         subprocess.run([opts["python"], str(SIDE), str(model_dir), str(folder / "transcoders"), str(opts["k"]),
                         json.dumps(ids.tolist()), str(folder / "ct.pt"),
-                        *([str(opts["threads"])] if opts["threads"] else [])], check=True, timeout=3600)
+                        str(opts["threads"] if opts["ct_threads"] is None else opts["ct_threads"])],
+                       check=True, timeout=3600)
         theirs = torch.load(folder / "ct.pt", weights_only=False)
     stderr.write(f"circuit-tracer: {theirs['seconds']:.1f} s; ours...\n")
     config = GraphConfig(basis="transcoder", saes=tuple((layer, "bench") for layer in range(n_layers)),
                          max_units=min(2048, n_layers * len(ids) * opts["k"]), batch_size=64)
-    with cpu_threads(opts["threads"]):
+    with cpu_threads(opts["threads"] or None):
         build_graph(model, ids[:4], GraphConfig(basis="transcoder", saes=config.saes, max_units=8), saes=transcoders)
         started = time.perf_counter()
         ours = build_graph(model, ids, config, saes=transcoders)
