@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite runs in this many processes (pytest-xdist, --dist loadfile: a file's tests stay in one
+# process, so a module's shared fixtures are built once); 0 runs it in make's own pytest process.
+TEST_PROCESSES ?= 2
 
 .PHONY: install demo test test-fast lint bench stop
 
@@ -27,12 +30,12 @@ stop:
 	test ! -x $(BIN)/python || $(BIN)/python manage.py embedded stop
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 # The quick loop for local work: everything but the tests marked slow (real models, worker
 # processes, browsers). `make test` still runs everything.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check browser workers tests
