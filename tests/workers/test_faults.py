@@ -30,9 +30,11 @@ from tests.texts import TEXTS
 
 pytestmark = pytest.mark.slow
 # Short leases so that a dead worker's shard is redone within seconds; an idle worker looks
-# for stalled runs every second.
+# for stalled runs every second. Five seconds, not two: with the suite in two processes on two
+# cores a live worker's heartbeat thread (every lease / 4) was starved past a 2 s lease, and its
+# shard was taken from it and given up after three claims.
 # One thread a worker: several workers share two cores.
-WORKER_ENV = {"BROWSER_SHARD_LEASE_S": "2", "BROWSER_RESUME_EVERY_S": "1", "OMP_NUM_THREADS": "1",
+WORKER_ENV = {"BROWSER_SHARD_LEASE_S": "5", "BROWSER_RESUME_EVERY_S": "1", "OMP_NUM_THREADS": "1",
               "MKL_NUM_THREADS": "1"}
 HOOK = "blocks.5.mlp.hook_post"  # the whole of MiniLM: shards of two seconds or more
 HARVEST = {"model": "minilm-l6", "corpus": "faults", "hooks": HOOK, "k": 4, "batch_size": 4, "shard_contexts": 48}
