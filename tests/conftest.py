@@ -105,11 +105,13 @@ def tiny(db: None, tmp_path: Path) -> object:
 
 
 def purge_queues() -> None:
+    from browser.search.services import embed_task_started
     from workers.celery import app, queue
 
     with app.connection_for_write() as conn:
         for name in ("gpu", "default"):
             conn.default_channel.queue_purge(queue(name))
+    embed_task_started()  # the embedding task a label write queued is gone with the queues
 
 
 def start_worker(name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -28,9 +28,10 @@ EMBED_TASK = "workers.tasks_search.embed_pending"
 
 # Set in Redis while an embedding task is queued and not yet started: label writes then send none
 # (the queued task will take their units). The task clears it when it starts, so a write that lands
-# while it runs sends the next one. The timeout only bounds a flag whose task was lost. The key
-# carries the deployment's queue prefix, which web and worker processes share.
-EMBED_TASK_QUEUED_S = 900
+# while it runs sends the next one. The timeout bounds what a lost task (a purged queue) costs: a
+# minute without a new task, and at most one more task a minute while one waits behind a long
+# harvest. The key carries the deployment's queue prefix, which web and worker processes share.
+EMBED_TASK_QUEUED_S = 60
 
 
 def _flag() -> tuple[Any, str]:

@@ -299,3 +299,29 @@ def test_causal_lm_sae_has_logit_effects_and_loss_recovered(db: None, tmp_path: 
     unit = Unit.objects.get(source=row.source, index=feature)
     assert [t for t, _ in unit.logit_effects["up"]] == torch.topk(logits, 10).indices.tolist()
     assert [t for t, _ in unit.logit_effects["down"]] == torch.topk(-logits, 10).indices.tolist()
+
+
+def test_the_sae_cache_is_keyed_by_content_not_by_row_ids(tiny: Model, tmp_path: Path) -> None:
+    """Ids say nothing across databases: a process that loaded one database's SAE got it back for
+    another database's SAE of the same ids (the suite's processes talk to several). Simulated in one
+    database by giving the same rows other weights."""
+    import hashlib
+
+    from django.db import connection
+
+    from workers.compute.sae.model import SparseAutoencoder
+    from workers.pipeline.saes import sae_load
+
+    call_command("import_sae", str(_saelens_dir(tmp_path / "a")), model="tiny", name="sae-a", stdout=io.StringIO())
+    row = sae_find(tiny, "sae-a")
+    first = sae_load(row).tensors()
+    tensors = {name: value.clone() for name, value in first.items()}
+    tensors["W_enc"] += 1.0
+    data = files.to_bytes(SparseAutoencoder(sae_load(row).cfg, tensors))
+    with connection.cursor() as cursor:  # the same Sae and Blob ids, other content
+        cursor.execute("DELETE FROM core_blobchunk WHERE blob_id = %s", [row.weights_id])
+        cursor.execute("INSERT INTO core_blobchunk (blob_id, index, data) VALUES (%s, 0, %s)", [row.weights_id, data])
+        cursor.execute("UPDATE core_blob SET size = %s, sha256 = %s WHERE id = %s",
+                       [len(data), hashlib.sha256(data).hexdigest(), row.weights_id])
+    again = sae_load(sae_find(tiny, "sae-a")).tensors()
+    assert torch.equal(again["W_enc"], tensors["W_enc"]) and not torch.equal(again["W_enc"], first["W_enc"])

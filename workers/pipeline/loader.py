@@ -6,6 +6,7 @@ model once however many kinds of task it serves.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from django.conf import settings
 
 from browser.catalog.models import Model, Sae, Source
+from browser.core.models import Blob
 from browser.core.selectors import blob_read
 from workers.compute import hooks, loading
 from workers.compute.sae import files
@@ -47,15 +49,18 @@ def model_on(model: Model, device: str, dtype: str = "float32") -> tuple[Any, ho
 
 
 @lru_cache(maxsize=8)
-def _sae(sae_id: int, weights_id: int, device: str) -> SparseAutoencoder:
-    row = Sae.objects.select_related("weights").get(pk=sae_id)
+def _sae(weights_sha256: str, cfg_json: str, device: str, weights: Blob) -> SparseAutoencoder:
     # Sae.cfg is the SAELens cfg.json (a ReLU SAE is "standard" there), not a SaeConfig dict.
-    return files.from_bytes(files.saelens_config(row.cfg), blob_read(row.weights)).to(device).eval()
+    return files.from_bytes(files.saelens_config(json.loads(cfg_json)), blob_read(weights)).to(device).eval()
 
 
 def sae_on(sae_row: Sae, device: str = "cpu") -> SparseAutoencoder:
-    """The SAE's module on ``device`` (cached by SAE and weights, so replaced weights reload)."""
-    return _sae(sae_row.pk, sae_row.weights_id, device)
+    """The SAE's module on ``device``, cached by what it is made of (the weights' SHA-256 and the
+    config), not by row ids: ids say nothing across databases (a process that has talked to two,
+    as the test suite's do, got another database's SAE of the same ids), and replaced weights or
+    config reload."""
+    weights = sae_row.weights
+    return _sae(weights.sha256, json.dumps(sae_row.cfg, sort_keys=True), device, weights)
 
 
 def source_sae(source: Source, device: str = "cpu") -> SparseAutoencoder:
